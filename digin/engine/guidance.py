@@ -1,0 +1,307 @@
+"""Batched DiG-IN optimisation: back-propagate a classifier objective through the DDIM chain.
+
+B samples are optimised at once. Everything that the reference does per image is done per sample here:
+Adam/AdamW/SGD state and step counts, gradient clipping / normalisation, the z_T norm re-projection,
+early stopping and NaN handling are all masked per sample, so a sample's result never depends on the batch
+it lands in. Optimised variables (z_T, per-step conditioning deltas ΔC, per-step null-text deltas Δ∅) and the
+latent chain are fp32 whatever the weight dtype.
+
+Per SGD iteration k (k = 0..K): one forward chain with grad → decode the x̂0 of the last `loss_steps` steps →
+log the non-augmented loss of the last x̂0 (the reported image) → augmented multi-step loss → backward →
+masked optimiser step. Iteration K only evaluates. Result: iterate 0 (`sd`) and the logged argmin (`ours`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .sampling import Blend, run_chain
+from .schedule import loss_step_weights, make_ddim_schedule
+
+
+@dataclass
+class OptimParams:
+    """The reference's OptimParams (same names and defaults)."""
+
+    sgd_steps: int = 20
+    sgd_stepsize: float = 0.01
+    sgd_optim: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    sgd_scheduler: str | None = None  # None | cosine
+    latent_lr_factor: float = 0.1
+    conditioning_lr_factor: float = 1.0
+    uncond_lr_factor: float = 1.0
+    early_stopping_loss: float | None = None
+    loss_steps: int = 3
+    loss_steps_schedule: str = "linear"  # linear | uniform
+    solver_order: int = 1
+    optimize_latents: bool = True
+    optimize_conditioning: bool = True
+    optimize_uncond: bool = True
+    per_timestep_conditioning_delta: bool = True
+    per_timestep_uncond_delta: bool = True
+    normalize_gradients: bool = False
+    gradient_clipping: float | None = None
+
+
+@dataclass
+class GuidanceConfig:
+    guidance_scale: float = 3.0
+    num_ddim_steps: int = 20
+    optim_params: OptimParams = field(default_factory=OptimParams)
+    checkpoint: str = "step"  # step (recompute each UNet call) | none | block (UNet's own, like the reference)
+    keep_trajectory: bool = False  # keep every iterate's image (on CPU)
+
+
+@dataclass
+class GuidanceResult:
+    sd_images: torch.Tensor  # (B,3,H,W) iterate 0
+    ours_images: torch.Tensor  # (B,3,H,W) iterate with the lowest logged total
+    best_iter: torch.Tensor  # (B,) long
+    losses: torch.Tensor  # (K+1, B) non-augmented total of the final x̂0; NaN where not logged
+    parts: dict  # name → (K+1, B) non-augmented sub-losses / regularisers
+    confidences: dict  # name → (K+1, B) non-augmented classifier confidences / activations
+    aug_losses: torch.Tensor  # (K, B) augmented multi-step loss used for the gradient
+    num_logged: torch.Tensor  # (B,) iterates logged (stopped samples log fewer)
+    stopped_early: torch.Tensor  # (B,) bool: early-stopping criterion met
+    nonfinite: torch.Tensor  # (B,) bool: loss turned NaN/inf, sample stopped and flagged
+    z_T: torch.Tensor  # (B,C,h,w) optimised latent at the best iterate
+    cond_delta: torch.Tensor | None  # (B,T|1,L,D) at the best iterate
+    uncond_delta: torch.Tensor | None
+    trajectory: torch.Tensor | None = None  # (K+1,B,3,H,W) on CPU when requested
+
+
+# ------------------------------------------------------------------------------ per-sample optimiser
+
+class MaskedOptimizer:
+    """Adam / AdamW / SGD(momentum) over batch-first tensors, updated only where `active` (B,) is set.
+
+    Elementwise like torch.optim, plus a per-sample step count, so stopping one sample never touches another.
+    """
+
+    def __init__(self, kind: str, params: list[torch.Tensor], lrs: list[float], betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay: float = 0.01, momentum: float = 0.9):
+        if kind not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optim_params.sgd_optim must be adam, adamw or sgd, got {kind!r}")
+        self.kind, self.params, self.base_lrs = kind, params, list(lrs)
+        self.betas, self.eps, self.wd, self.momentum = betas, eps, weight_decay, momentum
+        B = params[0].shape[0]
+        self.steps = torch.zeros(B, device=params[0].device)
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor], active_B: torch.Tensor, lr_scale: float = 1.0):
+        self.steps += active_B.float()
+        b1, b2 = self.betas
+        t = self.steps.clamp(min=1)
+        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.base_lrs):
+            lr = lr * lr_scale
+            act = active_B.view(-1, *([1] * (p.dim() - 1)))
+            g = torch.where(act, g, torch.zeros_like(g))
+            if self.kind == "sgd":
+                first = (self.steps == 1).view_as(act)
+                new_m = torch.where(first, g, self.momentum * m + g)
+                m.copy_(torch.where(act, new_m, m))
+                p.copy_(torch.where(act, p - lr * m, p))
+                continue
+            new_p = p * (1 - lr * self.wd) if self.kind == "adamw" else p
+            new_m = b1 * m + (1 - b1) * g
+            new_v = b2 * v + (1 - b2) * g * g
+            bc1 = (1 - b1 ** t).view(-1, *([1] * (p.dim() - 1)))
+            bc2 = (1 - b2 ** t).view(-1, *([1] * (p.dim() - 1)))
+            denom = new_v.sqrt() / bc2.sqrt() + self.eps
+            new_p = new_p - (lr / bc1) * new_m / denom
+            m.copy_(torch.where(act, new_m, m))
+            v.copy_(torch.where(act, new_v, v))
+            p.copy_(torch.where(act, new_p, p))
+
+
+def cosine_lr_scale(k: int, total: int, eta_min_ratio: float = 0.1) -> float:
+    """CosineAnnealingLR(T_max=total, eta_min=lr·ratio) as a factor of the base lr at scheduler step k."""
+    return eta_min_ratio + (1 - eta_min_ratio) * (1 + math.cos(math.pi * k / total)) / 2
+
+
+def _per_sample(fn, x: torch.Tensor) -> torch.Tensor:
+    return fn(x.flatten(1)).view(-1, *([1] * (x.dim() - 1)))
+
+
+def condition_grads(grads: list[torch.Tensor], clip: float | None, normalize: bool) -> list[torch.Tensor]:
+    """Per-sample max-abs clipping (clip_grad_norm_ with norm_type=inf) and/or L2 normalisation."""
+    out = []
+    for g in grads:
+        if clip is not None:
+            gmax = _per_sample(lambda f: f.abs().amax(1), g)
+            g = g * (clip / (gmax + 1e-6)).clamp(max=1.0)
+        if normalize:
+            g = g / _per_sample(lambda f: f.norm(dim=1), g).clamp_min(1e-12)
+        out.append(g)
+    return out
+
+
+# ------------------------------------------------------------------------------------- main loop
+
+def _decode(sd, x0, use_checkpoint: bool):
+    if use_checkpoint and torch.is_grad_enabled():
+        return _checkpoint(sd.decode, x0, use_reentrant=False)
+    return sd.decode(x0)
+
+
+def _select_rows(mask_B: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask_B.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def chain_images(sd, sched, z, dC, dU, cond_BLD, uncond, cfg: GuidanceConfig, loss_steps, blend=None, controller=None):
+    """Forward DDIM chain with the deltas applied, then decode the x̂0 of every loss step."""
+    T = sched.num_steps
+    cond_TBLD = (cond_BLD.unsqueeze(1) + dC).expand(-1, T, -1, -1)
+    base_u = uncond if uncond.dim() == 4 else uncond.unsqueeze(1)
+    uncond_TBLD = (base_u + dU).expand(-1, T, -1, -1)
+    out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, keep_x0=set(loss_steps), blend=blend,
+                    controller=controller, checkpoint="step" if cfg.checkpoint == "step" else "none")
+    imgs = {i: _decode(sd, out.x0_kept[i], cfg.checkpoint != "none") for i in loss_steps}
+    return out, imgs
+
+
+def augmented_loss(objective, imgs: dict, x0s: dict, weights: list[float], k: int) -> torch.Tensor:
+    """Σ_i w_i · objective(image_i, augmented with per-sample seeds salted by (k, i)) → (B,)."""
+    total = 0
+    for i, img in imgs.items():
+        t_loss, _ = objective(img, x0s[i], (k, i))
+        total = total + weights[i] * t_loss
+    return total
+
+
+def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+             cfg: GuidanceConfig | None = None, blend: Blend | None = None, controller=None,
+             progress=None) -> GuidanceResult:
+    """Optimise B samples at once.
+
+    z_T (B,C,h,w) start latent (noise or an inversion); cond (B,L,D) prompt embedding; uncond (B,L,D) or per-step
+    null texts (B,T,L,D). `objective(img, z, augment_salt) -> (total_B, parts)` and `objective.confidences(img)`.
+    """
+    cfg = cfg or GuidanceConfig()
+    op = cfg.optim_params
+    if op.solver_order != 1:
+        raise ValueError("only first-order DDIM (solver_order=1) is supported")
+    if cfg.checkpoint not in ("step", "none", "block"):
+        raise ValueError(f"checkpoint must be step, none or block, got {cfg.checkpoint!r}")
+    dev = z_T.device
+    T, K = cfg.num_ddim_steps, op.sgd_steps
+    sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
+    weights = loss_step_weights(T, op.loss_steps, op.loss_steps_schedule)
+    loss_steps = [i for i, w in enumerate(weights) if w > 0]
+    B = z_T.shape[0]
+    if uncond.dim() == 4 and uncond.shape[1] != T:
+        raise ValueError(f"null-text embeddings have {uncond.shape[1]} steps but num_ddim_steps={T}")
+
+    # Optimised variables (fp32, batch-first).
+    z = z_T.detach().float().clone()
+    z_norm0 = _per_sample(lambda f: f.norm(dim=1), z)
+    L, D = cond.shape[-2:]
+    dC = torch.zeros(B, T if op.per_timestep_conditioning_delta else 1, L, D, device=dev)
+    dU = torch.zeros(B, T if op.per_timestep_uncond_delta else 1, L, D, device=dev)
+    variables, lrs = [], []
+    for on, var, factor in ((op.optimize_latents, z, op.latent_lr_factor),
+                            (op.optimize_conditioning, dC, op.conditioning_lr_factor),
+                            (op.optimize_uncond, dU, op.uncond_lr_factor)):
+        if on:
+            var.requires_grad_(True)
+            variables.append(var)
+            lrs.append(op.sgd_stepsize * factor)
+    opt = MaskedOptimizer(op.sgd_optim, variables, lrs) if variables else None
+
+    cond_f, uncond_f = cond.float(), uncond.float()
+    block_ckpt = cfg.checkpoint == "block"
+    if block_ckpt:
+        sd.unet.enable_gradient_checkpointing()
+
+    nan = float("nan")
+    losses = torch.full((K + 1, B), nan, device=dev)
+    aug_losses = torch.full((max(K, 1), B), nan, device=dev)
+    parts_log, conf_log = {}, {}
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    stopped_early = torch.zeros(B, dtype=torch.bool, device=dev)
+    nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
+    num_logged = torch.zeros(B, dtype=torch.long, device=dev)
+    best_loss = torch.full((B,), float("inf"), device=dev)
+    best_iter = torch.zeros(B, dtype=torch.long, device=dev)
+    best_img = sd_img = None
+    best_vars = [z.detach().clone(), dC.detach().clone(), dU.detach().clone()]
+    trajectory = [] if cfg.keep_trajectory else None
+
+    try:
+        for k in range(K + 1):
+            last = k == K
+            with torch.set_grad_enabled(not last and opt is not None):
+                out, imgs = chain_images(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, blend, controller)
+            final_i = T - 1
+            img_final = imgs[final_i].detach()
+            x0_final = out.x0_kept[final_i].detach()
+            with torch.no_grad():
+                if k == 0 and getattr(objective, "needs_reference", False):
+                    objective.set_reference(img_final, x0_final)
+                total, parts = objective(img_final, x0_final, None)
+                confs = objective.confidences(img_final) if hasattr(objective, "confidences") else {}
+                logged = active.clone()
+                finite = torch.isfinite(total)
+                nonfinite |= logged & ~finite
+                logged &= finite
+                losses[k] = torch.where(logged, total, torch.full_like(total, nan))
+                for name, val in list(parts.items()) + [("conf:" + n, v) for n, v in confs.items()]:
+                    log = parts_log if not name.startswith("conf:") else conf_log
+                    key = name if not name.startswith("conf:") else name[5:]
+                    log.setdefault(key, torch.full((K + 1, B), nan, device=dev))[k] = torch.where(
+                        logged, val.float(), torch.full_like(val.float(), nan))
+                num_logged += logged.long()
+                if k == 0:
+                    sd_img = img_final.clone()
+                    best_img = img_final.clone()
+                better = logged & (total < best_loss)
+                best_loss = torch.where(better, total, best_loss)
+                best_iter = torch.where(better, torch.full_like(best_iter, k), best_iter)
+                best_img = _select_rows(better, img_final, best_img)
+                best_vars = [_select_rows(better, v.detach(), bv) for v, bv in zip((z, dC, dU), best_vars)]
+                if trajectory is not None:
+                    trajectory.append(img_final.cpu())
+                active &= logged
+            if last or opt is None:
+                break
+
+            aug_total = augmented_loss(objective, imgs, out.x0_kept, weights, k)
+            with torch.no_grad():
+                aug_losses[k] = torch.where(active, aug_total.detach(), torch.full_like(best_loss, nan))
+                aug_finite = torch.isfinite(aug_total)
+                nonfinite |= active & ~aug_finite
+                active &= aug_finite
+                if op.early_stopping_loss is not None:
+                    stop = active & (aug_total < op.early_stopping_loss)
+                    stopped_early |= stop
+                    active &= ~stop
+            masked = torch.where(active, aug_total, torch.zeros_like(aug_total)).sum()
+            grads = torch.autograd.grad(masked, variables, allow_unused=True)
+            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+            grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
+            scale = cosine_lr_scale(k, K) if op.sgd_scheduler == "cosine" else 1.0
+            if op.sgd_scheduler not in (None, "cosine", "none"):
+                raise ValueError(f"optim_params.sgd_scheduler must be None or cosine, got {op.sgd_scheduler!r}")
+            opt.step(grads, active, scale)
+            if op.optimize_latents:
+                with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
+                    z.copy_(_select_rows(active, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
+            if progress is not None:
+                progress(k, losses[k])
+    finally:
+        if block_ckpt:
+            sd.unet.disable_gradient_checkpointing()
+
+    return GuidanceResult(
+        sd_images=sd_img, ours_images=best_img, best_iter=best_iter, losses=losses, parts=parts_log,
+        confidences=conf_log, aug_losses=aug_losses[:K], num_logged=num_logged, stopped_early=stopped_early,
+        nonfinite=nonfinite, z_T=best_vars[0],
+        cond_delta=best_vars[1] if op.optimize_conditioning else None,
+        uncond_delta=best_vars[2] if op.optimize_uncond else None,
+        trajectory=torch.stack(trajectory) if trajectory else None)

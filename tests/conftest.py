@@ -1,0 +1,40 @@
+import os
+
+# Must precede any torch / @triton.jit import: 1 thread (shared 2-core box), Triton in interpreter mode.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny SD-1.x model with random weights, saved with save_pretrained (loaded back via load_sd)."""
+    from digin.engine.models import build_tiny_sd
+
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    build_tiny_sd(seed=0, folder=folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_dir):
+    from digin.engine.models import load_sd
+
+    return load_sd(tiny_sd_dir, dtype="fp32")
