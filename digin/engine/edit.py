@@ -1,0 +1,181 @@
+"""Editing set-up shared by UVCEs, neuron counterfactuals and masked txt2img (REFERENCE §2.3 steps 7–12).
+
+One no-grad initial pass with cross-attention capture → foreground masks (cross-attention, optional SAM-HQ,
+post-processing) → Prompt-to-Prompt re-indexing to the edited prompt → latent blend templates → a batched
+search over (xa × self × blend) schedule candidates that keeps, per sample, the candidate with the lowest
+non-augmented objective. The result plugs straight into `guidance.optimise(blend=..., controller=...)`.
+Masks are computed whenever blending or a masked regulariser needs them (no "needs a masked regulariser" quirk).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import AttentionController, install_attention, restore_attention
+from .p2p import (expand_candidates, make_blend, replacement_matrix, schedule_grid, search_schedules, take_best,
+                  token_mean_embedder, token_weights, word_token_positions)
+from .sampling import run_chain
+from .schedule import make_ddim_schedule
+from .segment import SegmentationConfig, mask_steps, segment_foreground
+
+
+@dataclass
+class P2PParams:
+    """The reference's PromptToPromptParams (UVCE defaults)."""
+
+    do_p2p: bool = True
+    xa_interpolation_schedule: list | None = field(
+        default_factory=lambda: ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"])
+    self_interpolation_schedule: list | None = None
+
+
+@dataclass
+class MaskBlendParams:
+    """The reference's MaskBlendParams; foreground_blend False pins the background (UVCE)."""
+
+    do_mask_blend: bool = True
+    foreground_blend: bool = True
+    initial_mask_blend_schedule: list | None = field(default_factory=lambda: ["threshold_0.3"])
+
+
+@dataclass
+class EditSetup:
+    cond: torch.Tensor  # (B, L, D) conditioning of the (edited) prompt
+    prompts: list  # the edited prompts
+    controller: AttentionController | None
+    blend: object | None  # sampling.Blend with the chosen per-sample factors
+    initial_images: torch.Tensor  # (B,3,H,W) decode of the initial pass (null-text reconstruction for img2img)
+    px_mask: torch.Tensor | None  # (B,1,H,W) foreground
+    latent_mask: torch.Tensor | None  # (B,1,h,w) foreground
+    word_maps: list | None  # per sample: word → (1,H,W) unsquashed map
+    chosen: list  # per sample: (xa, self, blend) schedule names
+    search_losses: torch.Tensor | None  # (N, B) non-augmented objective per candidate
+
+    def close(self, sd):
+        if self.controller is not None:
+            restore_attention(sd.unet)
+            self.controller.free()
+
+
+def _names(x):
+    return None if x is None else ([x] if isinstance(x, str) else list(x))
+
+
+def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prompts: list[str],
+                 foreground_words: list[list[str]], guidance_scale: float, num_ddim_steps: int,
+                 replacements: list[tuple[str, str]] | None = None, images: torch.Tensor | None = None,
+                 p2p: P2PParams | None = None, blend: MaskBlendParams | None = None,
+                 segmentation: SegmentationConfig | None = None, search_chunk: int | None = None,
+                 generator: torch.Generator | None = None) -> EditSetup:
+    """Run the initial pass and everything derived from it for a batch of B samples.
+
+    images: real images in [0,1] (img2img; used for SAM-HQ and as the regularisers' reference); None for txt2img
+    (the initial output becomes the reference, as in the reference). replacements: per-sample (source, target)
+    words for P2P (identity pairs keep the structure); None disables the prompt edit.
+    """
+    p2p = p2p or P2PParams(do_p2p=False)
+    blend = blend or MaskBlendParams(do_mask_blend=False)
+    seg_cfg = segmentation or SegmentationConfig(sam_segmentation=False)
+    T, B, dev = num_ddim_steps, z_T.shape[0], z_T.device
+    sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
+    use_p2p = bool(p2p.do_p2p and replacements is not None)
+    need_masks = bool(blend.do_mask_blend or getattr(objective, "needs_masks", False))
+    grid = schedule_grid(_names(p2p.xa_interpolation_schedule) if use_p2p else None,
+                         _names(p2p.self_interpolation_schedule) if use_p2p else None,
+                         _names(blend.initial_mask_blend_schedule) if blend.do_mask_blend else None, T)
+
+    cond0 = sd.encode_text(prompts)
+    controller = None
+    if use_p2p or need_masks:
+        controller = AttentionController()
+        if need_masks:
+            res = seg_cfg.xa_map_resolution
+            latent_hw = z_T.shape[-1]
+            # the reference's map resolution is for 64² latents; scale to this model's latent size
+            q = (res * latent_hw // 64) ** 2 if latent_hw >= 64 else res * res
+            mask_q = q
+            controller.capture_cross(mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t), queries={q})
+        if use_p2p:
+            xa_steps = (grid.xa_NT.amax(0) > 0).nonzero().flatten().tolist()
+            if xa_steps:
+                controller.capture_cross(xa_steps)
+            se_steps = (grid.self_NT.amax(0) > 0).nonzero().flatten().tolist()
+            if se_steps:
+                controller.capture_self(se_steps)
+        install_attention(sd.unet, controller)
+
+    with torch.no_grad():
+        init = run_chain(sd, sched, z_T, cond0, uncond, guidance_scale, controller=controller,
+                         record_latents=blend.do_mask_blend)
+        initial_images = sd.decode(init.x0_last)
+        img0 = images.to(dev).float() if images is not None else initial_images
+        z0 = sd.encode_image(img0) if images is not None else init.x0_last
+        if hasattr(objective, "set_reference"):
+            objective.set_reference(img0, z0)
+
+        px_mask = latent_mask = wmaps = None
+        if need_masks:
+            weights = torch.stack([token_weights(word_token_positions(sd.tokenizer, p), kws, sd.max_tokens)
+                                   for p, kws in zip(prompts, foreground_words)]).to(dev)
+            maps = controller.cross_maps_at(mask_q,
+                                            mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t))
+            seg = segment_foreground(maps, weights, tuple(z_T.shape[-2:]), tuple(img0.shape[-2:]), seg_cfg,
+                                     images_B3HW=img0 if seg_cfg.sam_segmentation else None, generator=generator)
+            px_mask, latent_mask = seg["px"], seg["latent"]
+            if hasattr(objective, "set_masks"):
+                objective.set_masks(px_mask, latent_mask)
+            from .segment import word_maps as _word_maps
+            wmaps = _word_maps(maps, [word_token_positions(sd.tokenizer, p) for p in prompts], tuple(img0.shape[-2:]))
+
+        new_prompts, cond = list(prompts), cond0
+        if controller is not None:
+            controller.stop_capture()
+        if use_p2p:
+            embed = token_mean_embedder(sd)
+            mats = []
+            for b, (src, tgt) in enumerate(replacements):
+                new_prompts[b], M = replacement_matrix(sd.tokenizer, prompts[b], src, tgt, embed=embed,
+                                                       num_tokens=sd.max_tokens)
+                mats.append(M)
+            controller.reindex_cross(torch.stack(mats).to(dev))
+            cond = sd.encode_text(new_prompts)
+
+        templates = torch.stack(init.latents) if blend.do_mask_blend else None
+        chosen = [grid.names[0]] * B
+        losses_NB = None
+        if grid.size > 1:
+            def evaluate(xa_MT, self_MT, blend_MT, n):
+                if controller is not None and use_p2p:
+                    controller.set_injection(xa_MT.to(dev), self_MT.to(dev) if self_MT.abs().sum() > 0 else None)
+                bl = (make_blend(latent_mask, templates, blend_MT.to(dev), foreground=blend.foreground_blend)
+                      if blend.do_mask_blend else None)
+                out = run_chain(sd, sched, expand_candidates(z_T, n), expand_candidates(cond, n),
+                                expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller)
+                obj = objective.select(torch.arange(B).repeat(n))
+                total, _ = obj(sd.decode(out.x0_last), out.x0_last, None)
+                return torch.nan_to_num(total, nan=float("inf"))
+
+            best, losses_NB = search_schedules(evaluate, grid, B, search_chunk)
+            chosen = [grid.names[int(i)] for i in best.tolist()]
+            rows = best.cpu()
+        else:
+            rows = torch.zeros(B, dtype=torch.long)
+        xa_BT, self_BT, blend_BT = (t[rows].to(dev) for t in (grid.xa_NT, grid.self_NT, grid.blend_NT))
+
+    if controller is not None:
+        if use_p2p:
+            controller.set_injection(xa_BT, self_BT if self_BT.abs().sum() > 0 else None)
+        else:
+            controller.clear_injection()
+        if not use_p2p:  # masks only: go back to plain fused attention for the SGD loop
+            restore_attention(sd.unet)
+            controller.free()
+            controller = None
+    bl = make_blend(latent_mask, templates, blend_BT, foreground=blend.foreground_blend) if blend.do_mask_blend else None
+    return EditSetup(cond=cond, prompts=new_prompts, controller=controller, blend=bl, initial_images=initial_images,
+                     px_mask=px_mask, latent_mask=latent_mask, word_maps=wmaps, chosen=chosen,
+                     search_losses=losses_NB)
+
+
+__all__ = ["P2PParams", "MaskBlendParams", "EditSetup", "prepare_edit", "take_best"]
