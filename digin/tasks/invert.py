@@ -1,0 +1,134 @@
+"""Invert real images: z_T + per-step null-text embeddings for every image of a shard set (REFERENCE §4).
+
+  digin invert inputs=/data/shards/imagenet-val out=/data/inv/imagenet-val model_path=/models/sd-1.4
+  digin invert inputs=... captions=/data/captions/imagenet-val out=... method=negative_prompt
+
+Reads shard i of the image set (joined by key with the caption set when `captions` is given, field `caption`)
+and writes shard i of `out`, one sample per image, same key:
+  inversion.safetensors  z_T (C,h,w) fp32, null_texts (T,L,D) fp32 (step 0 = noisiest)
+  metrics.json           reconstruction PSNR/L2 (inversion and plain DDIM vs VAE reconstruction and original),
+                         Adam steps per timestep, final loss, UNet call counts, settings
+  prompt.txt             the prompt used (caption, else the dataset's fallback template with the label)
+  reconstruction.png     the inversion's reconstruction (optional)
+Defaults: 20 DDIM steps, guidance 3.0 — the value the UVCE stage expects (the reference's ImageNet script
+defaults to 1.0, with which the null-text gradient is identically zero; its README and UVCE folders use 3.0).
+Killed jobs resume: committed shards are skipped (see digin/shards/runner.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+# Fallback prompts when no caption is given (REFERENCE §4): ImageNet-style vs fine-grained datasets.
+TEMPLATES = {
+    "imagenet": "an image of a {label} on background",
+    "imagefolder": "an image of a {label} on background",
+    "cub": "an image of a {label} macro shot close-up",
+    "cars": "an image of a {label} macro shot close-up",
+    "food101": "an image of a {label} macro shot close-up",
+    "flowers102": "an image of a {label} macro shot close-up",
+    "flowers": "an image of a {label} macro shot close-up",
+}
+
+
+@dataclass
+class Config:
+    inputs: str = "???"                 # image shard set (digin shard output)
+    out: str = "???"                    # output shard set folder
+    captions: Optional[str] = None      # caption shard set (field `caption`), same keys; else fallback prompts
+    model_path: str = "???"             # local SD folder, single file (+ model_config) or 'tiny'
+    model_config: Optional[str] = None
+    dtype: str = "fp32"                 # weights; the reference inverts in fp32 (ε = 1e-5 losses need it)
+    resolution: int = 512               # Resize(1.25·res) + CenterCrop(res), as the reference
+    num_ddim_steps: int = 20
+    guidance_scale: float = 3.0
+    method: str = "null_text"           # null_text | negative_prompt (fast: no inner optimisation)
+    num_inner_steps: int = 10
+    epsilon: float = 1e-5
+    batch_size: int = 8
+    dataset: Optional[str] = None       # picks the fallback template; default: the shard set's source
+    prompt_template: Optional[str] = None  # overrides the template, e.g. "a photo of a {label}"
+    save_reconstruction: bool = True
+    num_workers: int = 0
+    force: bool = False                 # resume into an output made with another config
+    device: Optional[str] = None        # default: cuda:<local rank> if available, else cpu
+
+
+def fallback_template(dataset: str | None, override: str | None = None) -> str:
+    if override:
+        return override
+    return TEMPLATES.get((dataset or "imagenet").lower(), TEMPLATES["imagenet"])
+
+
+def sample_prompt(sample: dict, template: str) -> str:
+    caption = sample.get("caption")
+    if isinstance(caption, str) and caption.strip():
+        return caption.strip()
+    meta = sample.get("meta") or {}
+    label = meta.get("label_name", meta.get("label", "object"))
+    return template.format(label=label)
+
+
+def stage_config(cfg: Config) -> dict:
+    """The settings that change the outputs (recorded in the manifest; resuming with others is refused)."""
+    keep = ("model_path", "model_config", "dtype", "resolution", "num_ddim_steps", "guidance_scale", "method",
+            "num_inner_steps", "epsilon", "dataset", "prompt_template", "save_reconstruction", "captions")
+    return {"stage": "invert", **{k: getattr(cfg, k) for k in keep}}
+
+
+def make_process(sd, cfg: Config, template: str):
+    import numpy as np
+    import torch
+
+    from digin.engine import inversion
+
+    def process(batch):
+        prompts = [sample_prompt(s, template) for s in batch.samples]
+        images = batch.images.to(batch.device).float() / 255.0
+        res = inversion.invert(sd, images, prompts, num_steps=cfg.num_ddim_steps,
+                               guidance_scale=cfg.guidance_scale, method=cfg.method,
+                               num_inner_steps=cfg.num_inner_steps, epsilon=cfg.epsilon, compute_metrics=True)
+        rec = None
+        if cfg.save_reconstruction:
+            rec = (res.reconstruction * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        outs = []
+        for b in range(batch.n_real):
+            z_T, null = res.z_T[b].cpu(), res.null_texts[b].cpu()
+            m = dict(res.metrics[b])
+            if m.get("status") != "ok" or not (bool(z_T.isfinite().all()) and bool(null.isfinite().all())):
+                outs.append({"__reject__": "nonfinite_inversion"})
+                continue
+            m.update(prompt=prompts[b], num_ddim_steps=cfg.num_ddim_steps, guidance_scale=cfg.guidance_scale)
+            o = {"inversion": {"z_T": z_T.contiguous(), "null_texts": null.contiguous()},
+                 "metrics": m, "prompt": prompts[b]}
+            if rec is not None:
+                o["reconstruction"] = np.ascontiguousarray(rec[b])
+            outs.append(o)
+        return outs
+
+    return process
+
+
+def run(cfg: Config):
+    import torch
+
+    from digin.engine.models import load_sd
+    from digin.shards.manifest import ShardSet
+    from digin.shards.runner import run_stage
+
+    if cfg.method not in ("null_text", "negative_prompt"):
+        raise SystemExit(f"digin invert: method must be null_text or negative_prompt, got {cfg.method!r}")
+    images = ShardSet.load(cfg.inputs)
+    dataset = cfg.dataset or images.meta.get("source") or images.name
+    template = fallback_template(dataset, cfg.prompt_template)
+    inputs = [images] + ([ShardSet.load(cfg.captions)] if cfg.captions else [])
+    device = torch.device(cfg.device) if cfg.device else None
+    if device is None:
+        from digin.shards.dist import device_for_local_rank
+
+        device = device_for_local_rank()
+    sd = load_sd(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
+    summary = run_stage(inputs, cfg.out, make_process(sd, cfg, template), cfg.batch_size, stage_config(cfg),
+                        name="invert", resolution=cfg.resolution, required=("image",),
+                        num_workers=cfg.num_workers, force=cfg.force, device=device)
+    return summary.exit_code
