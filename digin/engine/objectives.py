@@ -1,0 +1,328 @@
+"""Guidance losses and regularisers (REFERENCE §3.1, §3.2), all per sample.
+
+Every loss and regulariser returns shape (B,): means run over cutouts / pixels / channels of ONE sample,
+never over the batch, so a sample's value (and gradient) does not depend on its batch mates.
+
+`Objective` bundles a named classifier loss, its targets, the regularisers and their references for a batch of
+samples; the guidance loop calls it with the decoded image, the x̂0 latent and an augmentation salt.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from digin.engine.augment import sample_seed
+
+ONE_CLASSIFIER_LOSSES = ("CE", "log_conf", "NLL", "conf")
+TWO_CLASSIFIER_LOSSES = ("conf", "log_conf", "logits")
+NEURON_LOSSES = ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
+                 "neg_neuron_activation_plus_log_confidence")
+TEXT_LOSSES = ("inner_product", "spherical_distance", "cross_entropy")
+LOSS_NAMES = tuple(dict.fromkeys(ONE_CLASSIFIER_LOSSES + TWO_CLASSIFIER_LOSSES + NEURON_LOSSES + TEXT_LOSSES))
+
+_REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_(l1|l2|lpips)$")
+
+
+# ------------------------------------------------------------------------------------ classifier losses
+# logits (B, N, K) over N cutouts, y (B,) class indices → (B,)
+
+
+def _target_logprob(logits_BNK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+    """log softmax(z)_y per cutout → (B, N)."""
+    idx = y_B.view(-1, 1, 1).expand(-1, logits_BNK.shape[1], 1)
+    return torch.log_softmax(logits_BNK.float(), dim=-1).gather(-1, idx).squeeze(-1)
+
+
+def ce_loss(logits_BNK, y_B):
+    """'CE' / 'log_conf' / 'NLL' (one classifier): −log p(y), mean over cutouts."""
+    return -_target_logprob(logits_BNK, y_B).mean(1)
+
+
+def conf_loss(logits_BNK, y_B):
+    """'conf' (one classifier): −p(y)."""
+    return -_target_logprob(logits_BNK, y_B).exp().mean(1)
+
+
+def conf_diff_loss(logits1_BNK, logits2_BNK, y_B):
+    """'conf' (two classifiers): −p1(y) + p2(y) — C1 confident, C2 not."""
+    return (-_target_logprob(logits1_BNK, y_B).exp() + _target_logprob(logits2_BNK, y_B).exp()).mean(1)
+
+
+def log_conf_diff_loss(logits1_BNK, logits2_BNK, y_B):
+    """'log_conf' (two classifiers): −log p1(y) + log p2(y)."""
+    return (-_target_logprob(logits1_BNK, y_B) + _target_logprob(logits2_BNK, y_B)).mean(1)
+
+
+def target_margin(logits_BNK, y_B):
+    """z_y − max_{k≠y} z_k per cutout → (B, N)."""
+    logits = logits_BNK.float()
+    idx = y_B.view(-1, 1, 1).expand(-1, logits.shape[1], 1)
+    z_y = logits.gather(-1, idx).squeeze(-1)
+    others = logits.scatter(-1, idx, float("-inf"))
+    return z_y - others.amax(-1)
+
+
+def logits_diff_loss(logits1_BNK, logits2_BNK, y_B):
+    """'logits' (two classifiers): −margin1(y) + margin2(y)."""
+    return (-target_margin(logits1_BNK, y_B) + target_margin(logits2_BNK, y_B)).mean(1)
+
+
+def neuron_loss(name: str, logits_BNK, feats_BNF, targets_B2):
+    """Neuron losses; targets (B, 2) = [class, neuron]; a = penultimate feature `neuron`."""
+    a_BN = feats_BNF.float().gather(-1, targets_B2[:, 1].view(-1, 1, 1).expand(-1, feats_BNF.shape[1], 1))
+    a_BN = a_BN.squeeze(-1)
+    sign = 1.0 if name.startswith("neg_") else -1.0
+    if name.endswith("plus_log_confidence"):
+        return (sign * 10.0 * a_BN - 0.5 * _target_logprob(logits_BNK, targets_B2[:, 0])).mean(1)
+    return (sign * a_BN).mean(1)
+
+
+def text_loss(name: str, img_emb_BND, text_emb, factor: float = 1.0):
+    """CLIP text losses on unit embeddings. text_emb (B, D) for inner_product / spherical_distance,
+    (B, 2, D) = [positive, negative] for cross_entropy (2-way CE, logits scaled by factor² as in the reference)."""
+    e = F.normalize(img_emb_BND.float(), dim=-1)
+    if name == "cross_entropy":
+        t_B2D = F.normalize(text_emb.float(), dim=-1)
+        sims_BN2 = torch.einsum("bnd,bkd->bnk", e, t_B2D) * factor ** 2
+        return -torch.log_softmax(sims_BN2, dim=-1)[..., 0].mean(1)
+    t_B1D = F.normalize(text_emb.float(), dim=-1)[:, None]
+    if name == "inner_product":
+        return (-factor * (e * t_B1D).sum(-1)).mean(1)
+    if name == "spherical_distance":
+        return (factor * 2.0 * torch.arcsin((e - t_B1D).norm(dim=-1) / 2).pow(2)).mean(1)
+    raise ValueError(f"unknown text loss {name!r}")
+
+
+# ------------------------------------------------------------------------------------------ regularisers
+
+
+def parse_regularizer(name: str) -> tuple[str, str | None, str]:
+    """'px_background_l2' → ('px', 'background', 'l2'). ValueError for unknown / unsupported names."""
+    m = _REG_RE.match(name)
+    if m is None or (m.group(1) == "latent" and m.group(3) == "lpips"):
+        hint = " (CLIP regularisers px_*_clip are not implemented)" if name.endswith("_clip") else ""
+        raise ValueError(f"unknown regulariser {name!r}{hint}; valid: px_l1, px_l2, px_lpips, latent_l1, latent_l2, "
+                         f"px_/latent_{{foreground,background}}_{{l1,l2}}, px_{{foreground,background}}_lpips")
+    return m.group(1), m.group(2), m.group(3)
+
+
+def lp_distance(x_BCHW, x0_BCHW, p: int, mask_B1HW=None):
+    """mean over C,H,W of M·|x − x0|^p per sample (M broadcast over channels; no division by mask area)."""
+    d = (x_BCHW.float() - x0_BCHW.float()).abs()
+    d = d if p == 1 else d.pow(p)
+    if mask_B1HW is not None:
+        d = d * mask_B1HW.float()
+    return d.flatten(1).mean(1)
+
+
+def build_lpips(device=None):
+    """LPIPS-alex. The linear heads ship with the `lpips` package; the AlexNet backbone loads from the torch hub
+    cache when present, else stays random (offline) — then LPIPS values are not perceptual, only well defined."""
+    import lpips
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    if not cached.is_file():
+        warnings.warn("LPIPS: AlexNet weights not in the torch hub cache; using a random backbone", stacklevel=2)
+    with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' `pretrained=` argument
+        warnings.simplefilter("ignore", UserWarning)
+        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not cached.is_file(), verbose=False)
+    return net.eval().requires_grad_(False).to(device)
+
+
+def lpips_distance(net, x_BCHW, x0_BCHW, mask_B1HW=None):
+    """LPIPS (inputs in [0,1]) → (B,). With a mask: per layer diff = (M⊙(f0 − f1))² on unit-normalised features,
+    M bilinearly resized to the layer's resolution, then the layer's linear head and spatial mean (MaskedLPIPS)."""
+    import lpips
+
+    in0 = net.scaling_layer(2 * x_BCHW.float() - 1)
+    in1 = net.scaling_layer(2 * x0_BCHW.float() - 1)
+    outs0, outs1 = net.net.forward(in0), net.net.forward(in1)
+    total = 0
+    for kk in range(net.L):
+        diff = lpips.normalize_tensor(outs0[kk]) - lpips.normalize_tensor(outs1[kk])
+        if mask_B1HW is not None:
+            diff = diff * F.interpolate(mask_B1HW.float(), size=diff.shape[-2:], mode="bilinear",
+                                        align_corners=False)
+        total = total + net.lins[kk](diff.pow(2)).mean(dim=(1, 2, 3))
+    return total
+
+
+# --------------------------------------------------------------------------------------------- objective
+
+
+class Objective:
+    """Per-sample guidance objective for a batch: total = loss_weight·loss + Σ w_reg·reg, each (B,)."""
+
+    def __init__(self, loss: str, classifiers: list, targets: torch.Tensor, sample_keys: list[str],
+                 loss_weight: float = 1.0, regularizers=(), regularizers_ws=(), img0: torch.Tensor | None = None,
+                 z0: torch.Tensor | None = None, px_mask=None, latent_mask=None, text_embeddings=None,
+                 noise_scale_fn=None, *, text_loss_factor: float = 1.0, lpips_model=None):
+        classifiers = list(classifiers)
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
+        n = len(classifiers)
+        if loss in NEURON_LOSSES + TEXT_LOSSES + ("CE", "NLL") and n != 1:
+            raise ValueError(f"loss {loss!r} needs exactly one classifier, got {n}")
+        if loss == "logits" and n != 2:
+            raise ValueError(f"loss 'logits' needs two classifiers, got {n}")
+        if loss in ("conf", "log_conf") and n not in (1, 2):
+            raise ValueError(f"loss {loss!r} needs one or two classifiers, got {n}")
+        regularizers, regularizers_ws = list(regularizers or ()), [float(w) for w in (regularizers_ws or ())]
+        if len(regularizers) != len(regularizers_ws):
+            raise ValueError(f"{len(regularizers)} regularizers {regularizers} but {len(regularizers_ws)} "
+                             f"regularizers_ws {regularizers_ws}")
+        self._reg_specs = [parse_regularizer(r) for r in regularizers]
+        targets = torch.as_tensor(targets)
+        if loss in NEURON_LOSSES:
+            if targets.dim() != 2 or targets.shape[1] != 2:
+                raise ValueError(f"loss {loss!r} needs targets of shape (B, 2) = [class, neuron], "
+                                 f"got {tuple(targets.shape)}")
+        elif loss not in TEXT_LOSSES and targets.dim() != 1:
+            raise ValueError(f"loss {loss!r} needs class targets of shape (B,), got {tuple(targets.shape)}")
+        if len(sample_keys) != targets.shape[0]:
+            raise ValueError(f"{len(sample_keys)} sample keys for {targets.shape[0]} targets")
+        if loss in TEXT_LOSSES:
+            if text_embeddings is None:
+                raise ValueError(f"text loss {loss!r} needs text_embeddings")
+            if loss == "cross_entropy" and (text_embeddings.dim() != 3 or text_embeddings.shape[1] != 2):
+                raise ValueError("text loss 'cross_entropy' needs text_embeddings (B, 2, D) = [positive, negative]")
+        self.loss = loss
+        self.classifiers = classifiers
+        self.targets = targets.long()
+        self.sample_keys = list(sample_keys)
+        self.loss_weight = float(loss_weight)
+        self.regularizers = regularizers
+        self.regularizers_ws = regularizers_ws
+        self.text_embeddings = text_embeddings
+        self.noise_scale_fn = noise_scale_fn
+        self.text_loss_factor = float(text_loss_factor)
+        self._lpips = {"net": lpips_model}  # shared with select()ed copies; built on first use
+        self.img0 = self.z0 = self.px_mask = self.latent_mask = None
+        self.set_reference(img0, z0)
+        self.set_masks(px_mask, latent_mask)
+
+    # ----- state the guidance loop may fill in later
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when a regulariser compares against a reference image/latent that was not given."""
+        need_px = any(s == "px" for s, _, _ in self._reg_specs)
+        need_lat = any(s == "latent" for s, _, _ in self._reg_specs)
+        return (need_px and self.img0 is None) or (need_lat and self.z0 is None)
+
+    @property
+    def needs_masks(self) -> bool:
+        return any(region is not None for _, region, _ in self._reg_specs)
+
+    def set_reference(self, img0=None, z0=None) -> None:
+        if img0 is not None:
+            self.img0 = img0.detach().float()
+        if z0 is not None:
+            self.z0 = z0.detach().float()
+
+    def set_masks(self, px_mask=None, latent_mask=None) -> None:
+        for name, m in (("px_mask", px_mask), ("latent_mask", latent_mask)):
+            if m is not None:
+                if m.dim() != 4 or m.shape[1] != 1:
+                    raise ValueError(f"{name} must be (B, 1, H, W), got {tuple(m.shape)}")
+                setattr(self, name, m.detach().float())
+
+    def select(self, idx) -> "Objective":
+        """The same objective restricted to batch rows idx (shares classifiers and the LPIPS net)."""
+        rows = idx.tolist() if torch.is_tensor(idx) else list(idx)
+        new = copy.copy(self)
+
+        def take(t):
+            return None if t is None else t[torch.as_tensor(rows, dtype=torch.long, device=t.device)]
+
+        new.targets = take(self.targets)
+        new.sample_keys = [self.sample_keys[i] for i in rows]
+        for attr in ("img0", "z0", "px_mask", "latent_mask", "text_embeddings"):
+            setattr(new, attr, take(getattr(self, attr)))
+        return new
+
+    # ----- evaluation
+
+    def _seeds(self, augment_salt):
+        if augment_salt is None:
+            return None, 1.0
+        seeds = [sample_seed(k, *augment_salt) for k in self.sample_keys]
+        scale = float(self.noise_scale_fn(augment_salt)) if self.noise_scale_fn is not None else 1.0
+        return seeds, scale
+
+    def _targets_on(self, device) -> torch.Tensor:
+        """Targets on the image device, copied once (not on every call of the hot loop)."""
+        if self.targets.device != torch.device(device):
+            self.targets = self.targets.to(device)
+        return self.targets
+
+    def classifier_loss(self, img_B3HW, seeds=None, noise_scale: float = 1.0) -> torch.Tensor:
+        y = self._targets_on(img_B3HW.device)
+        name, clfs = self.loss, self.classifiers
+        if name in NEURON_LOSSES:
+            logits, feats = clfs[0].features(img_B3HW, seeds, noise_scale)
+            return neuron_loss(name, logits, feats, y)
+        if name in TEXT_LOSSES:
+            _, emb = clfs[0].features(img_B3HW, seeds, noise_scale)
+            return text_loss(name, emb, self.text_embeddings.to(img_B3HW.device), self.text_loss_factor)
+        logits = [c(img_B3HW, seeds, noise_scale) for c in clfs]  # same seeds → same cutouts for both
+        if len(clfs) == 2:
+            fn = {"conf": conf_diff_loss, "log_conf": log_conf_diff_loss, "logits": logits_diff_loss}[name]
+            return fn(logits[0], logits[1], y)
+        return conf_loss(logits[0], y) if name == "conf" else ce_loss(logits[0], y)
+
+    def regularizer(self, name: str, img_B3HW, z_BCHW) -> torch.Tensor:
+        space, region, kind = parse_regularizer(name)
+        x, ref, mask = (img_B3HW, self.img0, self.px_mask) if space == "px" else (z_BCHW, self.z0, self.latent_mask)
+        if ref is None:
+            raise ValueError(f"regulariser {name!r} needs a reference {'image img0' if space == 'px' else 'latent z0'}"
+                             f" (pass it or call set_reference)")
+        if region is not None:
+            if mask is None:
+                raise ValueError(f"regulariser {name!r} needs a {'pixel' if space == 'px' else 'latent'} mask "
+                                 f"(pass px_mask/latent_mask or call set_masks)")
+            if mask.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"regulariser {name!r}: mask {tuple(mask.shape)} does not match {tuple(x.shape)}")
+            mask = mask.to(x.device)
+            mask = mask if region == "foreground" else 1.0 - mask
+        else:
+            mask = None
+        ref = ref.to(x.device)
+        if kind == "lpips":
+            if self._lpips["net"] is None:
+                self._lpips["net"] = build_lpips(x.device)
+            return lpips_distance(self._lpips["net"], x, ref, mask)
+        return lp_distance(x, ref, 1 if kind == "l1" else 2, mask)
+
+    def __call__(self, img_B3HW: torch.Tensor, z_BCHW: torch.Tensor | None, augment_salt=None):
+        """→ (total (B,), parts {loss name / regulariser name: (B,)}). augment_salt None = no augmentation."""
+        seeds, noise_scale = self._seeds(augment_salt)
+        loss_B = self.classifier_loss(img_B3HW, seeds, noise_scale)
+        parts = {self.loss: loss_B}
+        total_B = self.loss_weight * loss_B
+        for name, w in zip(self.regularizers, self.regularizers_ws):
+            reg_B = self.regularizer(name, img_B3HW, z_BCHW)
+            parts[name] = reg_B
+            total_B = total_B + w * reg_B
+        return total_B, parts
+
+    @torch.no_grad()
+    def confidences(self, img_B3HW: torch.Tensor) -> dict:
+        """Non-augmented scores: 'conf_i' = p_i(target) per classifier; 'activation' for neuron losses;
+        'similarity' = cos(image, positive text) for text losses."""
+        y = self._targets_on(img_B3HW.device)
+        if self.loss in TEXT_LOSSES:
+            _, emb = self.classifiers[0].features(img_B3HW)
+            t = self.text_embeddings.to(img_B3HW.device)
+            t = t[:, 0] if t.dim() == 3 else t
+            return {"similarity": F.cosine_similarity(emb[:, 0].float(), t.float(), dim=-1)}
+        if self.loss in NEURON_LOSSES:
+            logits, feats = self.classifiers[0].features(img_B3HW)
+            return {"conf_0": _target_logprob(logits, y[:, 0]).exp()[:, 0],
+                    "activation": feats[:, 0].gather(-1, y[:, 1:2]).squeeze(-1)}
+        return {f"conf_{i}": _target_logprob(c(img_B3HW), y).exp()[:, 0] for i, c in enumerate(self.classifiers)}

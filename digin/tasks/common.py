@@ -1,0 +1,178 @@
+"""Pieces every guidance task shares: the reference's CommonArguments, model/classifier loading, per-sample
+start noise, fixed-shape sub-batches, work-list shard sets and the result fields written per sample."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from digin.engine.guidance import GuidanceConfig, OptimParams
+
+
+@dataclass
+class CommonArgs:
+    """The reference's CommonArguments (same key names), plus engine settings."""
+
+    model_path: str = "tiny"  # local SD folder, single file (+ model_config) or 'tiny'
+    model_config: Optional[str] = None
+    dtype: str = "fp32"  # SD weights: fp32 | bf16 | fp16 (optimised variables and latents stay fp32)
+    resolution: int = 512
+    guidance_scale: float = 3.0
+    num_ddim_steps: int = 20
+    optim_params: OptimParams = field(default_factory=OptimParams)
+    augmentation_num_cutouts: int = 16
+    augmentation_noise_sd: float = 0.005
+    augmentation_noise_schedule: str = "const"  # const | descending
+    checkpoint: str = "step"  # step | none | block
+    seed: int = 42
+    batch_size: int = 4  # samples optimised together
+    device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
+    num_workers: int = 0
+    force: bool = False  # resume into an output folder made with another config
+    progress: bool = True
+
+
+def pick_device(cfg) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    from digin.shards.dist import device_for_local_rank
+
+    return device_for_local_rank()
+
+
+_SD_CACHE: dict = {}
+
+
+def load_sd_for(cfg, device) -> object:
+    """The SD model, loaded once per process (several stages of the demo share it)."""
+    from digin.engine.models import load_sd
+
+    key = (cfg.model_path, cfg.model_config, cfg.dtype, str(device))
+    if key not in _SD_CACHE:
+        _SD_CACHE[key] = load_sd(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
+    return _SD_CACHE[key]
+
+
+def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, **kw):
+    from digin.engine.classifiers import load_classifier
+
+    return load_classifier(spec, checkpoint=checkpoint, device=device,
+                           num_cutouts=cfg.augmentation_num_cutouts if cutouts else 0,
+                           noise_sd=cfg.augmentation_noise_sd, **kw)
+
+
+def noise_scale_fn(cfg):
+    """'descending': noise_sd·linspace(1 → 0) over the SGD steps (the reference's schedule), keyed by iteration."""
+    if cfg.augmentation_noise_schedule == "const":
+        return None
+    if cfg.augmentation_noise_schedule != "descending":
+        raise ValueError(f"augmentation_noise_schedule must be const or descending, got "
+                         f"{cfg.augmentation_noise_schedule!r}")
+    n = max(cfg.optim_params.sgd_steps, 1)
+    return lambda salt: 1.0 - min(salt[0], n - 1) / max(n - 1, 1)
+
+
+def guidance_config(cfg) -> GuidanceConfig:
+    return GuidanceConfig(guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
+                          optim_params=cfg.optim_params, checkpoint=cfg.checkpoint)
+
+
+def key_seed(key: str, seed: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def start_noise(keys: list[str], seed: int, shape, device) -> torch.Tensor:
+    """Per-sample Gaussian z_T from a CPU generator seeded by (seed, key): the same on any device and batch."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(key_seed(k, seed)))
+                        for k in keys]).to(device)
+
+
+def latent_shape(sd, resolution: int) -> tuple:
+    f = sd.latent_factor
+    return (sd.latent_channels, resolution // f, resolution // f)
+
+
+def fixed_chunks(items: list, size: int):
+    """Yield (chunk padded to `size` by repeating its last item, number of real items)."""
+    for s in range(0, len(items), size):
+        chunk = items[s:s + size]
+        n = len(chunk)
+        yield chunk + [chunk[-1]] * (size - n), n
+
+
+def to_uint8(img_3HW: torch.Tensor) -> np.ndarray:
+    return (img_3HW.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def mask_uint8(mask_1HW: torch.Tensor) -> np.ndarray:
+    return (mask_1HW[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _finite_list(t: torch.Tensor, n: int) -> list:
+    vals = t[:n].detach().float().cpu().tolist()
+    return [v if np.isfinite(v) else None for v in vals]
+
+
+def result_fields(res, b: int, prefix: str = "", extra_metrics: dict | None = None,
+                  save_latents: bool = True) -> dict:
+    """Per-sample output fields of a GuidanceResult: sd/ours PNGs, per-iteration metrics JSON, latents."""
+    n = int(res.num_logged[b])
+    metrics = {
+        "best_iter": int(res.best_iter[b]), "num_logged": n, "stopped_early": bool(res.stopped_early[b]),
+        "nonfinite": bool(res.nonfinite[b]), "loss": _finite_list(res.losses[:, b], n),
+        "parts": {k: _finite_list(v[:, b], n) for k, v in res.parts.items()},
+        "confidences": {k: _finite_list(v[:, b], n) for k, v in res.confidences.items()},
+        "aug_loss": _finite_list(res.aug_losses[:, b], max(n - 1, 0)),
+    }
+    metrics.update(extra_metrics or {})
+    out = {f"{prefix}sd": to_uint8(res.sd_images[b]), f"{prefix}ours": to_uint8(res.ours_images[b]),
+           f"{prefix}metrics": metrics}
+    if save_latents:
+        t = {"z_T": res.z_T[b].float().cpu().contiguous()}
+        if res.cond_delta is not None:
+            t["cond_delta"] = res.cond_delta[b].float().cpu().contiguous()
+        if res.uncond_delta is not None:
+            t["uncond_delta"] = res.uncond_delta[b].float().cpu().contiguous()
+        out[f"{prefix}latents"] = t
+    return out
+
+
+# ------------------------------------------------------------------------------------- work lists
+
+def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int, meta: dict | None = None):
+    """A committed shard set of JSON-only samples (key, item) — the input of txt2img stages, so they get the
+    runner's exactly-once, resume and rank split like every other stage. Deterministic: re-running with the
+    same items is a no-op; other items into the same folder are refused."""
+    from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
+    from digin.shards.writer import ShardWriter
+
+    out = Path(out)
+    listing = [[k, v] for k, v in items]
+    chash = config_hash({"name": name, "items": listing, "per_shard": per_shard})
+    chunks = [items[s:s + per_shard] for s in range(0, len(items), per_shard)]
+    m = {"format": FORMAT, "kind": "worklist", "name": name, "config": {"name": name, "per_shard": per_shard,
+         "num_items": len(items)}, "config_hash": chash, "num_shards": len(chunks), "num_samples": len(items),
+         **(meta or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    mpath = out / MANIFEST
+    if mpath.exists() and json.loads(mpath.read_text()).get("config_hash") != chash:
+        raise ConfigMismatch(f"{out} holds another work list; use a new folder")
+    write_json(mpath, m)
+    done = ShardSet.load(out)
+    for i, chunk in enumerate(chunks):
+        if i in done.records:
+            continue
+        w = ShardWriter(out, i, f"{name}-{i:06d}.tar", {"config_hash": chash})
+        try:
+            for key, item in chunk:
+                w.add(key, {"item": item})
+            w.commit()
+        except BaseException:
+            w.discard()
+            raise
+    return ShardSet.load(out)

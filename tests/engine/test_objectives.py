@@ -1,0 +1,284 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from digin.engine.augment import sample_seed
+from digin.engine.classifiers import load_classifier
+from digin.engine.objectives import (Objective, ce_loss, conf_diff_loss, conf_loss, log_conf_diff_loss,
+                                     logits_diff_loss, lp_distance, lpips_distance, neuron_loss, parse_regularizer,
+                                     text_loss)
+
+# Two samples, two cutouts, three classes.
+L1 = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]],
+                   [[0.5, -1.0, 1.5], [2.0, 1.0, 1.0]]])
+L2 = torch.tensor([[[0.0, 1.0, 1.0], [2.0, 0.0, 0.0]],
+                   [[1.0, 1.0, 1.0], [0.0, 3.0, 0.0]]])
+Y = torch.tensor([1, 2])
+
+
+def p(row, k):
+    return math.exp(row[k]) / sum(math.exp(v) for v in row)
+
+
+def per_sample(fn):
+    return torch.tensor([sum(fn(b, n) for n in range(2)) / 2 for b in range(2)])
+
+
+def close(a, b):
+    torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_classifier_losses_by_hand():
+    close(ce_loss(L1, Y), per_sample(lambda b, n: -math.log(p(L1[b, n].tolist(), Y[b]))))
+    close(conf_loss(L1, Y), per_sample(lambda b, n: -p(L1[b, n].tolist(), Y[b])))
+
+
+def test_two_classifier_losses_by_hand():
+    def margin(z, y):
+        z = z.tolist()
+        return z[y] - max(v for k, v in enumerate(z) if k != y)
+
+    close(conf_diff_loss(L1, L2, Y),
+          per_sample(lambda b, n: -p(L1[b, n].tolist(), Y[b]) + p(L2[b, n].tolist(), Y[b])))
+    close(log_conf_diff_loss(L1, L2, Y),
+          per_sample(lambda b, n: -math.log(p(L1[b, n].tolist(), Y[b])) + math.log(p(L2[b, n].tolist(), Y[b]))))
+    close(logits_diff_loss(L1, L2, Y),
+          per_sample(lambda b, n: -margin(L1[b, n], Y[b]) + margin(L2[b, n], Y[b])))
+    # margin of sample 1 cutout 1 in L2: z_y=0, max other = 3 → −3.
+    assert margin(L2[1, 1], 2) == -3.0
+
+
+def test_neuron_losses_by_hand():
+    feats = torch.tensor([[[0.1, 0.7, -0.2], [0.3, 0.5, 0.0]],
+                          [[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]]])
+    t = torch.tensor([[1, 1], [2, 0]])  # [class, neuron]
+    a = per_sample(lambda b, n: feats[b, n, t[b, 1]].item())
+    logp = per_sample(lambda b, n: math.log(p(L1[b, n].tolist(), t[b, 0])))
+    close(neuron_loss("neuron_activation", L1, feats, t), -a)
+    close(neuron_loss("neg_neuron_activation", L1, feats, t), a)
+    close(neuron_loss("neuron_activation_plus_log_confidence", L1, feats, t), -10 * a - 0.5 * logp)
+    close(neuron_loss("neg_neuron_activation_plus_log_confidence", L1, feats, t), 10 * a - 0.5 * logp)
+
+
+def test_text_losses_by_hand():
+    e = F.normalize(torch.tensor([[[1.0, 0.0]], [[0.6, 0.8]]]), dim=-1)  # (B=2, N=1, D=2)
+    pos = torch.tensor([[0.0, 1.0], [0.6, 0.8]])
+    neg = torch.tensor([[1.0, 0.0], [-0.6, -0.8]])
+    close(text_loss("inner_product", e, pos, 2.0), torch.tensor([0.0, -2.0]))
+    # ‖e − t‖ = √2 → 2·arcsin(√2/2)² = 2·(π/4)²; identical → 0.
+    close(text_loss("spherical_distance", e, pos, 1.0), torch.tensor([2 * (math.pi / 4) ** 2, 0.0]))
+    sims = torch.tensor([[0.0, 1.0], [1.0, -1.0]]) * 3.0 ** 2  # factor² quirk
+    close(text_loss("cross_entropy", e, torch.stack([pos, neg], 1), 3.0), -torch.log_softmax(sims, -1)[:, 0])
+
+
+def test_lp_regularisers_by_hand():
+    x = torch.tensor([[[[0.0, 1.0], [0.5, 0.25]]]])  # (1,1,2,2)
+    x0 = torch.tensor([[[[1.0, 1.0], [0.0, 0.75]]]])
+    m = torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
+    close(lp_distance(x, x0, 1), torch.tensor([(1 + 0 + 0.5 + 0.5) / 4]))
+    close(lp_distance(x, x0, 2), torch.tensor([(1 + 0 + 0.25 + 0.25) / 4]))
+    close(lp_distance(x, x0, 2, m), torch.tensor([(1 + 0 + 0.125 + 0.25) / 4]))  # no division by mask area
+    close(lp_distance(x, x0, 1, 1 - m), torch.tensor([(0 + 0 + 0.25 + 0) / 4]))
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=0)
+
+
+@pytest.fixture(scope="module")
+def lpips_net():
+    from digin.engine.objectives import build_lpips
+
+    with pytest.warns(UserWarning, match="random backbone"):
+        return build_lpips("cpu")
+
+
+def _batch(B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, 3, 64, 64, generator=g), torch.randn(B, 4, 8, 8, generator=g),
+            torch.rand(B, 3, 64, 64, generator=g), torch.randn(B, 4, 8, 8, generator=g),
+            torch.rand(B, 1, 64, 64, generator=g), torch.rand(B, 1, 8, 8, generator=g))
+
+
+KEYS = ["ds/val/0", "ds/val/1", "ds/val/2"]
+
+
+def test_objective_total_and_parts(clf, lpips_net):
+    img, z, img0, z0, pm, lm = _batch()
+    regs = ["px_l1", "latent_l2", "px_background_l2", "latent_foreground_l1", "px_lpips"]
+    ws = [0.5, 2.0, 250.0, 25.0, 3.0]
+    obj = Objective("CE", [clf], torch.tensor([0, 3, 4]), KEYS, loss_weight=1.5, regularizers=regs,
+                    regularizers_ws=ws, img0=img0, z0=z0, px_mask=pm, latent_mask=lm, lpips_model=lpips_net)
+    total, parts = obj(img, z, (2, 19))
+    assert set(parts) == {"CE", *regs} and all(v.shape == (3,) for v in parts.values())
+    seeds = [sample_seed(k, 2, 19) for k in KEYS]
+    close(parts["CE"], ce_loss(clf(img, seeds), torch.tensor([0, 3, 4])))
+    close(parts["px_l1"], (img - img0).abs().mean(dim=(1, 2, 3)))
+    close(parts["latent_l2"], (z - z0).pow(2).mean(dim=(1, 2, 3)))
+    close(parts["px_background_l2"], ((1 - pm) * (img - img0).pow(2)).mean(dim=(1, 2, 3)))
+    close(parts["latent_foreground_l1"], (lm * (z - z0).abs()).mean(dim=(1, 2, 3)))
+    close(parts["px_lpips"], lpips_net(img, img0, normalize=True).view(3))
+    close(total, 1.5 * parts["CE"] + sum(w * parts[r] for r, w in zip(regs, ws)))
+    # Non-augmented: resize-only classifier view.
+    _, plain = obj(img, z, None)
+    close(plain["CE"], ce_loss(clf(img), torch.tensor([0, 3, 4])))
+
+
+def test_all_ones_masks_equal_unmasked(lpips_net):
+    img, z, img0, z0, _, _ = _batch()
+    ones_px, ones_lat = torch.ones(3, 1, 64, 64), torch.ones(3, 1, 8, 8)
+    zeros_px, zeros_lat = torch.zeros(3, 1, 64, 64), torch.zeros(3, 1, 8, 8)
+    for x, x0, ones, zeros in ((img, img0, ones_px, zeros_px), (z, z0, ones_lat, zeros_lat)):
+        for p_ in (1, 2):
+            close(lp_distance(x, x0, p_, ones), lp_distance(x, x0, p_))
+            assert lp_distance(x, x0, p_, zeros).abs().max() == 0
+    close(lpips_distance(lpips_net, img, img0, ones_px), lpips_net(img, img0, normalize=True).view(3))
+    close(lpips_distance(lpips_net, img, img0), lpips_net(img, img0, normalize=True).view(3))
+    # Through Objective: foreground with M = 1 equals the unmasked regulariser; background with M = 1 is 0.
+    regs = ["px_l2", "px_foreground_l2", "px_background_l2", "latent_l1", "latent_foreground_l1",
+            "px_lpips", "px_foreground_lpips", "px_background_lpips"]
+    obj = Objective("CE", [load_classifier("tiny", size=16)], torch.zeros(3, dtype=torch.long), KEYS,
+                    regularizers=regs, regularizers_ws=[1.0] * len(regs), img0=img0, z0=z0, px_mask=ones_px,
+                    latent_mask=ones_lat, lpips_model=lpips_net)
+    _, parts = obj(img, z, None)
+    close(parts["px_foreground_l2"], parts["px_l2"])
+    close(parts["latent_foreground_l1"], parts["latent_l1"])
+    close(parts["px_foreground_lpips"], parts["px_lpips"])
+    assert parts["px_background_l2"].abs().max() == 0 and parts["px_background_lpips"].abs().max() == 0
+
+
+def test_masked_lpips_ignores_changes_outside_the_mask(lpips_net):
+    img0 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    img = img0.clone()
+    img[..., :, 48:] = torch.rand(1, 3, 64, 16)  # change only the right quarter
+    fg = torch.zeros(1, 1, 64, 64)
+    fg[..., :, :16] = 1.0  # far-left quarter
+    assert lpips_distance(lpips_net, img, img0, 1 - fg) > 10 * lpips_distance(lpips_net, img, img0, fg)
+
+
+def test_two_classifier_losses_share_cutouts(clf):
+    img = _batch()[0]
+    twin = load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=0)
+    for loss in ("conf", "log_conf", "logits"):
+        obj = Objective(loss, [clf, twin], Y.new_tensor([0, 1, 2]), KEYS)
+        total, parts = obj(img, None, (0, 17))
+        assert total.abs().max() == 0, loss  # identical nets + identical views → exactly zero
+        assert set(obj.confidences(img)) == {"conf_0", "conf_1"}
+    other = load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=1)
+    obj = Objective("conf", [clf, other], Y.new_tensor([0, 1, 2]), KEYS)
+    seeds = [sample_seed(k, 0, 17) for k in KEYS]
+    close(obj(img, None, (0, 17))[0], conf_diff_loss(clf(img, seeds), other(img, seeds), Y.new_tensor([0, 1, 2])))
+
+
+def test_neuron_objective_and_confidences(clf):
+    img = _batch()[0]
+    t = torch.tensor([[0, 3], [1, 0], [4, 15]])
+    obj = Objective("neg_neuron_activation_plus_log_confidence", [clf], t, KEYS)
+    seeds = [sample_seed(k, 1, 2) for k in KEYS]
+    logits, feats = clf.features(img, seeds)
+    close(obj(img, None, (1, 2))[0], neuron_loss("neg_neuron_activation_plus_log_confidence", logits, feats, t))
+    conf = obj.confidences(img)
+    lg, ft = clf.features(img)
+    close(conf["activation"], ft[:, 0, :].gather(1, t[:, 1:]).squeeze(1))
+    close(conf["conf_0"], torch.softmax(lg[:, 0], -1).gather(1, t[:, :1]).squeeze(1))
+
+
+def test_neuron_loss_on_non_final_module():
+    mid = load_classifier("tiny", num_classes=5, size=16, seed=0, feature_module="conv1")
+    img = _batch()[0]
+    t = torch.tensor([[0, 2], [1, 7], [2, 0]])
+    obj = Objective("neuron_activation", [mid], t, KEYS)
+    act = mid.model.conv1(mid.views(img)[:, 0]).mean(dim=(2, 3))
+    close(obj(img, None, None)[0], -act.gather(1, t[:, 1:]).squeeze(1))
+
+
+def test_text_objective_uses_image_embedding(clf):
+    img = _batch()[0]
+    text = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    obj = Objective("inner_product", [clf], torch.zeros(3, dtype=torch.long), KEYS, text_embeddings=text)
+    _, feats = clf.features(img)
+    close(obj(img, None, None)[0], -(F.normalize(feats[:, 0], dim=-1) * text).sum(-1))
+    assert set(obj.confidences(img)) == {"similarity"}
+
+
+def test_batch_members_are_independent_and_select(clf):
+    img, z, img0, z0, pm, lm = _batch()
+    regs = ["px_background_l2", "latent_l2"]
+    obj = Objective("CE", [clf], torch.tensor([0, 3, 4]), KEYS, regularizers=regs, regularizers_ws=[2.0, 3.0],
+                    img0=img0, z0=z0, px_mask=pm, latent_mask=lm)
+    total, parts = obj(img, z, (4, 18))
+    for k in range(3):
+        sub = obj.select(torch.tensor([k]))
+        assert sub.sample_keys == [KEYS[k]] and sub.targets.tolist() == [obj.targets[k].item()]
+        t_k, p_k = sub(img[k:k + 1], z[k:k + 1], (4, 18))
+        torch.testing.assert_close(t_k[0], total[k], rtol=0, atol=1e-6)
+    rev = obj.select(torch.tensor([2, 0]))
+    torch.testing.assert_close(rev(img[[2, 0]], z[[2, 0]], (4, 18))[0], total[[2, 0]], rtol=0, atol=1e-6)
+    # A different salt gives other cutouts.
+    assert not torch.allclose(obj(img, z, (5, 18))[1]["CE"], parts["CE"])
+
+
+def test_gradient_reaches_only_its_own_sample(clf):
+    img = _batch()[0].requires_grad_(True)
+    obj = Objective("conf", [clf], torch.tensor([0, 1, 2]), KEYS)
+    total, _ = obj(img, None, (0, 0))
+    (g,) = torch.autograd.grad(total[1], img)
+    assert g[1].abs().sum() > 0 and g[0].abs().sum() == 0 and g[2].abs().sum() == 0
+
+
+def test_noise_scale_fn_is_applied(clf):
+    img = _batch()[0]
+    calls = []
+
+    def no_noise(salt):
+        calls.append(salt)
+        return 0.0
+
+    obj = Objective("CE", [clf], torch.tensor([0, 1, 2]), KEYS, noise_scale_fn=no_noise)
+    seeds = [sample_seed(k, 3, 1) for k in KEYS]
+    close(obj(img, None, (3, 1))[0], ce_loss(clf(img, seeds, noise_scale=0.0), torch.tensor([0, 1, 2])))
+    assert not torch.allclose(obj(img, None, (3, 1))[0], ce_loss(clf(img, seeds), torch.tensor([0, 1, 2])))
+    assert calls[0] == (3, 1)
+
+
+def test_reference_and_masks_set_later(clf):
+    img, z, img0, z0, pm, lm = _batch()
+    obj = Objective("CE", [clf], torch.tensor([0, 1, 2]), KEYS, regularizers=["latent_background_l2"],
+                    regularizers_ws=[25.0])
+    assert obj.needs_reference and obj.needs_masks
+    with pytest.raises(ValueError, match="latent_background_l2.*reference"):
+        obj(img, z, None)
+    obj.set_reference(img0, z0)
+    assert not obj.needs_reference
+    with pytest.raises(ValueError, match="latent_background_l2.*mask"):
+        obj(img, z, None)
+    obj.set_masks(pm, lm)
+    close(obj(img, z, None)[1]["latent_background_l2"], ((1 - lm) * (z - z0) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_clear_errors(clf):
+    t = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="'bogus'"):
+        Objective("bogus", [clf], t, KEYS)
+    with pytest.raises(ValueError, match="'px_l3'"):
+        Objective("CE", [clf], t, KEYS, regularizers=["px_l3"], regularizers_ws=[1.0])
+    with pytest.raises(ValueError, match="not implemented"):
+        parse_regularizer("px_background_clip")
+    with pytest.raises(ValueError, match="latent_lpips"):
+        parse_regularizer("latent_lpips")
+    with pytest.raises(ValueError, match="regularizers_ws"):
+        Objective("CE", [clf], t, KEYS, regularizers=["px_l1", "px_l2"], regularizers_ws=[1.0])
+    with pytest.raises(ValueError, match="exactly one classifier"):
+        Objective("CE", [clf, clf], t, KEYS)
+    with pytest.raises(ValueError, match="two classifiers"):
+        Objective("logits", [clf], t, KEYS)
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        Objective("neuron_activation", [clf], t, KEYS)
+    with pytest.raises(ValueError, match="text_embeddings"):
+        Objective("spherical_distance", [clf], t, KEYS)
+    with pytest.raises(ValueError, match="sample keys"):
+        Objective("CE", [clf], t, KEYS[:2])
+    assert parse_regularizer("latent_foreground_l2") == ("latent", "foreground", "l2")
