@@ -1,0 +1,131 @@
+"""Result records: one generated sample (original / sd / ours images + metrics) as the gallery, export and eval see it.
+
+Result shards (written by the uvce / diff / neurons tasks) hold per-sample members; the defaults of `ShardFields`
+name them: images `orig.png`, `sd.png`, `ours.png`, optional `mask.png` / `attention.png`, and `metrics.json`
+(a dict: start, target, start_label, target_label, index, neuron, group, task, confidences, `loss_curve`, ...).
+Every name is configurable, so shards from another writer can be read without renaming members.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ResultRecord:
+    key: str  # sample key, e.g. imagenet/val/00042/t7
+    task: str  # uvce | diff | neurons | neuron_cf | ...
+    group: str  # what a gallery page collects: class pair, class, neuron
+    images: dict = field(default_factory=dict)  # name -> PNG bytes, file path or uint8 HWC array
+    metrics: dict = field(default_factory=dict)
+    loss_curve: list[float] | None = None
+    aux_images: dict = field(default_factory=dict)  # masks, attention maps: shown below the main row
+
+    def image_array(self, name: str) -> np.ndarray:
+        return image_to_array(self.images.get(name, self.aux_images.get(name)))
+
+    def image_png(self, name: str) -> bytes:
+        return image_to_png(self.images.get(name, self.aux_images.get(name)))
+
+
+def image_to_array(value) -> np.ndarray:
+    """PNG/JPEG bytes, a path or an array -> uint8 HWC RGB (HW masks stay HW)."""
+    from PIL import Image
+
+    if value is None:
+        raise KeyError("image missing")
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (str, Path)):
+        value = Path(value).read_bytes()
+    with Image.open(io.BytesIO(value)) as im:
+        return np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
+
+
+def image_to_png(value) -> bytes:
+    from PIL import Image
+
+    if isinstance(value, (bytes, bytearray)) and bytes(value[:8]) == b"\x89PNG\r\n\x1a\n":
+        return bytes(value)
+    if isinstance(value, (str, Path)) and str(value).lower().endswith(".png"):
+        return Path(value).read_bytes()
+    arr = image_to_array(value)
+    if arr.dtype != np.uint8:  # float masks in [0,1]
+        arr = np.clip(np.round(arr.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr.squeeze()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def default_group(metrics: dict) -> str:
+    """Group of a record from its metrics: explicit 'group', else neuron, else start->target, else class."""
+    if metrics.get("group") is not None:
+        return str(metrics["group"])
+    start, target = metrics.get("start"), metrics.get("target")
+    if metrics.get("neuron") is not None:
+        return f"{start}_neuron_{metrics['neuron']}" if start is not None else f"neuron_{metrics['neuron']}"
+    if start is not None and target is not None:
+        return f"{start}_to_{target}"
+    return str(start if start is not None else "all")
+
+
+@dataclass
+class ShardFields:
+    """Member names of a result shard (field part of `<key>.<field>.<ext>`)."""
+
+    images: list[str] = field(default_factory=lambda: ["orig", "sd", "ours"])
+    aux_images: list[str] = field(default_factory=lambda: ["mask", "attention"])
+    metrics: str = "metrics"
+    loss_curve: str = "loss_curve"  # key inside the metrics dict
+    task: str = "task"  # key inside the metrics dict; falls back to the shard set's manifest name
+
+
+def record_from_sample(sample: dict, fields: ShardFields | None = None, task: str | None = None) -> ResultRecord:
+    """A decoded shard sample (digin.shards.reader) -> ResultRecord."""
+    fields = fields or ShardFields()
+    metrics = dict(sample.get(fields.metrics) or {})
+    curve = metrics.pop(fields.loss_curve, None)
+    if curve is None and isinstance(metrics.get("loss"), list):  # the guidance tasks' per-iteration total
+        curve = [v for v in metrics["loss"] if v is not None]
+    return ResultRecord(
+        key=sample["__key__"],
+        task=str(metrics.get(fields.task) or task or "results"),
+        group=default_group(metrics),
+        images={n: sample[n] for n in fields.images if n in sample},
+        metrics=metrics,
+        loss_curve=[float(v) for v in curve] if curve is not None else None,
+        aux_images={n: sample[n] for n in fields.aux_images if n in sample},
+    )
+
+
+def expand_targets(sample: dict) -> list[dict]:
+    """A multi-target result sample (UVCE: one image, `pairs.json` listing targets, members `t<t>_sd`, `t<t>_ours`,
+    `t<t>_metrics`) → one plain sample per target keyed `<image key>/t<t>`; other samples pass through."""
+    info = sample.get("pairs")
+    if not isinstance(info, dict) or "targets" not in info:
+        return [sample]
+    out = []
+    shared = {k: v for k, v in sample.items() if not (k.startswith("t") and "_" in k and k[1:k.index("_")].isdigit())}
+    shared.pop("pairs", None)
+    for t in info["targets"]:
+        s = dict(shared)
+        s["__key__"] = f"{sample['__key__']}/t{t}"
+        for f in ("sd", "ours", "metrics", "latents"):
+            if f"t{t}_{f}" in sample:
+                s[f] = sample[f"t{t}_{f}"]
+        out.append(s)
+    return out
+
+
+def records_from_shards(shard_dir, fields: ShardFields | None = None, task: str | None = None, **reader_kwargs):
+    """Every committed sample of a result shard set as ResultRecords (rejects skipped; multi-target samples
+    expanded to one record per target)."""
+    from digin.shards.manifest import ShardSet
+    from digin.shards.reader import iter_samples
+
+    ss = ShardSet.load(shard_dir)
+    task = task or ss.meta.get("task") or (ss.meta.get("config") or {}).get("stage") or ss.name
+    return [record_from_sample(x, fields, task) for s in iter_samples(ss, **reader_kwargs) for x in expand_targets(s)]

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from digin.gallery.records import ShardFields, default_group, records_from_shards
+from tests.gallery.conftest import png
+
+
+def write_result_shards(folder, name="uvce", image_fields=("orig", "sd", "ours"), metrics_field="metrics"):
+    """A committed result shard set like the uvce task writes (2 samples, one with a mask)."""
+    from digin.shards.manifest import FORMAT, MANIFEST, write_json
+    from digin.shards.writer import ShardWriter
+
+    folder.mkdir(parents=True)
+    write_json(folder / MANIFEST, {"format": FORMAT, "kind": "results", "name": name})
+    w = ShardWriter(folder, 0, f"{name}-000000.tar")
+    for i, target in enumerate([8, 9]):
+        fields = {f: ("png", png((40 * i, 20, 200))) for f in image_fields}
+        fields[metrics_field] = {"start": 7, "target": target, "start_label": "cock", "index": 350 + i,
+                                 "target_label": "hen" if target == 8 else "ostrich", "conf_target_ours": 0.5,
+                                 "loss_curve": [2.0, 1.5, 1.0]}
+        if i == 0:
+            fields["mask"] = np.full((32, 24), 255, np.uint8)
+        w.add(f"imagenet/val/{350 + i:05d}/t{target}", fields)
+    w.commit()
+    return folder
+
+
+def test_records_from_result_shards(tmp_path):
+    folder = write_result_shards(tmp_path / "res")
+    recs = records_from_shards(folder)
+    assert [r.key for r in recs] == ["imagenet/val/00350/t8", "imagenet/val/00351/t9"]
+    r0 = recs[0]
+    assert r0.task == "uvce" and r0.group == "7_to_8"
+    assert set(r0.images) == {"orig", "sd", "ours"} and set(r0.aux_images) == {"mask"}
+    assert r0.loss_curve == [2.0, 1.5, 1.0] and "loss_curve" not in r0.metrics
+    assert r0.image_array("ours").shape == (32, 24, 3)
+    assert recs[1].aux_images == {}
+
+
+def test_configurable_field_names(tmp_path):
+    folder = write_result_shards(tmp_path / "res", image_fields=("original", "edit"), metrics_field="info")
+    fields = ShardFields(images=["original", "edit"], metrics="info")
+    recs = records_from_shards(folder, fields, task="mytask")
+    assert set(recs[0].images) == {"original", "edit"} and recs[0].metrics["target"] == 8
+    assert recs[0].task == "mytask"
+    assert records_from_shards(folder)[0].images == {}  # default names do not match these shards
+
+
+def test_default_group():
+    assert default_group({"group": "g"}) == "g"
+    assert default_group({"start": 3, "neuron": 12}) == "3_neuron_12"
+    assert default_group({"neuron": 12}) == "neuron_12"
+    assert default_group({"start": 3, "target": 4}) == "3_to_4"
+    assert default_group({}) == "all"
+
+
+def test_gallery_task_run(tmp_path):
+    from digin.tasks.gallery import Config, run
+
+    folder = write_result_shards(tmp_path / "res")
+    index = run(Config(results=[str(folder)], out=str(tmp_path / "g")))
+    assert index.is_file()
+    page = (tmp_path / "g" / "uvce" / "7_to_8.html").read_text()
+    assert "cock → hen" in page and "<svg" in page
+    with pytest.raises(SystemExit):
+        run(Config())
+
+
+def test_gallery_config_through_cli_overrides():
+    from digin.cli import build_config
+    from digin.tasks.gallery import Config
+
+    cfg = build_config(Config, ["results=[a,b]", "fields.metrics=info", "columns=[orig,ours]"])
+    assert cfg.results == ["a", "b"] and cfg.fields.metrics == "info" and cfg.columns == ["orig", "ours"]
+    assert json.dumps(cfg.fields.images) == '["orig", "sd", "ours"]'

@@ -1,0 +1,37 @@
+import math
+
+from digin.cli import build_config
+from digin.gallery.records import records_from_shards
+from digin.shards.manifest import ShardSet
+from digin.tasks import uvce
+
+
+def _args(p, out, *extra):
+    return [f"images={p['images']}", f"inversions={p['inv']}", f"out={out}", f"model_path={p['sd']}",
+            f"classifier=tiny:{p['clf']}", "resolution=32", "num_ddim_steps=4", "optim_params.sgd_steps=3",
+            "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2", "batch_size=4", "device=cpu",
+            "pairs=all_classes", "progress=false", *extra]
+
+
+def test_uvce_end_to_end(small_pipeline, tmp_path):
+    p = small_pipeline
+    cfg = build_config(uvce.Config, _args(p, tmp_path / "uvce", "regularizers=[latent_background_l2]",
+                                          "regularizers_ws=[1.0]"))
+    assert cfg.p2p.xa_interpolation_schedule == ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"]
+    assert uvce.run(cfg) == 0
+    out = ShardSet.load(tmp_path / "uvce")
+    assert out.num_samples() == 6 and len(out.records) == 2  # same shards as the input: 3 + 3 images
+    recs = records_from_shards(tmp_path / "uvce")
+    assert len(recs) == 6 * 2  # every image × the two other classes
+    pairs = {(r.metrics["start"], r.metrics["target"]) for r in recs}
+    assert pairs == {(s, t) for s in range(3) for t in range(3) if s != t}
+    for r in recs:
+        assert set(r.images) >= {"orig", "sd", "ours"} and "mask" in r.aux_images
+        assert all(v is not None and math.isfinite(v) for v in r.metrics["loss"])
+        c = r.metrics["confidences"]["conf_0"]
+        assert c[r.metrics["best_iter"]] >= c[0] - 1e-6  # ours is never worse than sd for the target
+        assert r.metrics["edited_prompt"].endswith(r.metrics["target_label"] + " on background")
+    # resume: nothing left to do, same outputs
+    before = {i: rec["sha256"] for i, rec in out.records.items()}
+    assert uvce.run(cfg) == 0
+    assert {i: rec["sha256"] for i, rec in ShardSet.load(tmp_path / "uvce").records.items()} == before
