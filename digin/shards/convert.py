@@ -1,0 +1,111 @@
+"""Dataset on disk -> `<name>-<split>-NNNNNN.tar` shards + manifest. Originals are stored byte-for-byte."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from digin.shards.decode import IMAGE_POLICY
+from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
+from digin.shards.progress import Progress
+from digin.shards.sources import SOURCES
+from digin.shards.writer import PARTIAL, ShardWriter
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def shard_file(name: str, split: str, index: int) -> str:
+    return f"{name}-{split}-{index:06d}.tar"
+
+
+def _image_ext(path: Path) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    return {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext)
+
+
+def _write_shard(job) -> dict:
+    """One conversion job = one shard: read the original files, write, commit. Runs in a pool worker."""
+    out, name, split, index, entries, root, classes, extra = job
+    w = ShardWriter(out, index, shard_file(name, split, index), extra)
+    try:
+        for key, path, label in entries:
+            path = Path(path)
+            meta = {"label": label, "label_name": classes[label] if 0 <= label < len(classes) else str(label),
+                    "source": os.path.relpath(path, root)}
+            w.add(key, {"image": (_image_ext(path), path.read_bytes()),
+                        "meta": ("json", json.dumps(meta, sort_keys=True, allow_nan=False).encode())})
+        return w.commit()
+    except BaseException:
+        w.discard()
+        raise
+
+
+def convert(source: str, root, split: str, out, name: str | None = None, samples_per_shard: int = 1000,
+            workers: int = 1, force: bool = False, limit: int | None = None, progress: bool = True) -> ShardSet:
+    """Convert a dataset into a committed shard set in `out`; re-running skips committed shards."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; one of {sorted(SOURCES)}")
+    root, out = Path(root), Path(out)
+    name = name or (source if source != "imagefolder" else re.sub(r"[^A-Za-z0-9_-]", "_", root.name) or "images")
+    if not NAME_RE.match(name) or not NAME_RE.match(split):
+        raise ValueError(f"name {name!r} and split {split!r} must match {NAME_RE.pattern}")
+    items, classes = SOURCES[source](root, split)
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise ValueError(f"no images found for {source} {split} under {root}")
+    width = max(5, len(str(len(items) - 1)))
+    keyed = [(f"{name}/{split}/{i:0{width}d}", str(p), int(lbl)) for i, (p, lbl) in enumerate(items)]
+    listing = hashlib.sha256("\n".join(f"{k}\t{os.path.relpath(p, root)}\t{l}" for k, p, l in keyed)
+                             .encode()).hexdigest()[:16]
+    config = {"source": source, "split": split, "name": name, "samples_per_shard": samples_per_shard,
+              "listing_sha256": listing, "num_samples": len(keyed)}
+    chash = config_hash(config)
+    chunks = [keyed[s:s + samples_per_shard] for s in range(0, len(keyed), samples_per_shard)]
+    meta = {"format": FORMAT, "kind": "dataset", "name": name, "split": split, "source": source, "root": str(root),
+            "classes": classes, "config": config, "config_hash": chash, "num_shards": len(chunks),
+            "num_samples": len(keyed), "image_policy": IMAGE_POLICY, "key_format": f"{name}/{split}/<index>"}
+    out.mkdir(parents=True, exist_ok=True)
+    mpath = out / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old.get("config_hash") != chash and not force:
+            raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != {chash}); "
+                                 "use another folder or force=True")
+        if old.get("config_hash") != chash:  # forced: start over
+            for p in (out / "commits").glob("*.json"):
+                p.unlink()
+    write_json(mpath, {k: v for k, v in meta.items()})
+    done = ShardSet.load(out)
+    jobs = []
+    for i, entries in enumerate(chunks):
+        rec = done.records.get(i)
+        p = out / shard_file(name, split, i)
+        if rec and rec.get("config_hash") == chash and p.exists() and p.stat().st_size == rec["bytes"]:
+            continue
+        (out / (shard_file(name, split, i) + PARTIAL)).unlink(missing_ok=True)
+        jobs.append((str(out), name, split, i, entries, str(root), classes, {"config_hash": chash}))
+    bar = Progress(sum(len(j[4]) for j in jobs), f"shard {name}-{split}", enabled=progress)
+    t0 = time.monotonic()
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            for rec in pool.imap_unordered(_write_shard, jobs):
+                bar.update(rec["count"])
+    else:
+        for job in jobs:
+            bar.update(_write_shard(job)["count"])
+    bar.close()
+    elapsed = time.monotonic() - t0
+    ss = ShardSet.load(out)
+    meta["shards"] = [{k: v for k, v in r.items()} for r in ss.records.values()]
+    write_json(mpath, meta)
+    n_new = sum(len(j[4]) for j in jobs)
+    print(f"[shard] {name}-{split}: {len(keyed)} samples in {len(chunks)} shards -> {out} "
+          f"({n_new} written in {elapsed:.1f}s, {n_new / max(elapsed, 1e-9):.0f} img/s; "
+          f"{len(chunks) - len(jobs)} shards already done)", flush=True)
+    return ShardSet.load(out)

@@ -1,0 +1,41 @@
+"""Rank/world from torchrun or Slurm, and the GPU for this process. No process group needed."""
+from __future__ import annotations
+
+import os
+
+
+def _env_int(*names, default=None):
+    for n in names:
+        v = os.environ.get(n)
+        if v not in (None, ""):
+            return int(v)
+    return default
+
+
+def rank_world() -> tuple[int, int, int]:
+    """(global rank, world size, local rank): torchrun's RANK/WORLD_SIZE/LOCAL_RANK first, then Slurm's
+    SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else (0, 1, 0)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+        local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        rank, world = _env_int("SLURM_PROCID"), _env_int("SLURM_NTASKS")
+        local = _env_int("SLURM_LOCALID", default=0)
+    else:
+        rank, world, local = 0, 1, 0
+    if not (0 <= rank < world):
+        raise ValueError(f"bad rank/world from the environment: {rank}/{world}")
+    return rank, world, local
+
+
+def device_for_local_rank(local_rank: int | None = None):
+    """cuda:<local rank mod visible GPUs> when CUDA is available, else cpu."""
+    import torch
+
+    if local_rank is None:
+        local_rank = rank_world()[2]
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cpu")

@@ -1,0 +1,154 @@
+"""Shard-set manifests: one `manifest.json` per folder plus one commit record per shard.
+
+Layout of a shard set folder:
+  manifest.json            global: format, kind, name, classes, source, config (+ config_hash), num_shards
+  commits/NNNNNN.json      per shard: index, file, count, bytes, sha256, first_key, last_key, keys, rejects,
+                           config_hash. Written last (temp -> fsync -> rename -> fsync dir): the commit point.
+  <name>-NNNNNN.tar        the shard itself
+A converted dataset also lists its records under manifest["shards"]. A shard without a record does not exist.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "digin-shards/1"
+MANIFEST = "manifest.json"
+COMMITS = "commits"
+
+
+class ShardError(RuntimeError):
+    """A shard that does not match its manifest (truncated, altered, wrong count/keys, unreadable)."""
+
+
+class ConfigMismatch(RuntimeError):
+    """Resuming a stage with a different resolved config (pass force=True to override)."""
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config)).hexdigest()[:16]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write to `<path>.tmp.<pid>`, fsync, rename over `path`, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json(path, obj):
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n")
+
+
+def commit_path(folder, index: int) -> Path:
+    return Path(folder) / COMMITS / f"{index:06d}.json"
+
+
+def write_commit(folder, record: dict):
+    (Path(folder) / COMMITS).mkdir(parents=True, exist_ok=True)
+    write_json(commit_path(folder, record["index"]), record)
+
+
+@dataclass
+class ShardSet:
+    """A committed shard set on disk: global metadata + per-shard records keyed by shard index."""
+
+    dir: Path
+    meta: dict
+    records: dict[int, dict] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path) -> "ShardSet":
+        path = Path(path)
+        folder = path.parent if path.name == MANIFEST or path.is_file() else path
+        mpath = folder / MANIFEST
+        if not mpath.exists():
+            raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a shard set")
+        meta = json.loads(mpath.read_text())
+        if meta.get("format") != FORMAT:
+            raise ShardError(f"{mpath}: unknown format {meta.get('format')!r}")
+        records = {int(r["index"]): r for r in meta.get("shards", [])}
+        cdir = folder / COMMITS
+        if cdir.is_dir():
+            for p in sorted(cdir.glob("*.json")):
+                r = json.loads(p.read_text())
+                records[int(r["index"])] = r
+        return cls(folder, meta, dict(sorted(records.items())))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.dir.name)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.get("classes", [])
+
+    def indices(self) -> list[int]:
+        return list(self.records)
+
+    def path(self, index: int) -> Path:
+        return self.dir / self.records[index]["file"]
+
+    def num_samples(self) -> int:
+        return sum(r["count"] for r in self.records.values())
+
+    def read_verified(self, index: int, check_hash: bool = True) -> bytes:
+        """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard)."""
+        rec = self.records[index]
+        p = self.path(index)
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise ShardError(f"shard {p}: cannot read ({e})") from None
+        if len(data) != rec["bytes"]:
+            raise ShardError(f"shard {p}: {len(data)} bytes, manifest says {rec['bytes']} (truncated or altered)")
+        if check_hash and sha256_bytes(data) != rec["sha256"]:
+            raise ShardError(f"shard {p}: sha256 differs from the manifest (altered after commit)")
+        return data
+
+    def verify(self, check_hash: bool = True) -> list[str]:
+        """Problems found over all committed shards (empty list = all good)."""
+        problems = []
+        for i in self.records:
+            try:
+                self.read_verified(i, check_hash)
+            except ShardError as e:
+                problems.append(str(e))
+        expected = self.meta.get("num_shards")
+        if expected is not None:
+            missing = sorted(set(range(expected)) - set(self.records))
+            if missing:
+                problems.append(f"{self.dir}: {len(missing)} shard(s) not committed: {missing[:10]}")
+        return problems

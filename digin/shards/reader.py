@@ -1,0 +1,115 @@
+"""Rank- and worker-split reading of a committed shard set, verified against its manifest.
+
+Samples are dicts: `__key__` (str), `__shard__` (int), `__pos__` (position in the shard) and one entry per field:
+`image` -> uint8 HWC RGB numpy array (original size, or res×res after Resize(1.25·res)+CenterCrop(res) when
+`resolution` is given), `*.json` -> dict, `*.txt` -> str, `*.safetensors` -> dict[str, Tensor].
+A sample that cannot be decoded is a reject: `{"__key__", "__shard__", "__pos__", "__reject__": reason}`
+(yielded only with include_rejects=True, else passed to `on_reject`).
+"""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from digin.shards.decode import DecodeError, decode_member
+from digin.shards.manifest import ShardError, ShardSet
+from digin.shards.tario import iter_members
+
+
+def assign_shards(indices, rank: int = 0, world: int = 1, worker: int = 0, num_workers: int = 1) -> list[int]:
+    """Shard i goes to rank i % world and, within that rank, to dataloader worker (i // world) % num_workers.
+
+    Depends only on the shard index, so every shard has exactly one owner whatever is already committed.
+    """
+    if not (0 <= rank < world and 0 <= worker < num_workers):
+        raise ValueError(f"bad rank/world {rank}/{world} or worker {worker}/{num_workers}")
+    return [i for i in sorted(indices) if i % world == rank and (i // world) % num_workers == worker]
+
+
+def _group_members(data: bytes, where: str):
+    """Tar bytes -> list of (key, {field: (ext, bytes)} | reject reason). Structural problems -> ShardError."""
+    groups: list[list] = []
+    seen: set[str] = set()
+    try:
+        for key, field, ext, payload in iter_members(data):
+            if key == "!bad":
+                groups.append([f"!bad:{field!r}", ext])  # field holds the raw member name, ext the reason
+                continue
+            if groups and groups[-1][0] == key:
+                fields = groups[-1][1]
+                if isinstance(fields, str):
+                    continue
+                if field in fields:
+                    groups[-1][1] = "duplicate_field"
+                    continue
+                fields[field] = (ext, payload)
+                continue
+            if key in seen:
+                groups.append([key, "duplicate_key"])
+                continue
+            seen.add(key)
+            groups.append([key, {field: (ext, payload)}])
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"shard {where}: unreadable tar ({e})") from None
+    return groups
+
+
+def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True):
+    """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
+    and keys against the shard's record before yielding anything."""
+    rec = ss.records[index]
+    where = str(ss.path(index))
+    groups = _group_members(ss.read_verified(index, check_hash), where)
+    if len(groups) != rec["count"]:
+        raise ShardError(f"shard {where}: {len(groups)} samples, manifest says {rec['count']}")
+    keys = rec.get("keys")
+    if keys is not None and [g[0] for g in groups] != keys:
+        raise ShardError(f"shard {where}: keys differ from the manifest")
+    for pos, (key, fields) in enumerate(groups):
+        base = {"__key__": key, "__shard__": index, "__pos__": pos}
+        if isinstance(fields, str):
+            yield {**base, "__reject__": fields}
+            continue
+        missing = [f for f in required if f not in fields]
+        if missing:
+            yield {**base, "__reject__": f"missing_field:{','.join(missing)}"}
+            continue
+        sample = dict(base)
+        try:
+            for field, (ext, payload) in fields.items():
+                sample[field] = decode_member(ext, payload, resolution if field == "image" else None)
+        except DecodeError as e:
+            yield {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
+            continue
+        yield sample
+
+
+def _worker_split(worker, num_workers):
+    if worker is not None:
+        return worker, num_workers or 1
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:  # pragma: no cover
+        return 0, 1
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def iter_samples(shard_dir_or_manifest, rank: int = 0, world: int = 1, worker: int | None = None,
+                 num_workers: int | None = None, resolution: int | None = None, required=(),
+                 check_hash: bool = True, include_rejects: bool = False, on_reject=None, indices=None):
+    """Every sample of the shards owned by (rank, dataloader worker), each exactly once over all owners.
+
+    Inside a torch DataLoader worker the worker split is detected automatically.
+    """
+    ss = shard_dir_or_manifest if isinstance(shard_dir_or_manifest, ShardSet) else ShardSet.load(
+        Path(shard_dir_or_manifest))
+    w, nw = _worker_split(worker, num_workers)
+    pool = ss.indices() if indices is None else [i for i in indices if i in ss.records]
+    for index in assign_shards(pool, rank, world, w, nw):
+        for sample in iter_shard(ss, index, resolution, required, check_hash):
+            if "__reject__" in sample and not include_rejects:
+                if on_reject is not None:
+                    on_reject(sample)
+                continue
+            yield sample

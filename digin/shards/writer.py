@@ -1,0 +1,82 @@
+"""Atomic shard writer: stream to `<file>.partial`, fsync, rename, fsync dir, then write the commit record."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from digin.shards.encode import encode_value
+from digin.shards.manifest import fsync_dir, write_commit
+from digin.shards.naming import check_key, member_name
+
+PARTIAL = ".partial"
+
+
+class _HashingFile:
+    """File wrapper that hashes and counts what is written (no second read of the shard to commit it)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b):
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self):
+        return self.n
+
+
+class ShardWriter:
+    """Writes shard `index` of a shard set; nothing is visible to readers until `commit()` returns."""
+
+    def __init__(self, folder, index: int, file_name: str, extra: dict | None = None):
+        from digin.shards.tario import TarStreamWriter
+
+        self.folder, self.index, self.file_name = Path(folder), index, file_name
+        self.final = self.folder / file_name
+        self.partial = self.folder / (file_name + PARTIAL)
+        self.extra = dict(extra or {})
+        self.keys: list[str] = []
+        self._seen: set[str] = set()
+        self._raw = open(self.partial, "wb")
+        self._hf = _HashingFile(self._raw)
+        self._tar = TarStreamWriter(self._hf)
+
+    def add(self, key: str, fields: dict):
+        """fields: name -> value (PIL.Image/uint8 array -> png, dict -> json, str -> txt, tensor dict ->
+        safetensors) or name -> (ext, bytes) for pre-encoded payloads (kept byte-for-byte)."""
+        check_key(key)
+        if key in self._seen:
+            raise ValueError(f"duplicate key {key!r} in shard {self.index}")
+        encoded = []
+        for name in sorted(fields):  # sorted: member order does not depend on dict order
+            v = fields[name]
+            ext, data = v if isinstance(v, tuple) else encode_value(v)
+            encoded.append((member_name(key, name, ext), data))
+        for mname, data in encoded:
+            self._tar.add(mname, data)
+        self.keys.append(key)
+        self._seen.add(key)
+
+    def commit(self, rejects: list | None = None) -> dict:
+        self._tar.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.partial, self.final)
+        fsync_dir(self.folder)
+        record = {
+            "index": self.index, "file": self.file_name, "count": len(self.keys), "bytes": self._hf.n,
+            "sha256": self._hf.h.hexdigest(), "first_key": self.keys[0] if self.keys else None,
+            "last_key": self.keys[-1] if self.keys else None, "keys": list(self.keys),
+            "rejects": list(rejects or []), **self.extra,
+        }
+        write_commit(self.folder, record)
+        return record
+
+    def discard(self):
+        try:
+            self._raw.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
