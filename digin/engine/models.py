@@ -66,7 +66,10 @@ class SDModel:
 
     def to(self, device=None, dtype=None) -> "SDModel":
         for m in (self.text_encoder, self.unet, self.vae):
-            m.to(device=device, dtype=dtype)
+            if dtype is not None and next(m.parameters()).dtype != dtype:
+                m.to(device=device, dtype=dtype)
+            else:
+                m.to(device=device)
         return self
 
     def freeze(self) -> "SDModel":
@@ -114,6 +117,18 @@ class SDModel:
 
 # --------------------------------------------------------------------------------------------- loading
 
+def _quiet_loaders():
+    """No per-file progress bars from transformers/diffusers in cluster logs."""
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        dlog.disable_progress_bar()
+    except Exception:  # older versions: cosmetic only
+        pass
+
+
 def _refuse_remote_code(folder: Path):
     for cfg in folder.rglob("config.json"):
         try:
@@ -141,7 +156,8 @@ def load_sd(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_con
         if not (path / "unet").is_dir():
             raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion folder (no unet/ subfolder)")
         _refuse_remote_code(path)
-        kw = dict(local_files_only=True, use_safetensors=True)
+        _quiet_loaders()
+        kw = dict(local_files_only=True, use_safetensors=True, torch_dtype=dt)
         tok = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
         te = CLIPTextModel.from_pretrained(path / "text_encoder", **kw)
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw)

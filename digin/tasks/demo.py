@@ -1,0 +1,110 @@
+"""The whole chain on the bundled default, on a laptop CPU in a few minutes:
+shard → invert → uvce → diff → neurons → gallery.
+
+  digin demo                      # writes ./digin-demo and prints where the gallery is
+  digin demo out=/tmp/demo world=tiny
+
+world=toy (default when the toy-world models are installed) uses the bundled, trained toy-world diffusion
+model and shape classifiers; world=tiny uses random tiny models (exercises the machinery only).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from digin.cli import build_config
+
+
+@dataclass
+class Config:
+    out: str = "digin-demo"
+    world: str = "auto"  # auto | toy | tiny
+    device: str = "cpu"
+    images_per_class: int = 2
+    sgd_steps: int = 4
+    num_ddim_steps: int = 6
+    seed: int = 0
+    force: bool = False
+
+
+def _toy_available() -> bool:
+    try:
+        from digin.toy import paths
+
+        p = paths()
+        return all(Path(v).exists() for v in p.values())
+    except Exception:
+        return False
+
+
+def _stage(name: str, fn):
+    t0 = time.monotonic()
+    print(f"[demo] {name} ...", flush=True)
+    rc = fn()
+    print(f"[demo] {name} done in {time.monotonic() - t0:.1f}s", flush=True)
+    if isinstance(rc, int) and rc != 0:
+        raise SystemExit(f"digin demo: stage {name} failed (exit {rc})")
+
+
+def _tiny_world(root: Path, cfg: Config) -> dict:
+    from digin.engine.classifiers import save_tiny_classifier
+    from digin.engine.models import build_tiny_sd
+    from digin.shards.synthetic import make_image_folder
+
+    classes = ["cat", "dog", "fox"]
+    if not (root / "models" / "sd" / "unet").exists():
+        build_tiny_sd(seed=cfg.seed, folder=root / "models" / "sd")
+    clean = save_tiny_classifier(root / "models" / "clf_a", num_classes=3, size=32, seed=1)
+    other = save_tiny_classifier(root / "models" / "clf_b", num_classes=3, size=32, seed=2)
+    make_image_folder(root / "raw", classes=classes, n_per_class=cfg.images_per_class, size=48, seed=cfg.seed)
+    return {"sd": root / "models" / "sd", "clf": f"tiny:{clean}", "clf2": f"tiny:{other}", "classes": classes,
+            "raw": root / "raw", "resolution": 32}
+
+
+def _toy_world(root: Path, cfg: Config) -> dict:
+    from digin.toy import demo_world
+
+    return demo_world(root, images_per_class=cfg.images_per_class, seed=cfg.seed)
+
+
+def run(cfg: Config):
+    from digin.tasks import diff, gallery, invert, shard, uvce
+
+    root = Path(cfg.out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    world = cfg.world if cfg.world != "auto" else ("toy" if _toy_available() else "tiny")
+    w = _toy_world(root, cfg) if world == "toy" else _tiny_world(root, cfg)
+    res = w["resolution"]
+    common = [f"model_path={w['sd']}", f"resolution={res}", f"num_ddim_steps={cfg.num_ddim_steps}",
+              f"device={cfg.device}", f"force={cfg.force}"]
+    guided = common + [f"optim_params.sgd_steps={cfg.sgd_steps}", "optim_params.sgd_stepsize=0.05",
+                       "augmentation_num_cutouts=4", "batch_size=4", f"seed={cfg.seed}"]
+    t_all = time.monotonic()
+    _stage("shard", lambda: shard.run(build_config(shard.Config, [
+        "source=imagefolder", f"root={w['raw']}", "split=val", f"out={root / 'images'}", "name=demo",
+        "samples_per_shard=4", "workers=1", f"force={cfg.force}"])))
+    inv_args = common + [f"inputs={root / 'images'}", f"out={root / 'inversions'}", "batch_size=4",
+                         *w.get("invert_args", ["method=negative_prompt"])]
+    _stage("invert", lambda: invert.run(build_config(invert.Config, inv_args)))
+    _stage("uvce", lambda: uvce.run(build_config(uvce.Config, guided + [
+        f"images={root / 'images'}", f"inversions={root / 'inversions'}", f"out={root / 'uvce'}",
+        f"classifier={w['clf']}", "pairs=all_classes", "progress=false", *w.get("uvce_args", [])])))
+    classes = "[" + ",".join(w["classes"]) + "]"
+    _stage("diff", lambda: diff.run(build_config(diff.Config, guided + [
+        f"out={root / 'diff'}", f"classifier1={w['clf']}", f"classifier2={w['clf2']}", f"class_names={classes}",
+        "num_images=2", "progress=false", *w.get("diff_args", [])])))
+    try:
+        from digin.tasks import neurons
+    except ImportError:
+        neurons = None
+    if neurons is not None and hasattr(neurons, "demo_stage"):
+        _stage("neurons", lambda: neurons.demo_stage(root, w, guided))
+    results = [str(root / "uvce"), str(root / "diff" / "results")]
+    if (root / "neurons" / "results").exists():
+        results.append(str(root / "neurons" / "results"))
+    _stage("gallery", lambda: gallery.run(build_config(gallery.Config, [
+        "results=[" + ",".join(results) + "]", f"out={root / 'gallery'}"])))
+    print(f"[demo] world={world}; all stages done in {time.monotonic() - t_all:.1f}s")
+    print(f"[demo] gallery: {root / 'gallery' / 'index.html'}")
+    return 0

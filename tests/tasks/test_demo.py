@@ -1,0 +1,17 @@
+import pytest
+
+from digin.cli import main
+
+
+@pytest.mark.slow
+def test_demo_tiny_world_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", f"out={out}", "world=tiny", "sgd_steps=2", "num_ddim_steps=4"]) == 0
+    index = out / "gallery" / "index.html"
+    assert index.exists()
+    text = capsys.readouterr().out
+    assert f"gallery: {index}" in text
+    from digin.gallery import check_gallery
+
+    problems, pages, images = check_gallery(out / "gallery")
+    assert not problems and pages >= 3 and images >= 12

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from digin.cli import build_config
+from digin.engine.classifiers import save_tiny_classifier
+from digin.gallery.records import records_from_shards
+from digin.shards.manifest import ShardSet
+from digin.tasks import diff
+
+
+def test_diff_end_to_end_two_classifiers(tiny_sd_dir, tmp_path):
+    c1 = save_tiny_classifier(tmp_path / "c1", num_classes=3, size=32, seed=1)
+    c2 = save_tiny_classifier(tmp_path / "c2", num_classes=3, size=32, seed=2)
+    args = [f"out={tmp_path / 'diff'}", f"model_path={tiny_sd_dir}", f"classifier1=tiny:{c1}",
+            f"classifier2=tiny:{c2}", f"eval_classifier=tiny:{c1}", "class_names=[cat,dog,fox]",
+            "target_classes=[0,2]", "num_images=3", "resolution=32", "num_ddim_steps=4", "optim_params.sgd_steps=4",
+            "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2", "batch_size=4", "device=cpu",
+            "progress=false"]
+    cfg = build_config(diff.Config, args)
+    assert diff.run(cfg) == 0
+    recs = records_from_shards(tmp_path / "diff" / "results")
+    assert sorted((r.metrics["class"], r.metrics["i"]) for r in recs) == [(c, i) for c in (0, 2) for i in range(3)]
+    for r in recs:
+        assert r.metrics["loss_name"] == "conf"
+        assert all(v is not None and math.isfinite(v) for v in r.metrics["loss"])
+        c = r.metrics["confidences"]
+        k = r.metrics["best_iter"]
+        # the disagreement p1 - p2 of `ours` is at least that of `sd`
+        assert c["conf_0"][k] - c["conf_1"][k] >= c["conf_0"][0] - c["conf_1"][0] - 1e-6
+        assert math.isfinite(r.metrics["eval_conf_ours"])
+    # start noise is per (class, i): rerunning into a new folder with a different batch size gives equal images
+    cfg2 = build_config(diff.Config, [a for a in args if not a.startswith(("out=", "batch_size="))] +
+                        [f"out={tmp_path / 'diff2'}", "batch_size=2", "target_classes=[2]", "num_images=2"])
+    assert diff.run(cfg2) == 0
+    a = {r.key: r.image_array("sd") for r in recs}
+    for r in records_from_shards(tmp_path / "diff2" / "results"):
+        assert (abs(a[r.key].astype(int) - r.image_array("sd").astype(int)).max()) <= 1
+
+
+def test_diff_rejects_bad_class(tiny_sd_dir, tmp_path):
+    cfg = build_config(diff.Config, [f"out={tmp_path / 'x'}", "class_names=[a,b]", "target_classes=[5]"])
+    with pytest.raises(SystemExit, match="outside"):
+        diff.run(cfg)
+
+
+def test_typo_key_is_named():
+    with pytest.raises(SystemExit, match="optim_params.sgd_stpes"):
+        build_config(diff.Config, ["optim_params.sgd_stpes=3"])
