@@ -34,22 +34,34 @@ def step_embedding(emb: torch.Tensor, i: int) -> torch.Tensor:
     return emb[:, i] if emb.dim() == 4 else emb
 
 
-def guided_eps(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, guidance_scale: float,
-               controller=None) -> torch.Tensor:
+def unet_halves(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, controller=None):
+    """One UNet call on [x, x] with [∅, C] → (ε_uncond, ε_cond) in the weight dtype."""
     t = sched.timesteps[i].to(x_BCHW.device)
     B = x_BCHW.shape[0]
     kwargs = {"digin_step": i} if controller is not None else None
     dt = sd.dtype
     out = sd.unet(torch.cat([x_BCHW, x_BCHW]).to(dt), t, encoder_hidden_states=torch.cat([uncond_BLD, cond_BLD]).to(dt),
-                  cross_attention_kwargs=kwargs, return_dict=False)[0].float()
-    eps_u, eps_c = out[:B], out[B:]
+                  cross_attention_kwargs=kwargs, return_dict=False)[0]
+    return out[:B], out[B:]
+
+
+def guided_eps(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, guidance_scale: float,
+               controller=None) -> torch.Tensor:
+    eps_u, eps_c = (e.float() for e in unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller))
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
 def denoise_step(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller=None):
-    """One guided DDIM step → (x_prev, x̂0)."""
-    eps = guided_eps(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller)
-    return ddim_step(sched, i, eps, x_BCHW)
+    """One guided DDIM step → (x_prev, x̂0). On CUDA the CFG combine and the DDIM update run as one fused
+    Triton kernel (digin.kernels, DIGIN_KERNELS=0 falls back); elsewhere the eager formulas."""
+    eps_u, eps_c = unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller)
+    if x_BCHW.is_cuda:
+        from digin.kernels import fused_cfg_ddim
+
+        return fused_cfg_ddim(eps_u, eps_c, x_BCHW, guidance_scale, sched.alpha_t[i], sched.alpha_prev[i],
+                              sched.prediction_type)
+    eps_u, eps_c = eps_u.float(), eps_c.float()
+    return ddim_step(sched, i, eps_u + guidance_scale * (eps_c - eps_u), x_BCHW)
 
 
 @dataclass

@@ -20,7 +20,7 @@ class CommonArgs:
 
     model_path: str = "tiny"  # local SD folder, single file (+ model_config) or 'tiny'
     model_config: Optional[str] = None
-    dtype: str = "fp32"  # SD weights: fp32 | bf16 | fp16 (optimised variables and latents stay fp32)
+    dtype: str = "fp32"  # SD + classifier weights: fp32 | bf16 | fp16 (optimised variables, latents stay fp32)
     resolution: int = 512
     guidance_scale: float = 3.0
     num_ddim_steps: int = 20
@@ -61,7 +61,7 @@ def load_sd_for(cfg, device) -> object:
 def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, **kw):
     from digin.engine.classifiers import load_classifier
 
-    return load_classifier(spec, checkpoint=checkpoint, device=device,
+    return load_classifier(spec, checkpoint=checkpoint, device=device, dtype=cfg.dtype,
                            num_cutouts=cfg.augmentation_num_cutouts if cutouts else 0,
                            noise_sd=cfg.augmentation_noise_sd, **kw)
 

@@ -1,0 +1,110 @@
+"""Foreground masks for inspection: cross-attention maps of the label words (+ optional SAM-HQ refinement and
+post-processing) from the initial pass of each inverted image (REFERENCE §5.2).
+
+  digin segment images=<image shards> inversions=<digin invert output> out=<folder> model_path=<sd folder>
+  digin segment ... segmentation.sam_segmentation=true segmentation.sam_checkpoint=/ckpt/sam_hq_vit_h.pth
+
+Output per image (same keys/shards as the input): `orig.png`, `mask.png` (the foreground mask the UVCE and
+neuron-counterfactual stages use), `attention.png` (one tile per prompt word: its cross-attention map), and
+`metrics.json` (words, foreground words, prompt, mask area). Open them with `digin gallery`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from digin.engine.edit import MaskBlendParams
+from digin.engine.segment import SegmentationConfig
+from digin.tasks.common import load_sd_for, mask_uint8, pick_device, to_uint8
+
+
+def _seg_default():
+    return SegmentationConfig(sam_segmentation=False)
+
+
+@dataclass
+class Config:
+    images: str = "???"
+    inversions: str = "???"
+    out: str = "???"
+    model_path: str = "tiny"
+    model_config: str | None = None
+    dtype: str = "fp32"
+    resolution: int = 512
+    guidance_scale: float = 3.0
+    num_ddim_steps: int = 20
+    batch_size: int = 8
+    foreground_words: dict = field(default_factory=dict)  # label → words to look for in the caption
+    segmentation: SegmentationConfig = field(default_factory=_seg_default)
+    device: str | None = None
+    num_workers: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+class _MaskOnly:
+    """The edit set-up asks an objective for masks; here nothing is optimised."""
+
+    needs_masks = True
+
+    def set_reference(self, *a):
+        pass
+
+    def set_masks(self, *a):
+        pass
+
+
+def word_tiles(maps: dict, size: int) -> np.ndarray:
+    """Per-word maps side by side (grey, uint8); one black tile when there are none."""
+    tiles = [mask_uint8(m / m.max().clamp_min(1e-8)) for m in maps.values()] or [np.zeros((size, size), np.uint8)]
+    return np.concatenate(tiles, axis=1)
+
+
+def make_process(sd, cfg: Config, classes: list[str]):
+    from digin.engine.edit import prepare_edit
+
+    def process(batch):
+        dev = batch.device
+        images = batch.images.to(dev).float() / 255.0
+        prompts = [s["prompt"] for s in batch.samples]
+        labels = [classes[int(s["meta"]["label"])] for s in batch.samples]
+        fg = [cfg.foreground_words.get(lab, lab).split() for lab in labels]
+        z = torch.stack([s["inversion"]["z_T"] for s in batch.samples]).to(dev)
+        null = torch.stack([s["inversion"]["null_texts"] for s in batch.samples]).to(dev)
+        setup = prepare_edit(sd, _MaskOnly(), z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
+                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps, images=images,
+                             blend=MaskBlendParams(do_mask_blend=True, initial_mask_blend_schedule=["none"]),
+                             segmentation=cfg.segmentation)
+        setup.close(sd)
+        outs = []
+        for b in range(batch.n_real):
+            words = setup.word_maps[b]
+            outs.append({"orig": to_uint8(images[b]), "mask": mask_uint8(setup.px_mask[b]),
+                         "attention": word_tiles(words, images.shape[-1]),
+                         "metrics": {"prompt": prompts[b], "words": list(words), "foreground_words": fg[b],
+                                     "label": labels[b], "start": int(batch.samples[b]["meta"]["label"]),
+                                     "mask_area": float(setup.px_mask[b].mean())}})
+        return outs
+
+    return process
+
+
+def run(cfg: Config):
+    from omegaconf import OmegaConf
+
+    from digin.shards.manifest import ShardSet
+    from digin.shards.runner import run_stage
+
+    images, invs = ShardSet.load(cfg.images), ShardSet.load(cfg.inversions)
+    dev = pick_device(cfg)
+    sd = load_sd_for(cfg, dev)
+    conf = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for k in ("images", "inversions", "out", "device", "num_workers", "force", "progress"):
+        conf.pop(k)
+    summary = run_stage([images, invs], cfg.out, make_process(sd, cfg, images.classes), cfg.batch_size,
+                        {"stage": "segment", **conf}, name="segment", resolution=cfg.resolution,
+                        required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
+                        force=cfg.force, device=dev, progress=cfg.progress)
+    return summary.exit_code
