@@ -1,0 +1,162 @@
+"""Caption every image of a shard set (REFERENCE §9): one caption per key, always containing the class label.
+
+  digin caption inputs=/data/shards/imagenet-val out=/data/captions/imagenet-val backend=template
+  digin caption inputs=... out=... backend=open_flamingo flamingo.lm_path=/models/mpt-7b \
+      flamingo.checkpoint=/models/OpenFlamingo-9B-vitl-mpt7b/checkpoint.pt \
+      flamingo.vision_pretrained=/models/clip/ViT-L-14-openai.pt flamingo.demo_images=/data/shards/imagenet-train
+  digin caption inputs=... out=... backend=hf hf.model_path=/models/blip2-opt-2.7b
+  digin caption inputs=... out=... backend=import import_dir=/data/imagenet_captions   # <idx>_prompt.txt files
+
+Writes shard i of `out` with the keys of input shard i:
+  caption.txt        the caption (what `digin invert captions=...` reads, field `caption`)
+  caption_info.json  {backend, fallback: null or why the dataset template replaced the caption, raw, label}
+Fallback reasons: empty, label_missing (the label must appear as a word sequence, the rule P2P relies on),
+import_missing (no <idx>_prompt.txt for this index), backend_error:... (only with on_error=fallback).
+Killed jobs resume: committed shards are skipped (digin/shards/runner.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from digin.caption.hf import CAPTION_INSTRUCTION
+
+
+@dataclass
+class FlamingoArgs:
+    lm_path: Optional[str] = None           # local LM folder (OpenFlamingo-9B: mpt-7b)
+    tokenizer_path: Optional[str] = None    # default: lm_path
+    vision: str = "ViT-L-14"                # open_clip model name or JSON model config
+    vision_pretrained: Optional[str] = None  # local open_clip weights file (ViT-L-14 openai)
+    checkpoint: Optional[str] = None        # OpenFlamingo checkpoint.pt / .safetensors
+    cross_attn_every_n_layers: int = 4      # 9B: 4
+    decoder_layers_attr_name: Optional[str] = None  # default: found from the LM
+    trust_remote_code: bool = False
+    prompt: str = "an image of a {label} "  # the reference's query prefix (trailing space included)
+    demos: Optional[str] = None             # demo set name or JSON; default: the dataset's set
+    demo_images: Optional[str] = None       # train-split shard set (or folder of <index>.png) holding the demos
+    num_demos: Optional[int] = None         # None: all (ImageNet 24, CUB 23, Cars 26, Food 20, Flowers 20)
+
+
+@dataclass
+class HFArgs:
+    model_path: Optional[str] = None        # local transformers model folder (BLIP, BLIP-2, LLaVA-style, ...)
+    trust_remote_code: bool = False         # CogVLM-style models with custom code: only if you trust the folder
+    mode: str = "auto"                      # prefix | instruct | auto (instruct when the processor has a chat template)
+    prompt: str = "an image of a {label}"
+    instruction: str = CAPTION_INSTRUCTION
+
+
+@dataclass
+class Config:
+    inputs: str = "???"                     # image shard set (digin shard output)
+    out: str = "???"                        # caption shard set folder
+    backend: str = "template"               # template | open_flamingo | hf | import
+    dataset: Optional[str] = None           # picks template and demos; default: the shard set's source
+    template: Optional[str] = None          # fallback template override, e.g. "a photo of a {label}"
+    import_dir: Optional[str] = None        # backend=import: folder of <idx>_prompt.txt files
+    resolution: int = 224                   # Resize(1.25·res)+CenterCrop(res) before the model (reference: 224)
+    batch_size: int = 8
+    num_beams: int = 3
+    max_new_tokens: int = 20
+    dtype: str = "fp32"                     # model weights: fp32 | bf16 | fp16
+    on_error: str = "raise"                 # raise | fallback (template caption, reason recorded)
+    flamingo: FlamingoArgs = field(default_factory=FlamingoArgs)
+    hf: HFArgs = field(default_factory=HFArgs)
+    device: Optional[str] = None            # default: cuda:<local rank> if available, else cpu
+    num_workers: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+def stage_config(cfg: Config, dataset: str) -> dict:
+    """What changes the captions (recorded in the manifest; resuming with other settings is refused)."""
+    c = {"stage": "caption", "backend": cfg.backend, "dataset": dataset, "template": cfg.template}
+    if cfg.backend == "import":
+        c["import_dir"] = cfg.import_dir
+    if cfg.backend in ("open_flamingo", "hf"):
+        c.update(resolution=cfg.resolution, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                 dtype=cfg.dtype)
+        c[cfg.backend] = asdict(cfg.flamingo if cfg.backend == "open_flamingo" else cfg.hf)
+    return c
+
+
+def captioner_kwargs(cfg: Config, dataset: str, device) -> dict:
+    from digin.caption.templates import DEMO_SETS
+
+    kw = dict(device=device, dtype=cfg.dtype, dataset=dataset, template=cfg.template, num_beams=cfg.num_beams,
+              max_new_tokens=cfg.max_new_tokens, resolution=cfg.resolution)
+    if cfg.backend == "open_flamingo":
+        f = asdict(cfg.flamingo)
+        if f["num_demos"] != 0:
+            f["demos"] = f["demos"] or DEMO_SETS.get(dataset.lower())
+            if not f["demo_images"]:
+                raise SystemExit("digin caption: open_flamingo is few-shot: set flamingo.demo_images to the train "
+                                 "split (shard set or folder of <index>.png), or flamingo.num_demos=0")
+        else:
+            f["demos"] = None
+        kw.update(f)
+    elif cfg.backend == "hf":
+        kw.update(asdict(cfg.hf))
+    return kw
+
+
+def make_process(cfg: Config, dataset: str, captioner=None, imported: dict | None = None):
+    from digin.caption import caption_images, enforce_label, label_of, template_for
+    from digin.caption.importer import key_index
+
+    template = template_for(dataset, cfg.template)
+
+    def process(batch):
+        labels = [label_of(s) for s in batch.samples]
+        if imported is not None:
+            outs = []
+            for key, lab in zip(batch.keys[:batch.n_real], labels):
+                raw = imported.get(key_index(key))
+                final, reason = enforce_label(raw, lab, template)
+                outs.append({"caption": final, "caption_info": {
+                    "backend": "import", "fallback": "import_missing" if raw is None else reason, "raw": raw,
+                    "label": lab}})
+            return outs
+        res = caption_images(batch.images, labels, captioner=captioner, dataset=dataset, template=cfg.template,
+                             on_error=cfg.on_error)  # the whole padded batch: fixed shapes
+        return [{"caption": c, "caption_info": info} for c, info in res[:batch.n_real]]
+
+    return process
+
+
+def run(cfg: Config):
+    import torch
+
+    from digin.caption.backends import load_captioner
+    from digin.shards.manifest import ShardSet
+    from digin.shards.runner import run_stage
+
+    if cfg.backend not in ("template", "open_flamingo", "hf", "import"):
+        raise SystemExit(f"digin caption: backend must be template, open_flamingo, hf or import, got {cfg.backend!r}")
+    if cfg.on_error not in ("raise", "fallback"):
+        raise SystemExit(f"digin caption: on_error must be raise or fallback, got {cfg.on_error!r}")
+    images = ShardSet.load(cfg.inputs)
+    dataset = cfg.dataset or images.meta.get("source") or images.name
+    device = torch.device(cfg.device) if cfg.device else None
+    if device is None:
+        from digin.shards.dist import device_for_local_rank
+
+        device = device_for_local_rank()
+    captioner, imported = None, None
+    if cfg.backend == "import":
+        from digin.caption.importer import read_prompt_files
+
+        if not cfg.import_dir:
+            raise SystemExit("digin caption: backend=import needs import_dir (folder of <idx>_prompt.txt files)")
+        imported = read_prompt_files(cfg.import_dir)
+    else:
+        kw = captioner_kwargs(cfg, dataset, device)
+        captioner = load_captioner(cfg.backend, **kw)
+    needs_pixels = cfg.backend in ("open_flamingo", "hf")
+    summary = run_stage(images, cfg.out, make_process(cfg, dataset, captioner, imported), cfg.batch_size,
+                        stage_config(cfg, dataset), name="caption",
+                        resolution=cfg.resolution if needs_pixels else None,
+                        required=("image", "meta") if needs_pixels else ("meta",),
+                        num_workers=cfg.num_workers, force=cfg.force, device=device, progress=cfg.progress)
+    return summary.exit_code
