@@ -129,6 +129,9 @@ def result_fields(res, b: int, prefix: str = "", extra_metrics: dict | None = No
         "confidences": {k: _finite_list(v[:, b], n) for k, v in res.confidences.items()},
         "aug_loss": _finite_list(res.aug_losses[:, b], max(n - 1, 0)),
     }
+    best = int(res.best_iter[b])
+    for name, v in res.confidences.items():  # scalar summaries for tables / the gallery: iterate 0 vs best
+        metrics[f"{name}_sd"], metrics[f"{name}_ours"] = _finite_list(v[:, b], n)[0], _finite_list(v[:, b], n)[best]
     metrics.update(extra_metrics or {})
     out = {f"{prefix}sd": to_uint8(res.sd_images[b]), f"{prefix}ours": to_uint8(res.ours_images[b]),
            f"{prefix}metrics": metrics}
@@ -144,13 +147,37 @@ def result_fields(res, b: int, prefix: str = "", extra_metrics: dict | None = No
 
 # ------------------------------------------------------------------------------------- work lists
 
-def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int, meta: dict | None = None):
+def wait_for_worklist(folder, timeout_s: float = 3600.0, poll_s: float = 2.0):
+    """Block until rank 0 has committed every shard of the work list in `folder`."""
+    import time
+
+    from digin.shards.manifest import ShardSet
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ss = ShardSet.load(folder)
+            if len(ss.records) == ss.meta.get("num_shards", -1):
+                return ss
+        except (FileNotFoundError, ValueError):  # not written yet / half-written manifest
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"digin: rank 0 did not write the work list {folder} within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int, meta: dict | None = None,
+                   wait_s: float = 3600.0):
     """A committed shard set of JSON-only samples (key, item) — the input of txt2img stages, so they get the
     runner's exactly-once, resume and rank split like every other stage. Deterministic: re-running with the
-    same items is a no-op; other items into the same folder are refused."""
+    same items is a no-op; other items into the same folder are refused. Only rank 0 writes; the other ranks
+    wait for its commit (several writers would race on the same files)."""
+    from digin.shards.dist import rank_world
     from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
     from digin.shards.writer import ShardWriter
 
+    if rank_world()[0] != 0:
+        return wait_for_worklist(out, wait_s)
     out = Path(out)
     listing = [[k, v] for k, v in items]
     chash = config_hash({"name": name, "items": listing, "per_shard": per_shard})

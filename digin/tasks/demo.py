@@ -94,15 +94,14 @@ def run(cfg: Config):
     _stage("diff", lambda: diff.run(build_config(diff.Config, guided + [
         f"out={root / 'diff'}", f"classifier1={w['clf']}", f"classifier2={w['clf2']}", f"class_names={classes}",
         "num_images=2", "progress=false", *w.get("diff_args", [])])))
-    try:
-        from digin.tasks import neurons
-    except ImportError:
-        neurons = None
-    if neurons is not None and hasattr(neurons, "demo_stage"):
-        _stage("neurons", lambda: neurons.demo_stage(root, w, guided))
-    results = [str(root / "uvce"), str(root / "diff" / "results")]
-    if (root / "neurons" / "results").exists():
-        results.append(str(root / "neurons" / "results"))
+    from digin.tasks import neurons
+
+    nargs = guided + [f"out={root / 'neurons'}", f"classifier={w.get('neuron_clf', w['clf'])}",
+                      f"images={root / 'images'}", "k=3", "progress=false", "images_per_word=2", "num_images=2",
+                      f"neurons={w.get('neurons', '[0,1]')}", "num_images_to_label=3", "sd_batch_size=8"]
+    for mode in ("activations", "name", "visualise"):
+        _stage(f"neurons {mode}", lambda: neurons.run(build_config(neurons.Config, nargs + [f"mode={mode}"])))
+    results = [str(root / "uvce"), str(root / "diff" / "results"), str(root / "neurons" / "visualise")]
     _stage("gallery", lambda: gallery.run(build_config(gallery.Config, [
         "results=[" + ",".join(results) + "]", f"out={root / 'gallery'}"])))
     print(f"[demo] world={world}; all stages done in {time.monotonic() - t_all:.1f}s")

@@ -122,14 +122,16 @@ def make_process(sd, clf, cfg: Config, classes: list[str], targets_of: dict):
                            controller=setup.controller)
         finally:
             setup.close(sd)
-        with torch.no_grad():
-            start_conf = torch.stack([clf(im[None])[0, 0].softmax(-1)[s] for im, s in zip(
-                (res.ours_images, res.sd_images)[0], starts)])
+        with torch.no_grad():  # confidence in the start class: does the edit move away from it?
+            s_idx = torch.tensor(starts, device=dev)[:, None]
+            start_conf = {name: clf(imgs)[:, 0].softmax(-1).gather(1, s_idx)[:, 0]
+                          for name, imgs in (("start_conf_sd", res.sd_images), ("start_conf_ours", res.ours_images))}
         outs = []
         for b in range(n_real):
             extra = {"start": starts[b], "target": tgts[b], "start_label": classes[starts[b]],
                      "target_label": classes[tgts[b]], "prompt": prompts[b], "edited_prompt": setup.prompts[b],
-                     "schedule": list(setup.chosen[b]), "start_conf_ours": float(start_conf[b])}
+                     "schedule": list(setup.chosen[b]),
+                     **{k: float(v[b]) for k, v in start_conf.items()}}
             outs.append({"fields": result_fields(res, b, prefix=f"t{tgts[b]}_", extra_metrics=extra),
                          "mask": setup.px_mask[b] if setup.px_mask is not None else None,
                          "recon": setup.initial_images[b]})
