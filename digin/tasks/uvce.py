@@ -21,8 +21,8 @@ import torch
 
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import (CommonArgs, fixed_chunks, guidance_config, load_classifier_for, load_sd_for,
-                                mask_uint8, noise_scale_fn, pick_device, result_fields, to_uint8)
+from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
+                                pick_device)
 
 
 def _uvce_blend():
@@ -91,93 +91,23 @@ def label_words(label: str, cfg: Config) -> list[str]:
 
 
 def make_process(sd, clf, cfg: Config, classes: list[str], targets_of: dict):
-    from digin.engine.edit import prepare_edit
-    from digin.engine.guidance import optimise
-    from digin.engine.objectives import Objective
+    from digin.tasks.edits import EditKind, make_edit_process
 
-    gcfg = guidance_config(cfg)
-    noise_fn = noise_scale_fn(cfg)
+    def start_confidence(res, starts, targets):
+        """Confidence in the start class for sd and ours: does the edit move away from it?"""
+        with torch.no_grad():
+            s_idx = torch.tensor(starts, device=res.sd_images.device)[:, None]
+            return {name: clf(imgs)[:, 0].softmax(-1).gather(1, s_idx)[:, 0]
+                    for name, imgs in (("start_conf_sd", res.sd_images), ("start_conf_ours", res.ours_images))}
 
-    def run_pairs(rows, n_real, dev):
-        """rows: (sample, image (3,H,W), target) padded to the batch size → per-row result dicts."""
-        B = len(rows)
-        z = torch.stack([r[0]["inversion"]["z_T"] for r in rows]).to(dev)
-        null = torch.stack([r[0]["inversion"]["null_texts"] for r in rows]).to(dev)
-        imgs = torch.stack([r[1] for r in rows]).to(dev)
-        starts = [int(r[0]["meta"]["label"]) for r in rows]
-        tgts = [r[2] for r in rows]
-        prompts = [r[0]["prompt"] for r in rows]
-        keys = [f"{r[0]['__key__']}/t{r[2]}" for r in rows]
-        fg = [label_words(classes[s], cfg) for s in starts]
-        repl = [(" ".join(label_words(classes[s], cfg)), classes[t]) for s, t in zip(starts, tgts)]
-        obj = Objective(cfg.loss, [clf], torch.tensor(tgts), keys, loss_weight=cfg.loss_weight,
-                        regularizers=list(cfg.regularizers), regularizers_ws=list(cfg.regularizers_ws),
-                        noise_scale_fn=noise_fn)
-        setup = prepare_edit(sd, obj, z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
-                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
-                             replacements=repl if cfg.p2p.do_p2p else None, images=imgs, p2p=cfg.p2p,
-                             blend=cfg.mask_blend, segmentation=cfg.segmentation)
-        try:
-            res = optimise(sd, obj, z_T=z, cond=setup.cond, uncond=null, cfg=gcfg, blend=setup.blend,
-                           controller=setup.controller)
-        finally:
-            setup.close(sd)
-        with torch.no_grad():  # confidence in the start class: does the edit move away from it?
-            s_idx = torch.tensor(starts, device=dev)[:, None]
-            start_conf = {name: clf(imgs)[:, 0].softmax(-1).gather(1, s_idx)[:, 0]
-                          for name, imgs in (("start_conf_sd", res.sd_images), ("start_conf_ours", res.ours_images))}
-        outs = []
-        for b in range(n_real):
-            extra = {"start": starts[b], "target": tgts[b], "start_label": classes[starts[b]],
-                     "target_label": classes[tgts[b]], "prompt": prompts[b], "edited_prompt": setup.prompts[b],
-                     "schedule": list(setup.chosen[b]),
-                     **{k: float(v[b]) for k, v in start_conf.items()}}
-            outs.append({"fields": result_fields(res, b, prefix=f"t{tgts[b]}_", extra_metrics=extra),
-                         "mask": setup.px_mask[b] if setup.px_mask is not None else None,
-                         "recon": setup.initial_images[b]})
-        return outs
-
-    def process(batch):
-        dev = batch.device
-        images = batch.images.to(dev).float() / 255.0
-        rows = []
-        for j in range(batch.n_real):
-            s = batch.samples[j]
-            if "caption" in s and isinstance(s.get("caption"), str):
-                s["prompt"] = s["caption"]
-            label = classes[int(s["meta"]["label"])]
-            if not all(w.lower() in s["prompt"].lower().split() for w in label_words(label, cfg)):
-                rows.append(None)  # the reference skips captions without the label (P2P needs it)
-                continue
-            for t in targets_of.get(s["__key__"], []):
-                rows.append((s, images[j], t))
-        results: dict = {}
-        real = [r for r in rows if r is not None]
-        for chunk, n in fixed_chunks(real, cfg.batch_size) if real else []:
-            for r, o in zip(chunk[:n], run_pairs(chunk, n, dev)):
-                results.setdefault(r[0]["__key__"], []).append((r[2], o))
-        outs = []
-        for j in range(batch.n_real):
-            s = batch.samples[j]
-            key = s["__key__"]
-            label = classes[int(s["meta"]["label"])]
-            if key not in results:
-                why = "label_not_in_caption" if key in targets_of else "no_pairs"
-                outs.append({"__reject__": why})
-                continue
-            fields = {"orig": to_uint8(images[j])}
-            info = {"targets": [], "start": int(s["meta"]["label"]), "start_label": label, "prompt": s["prompt"]}
-            for t, o in results[key]:
-                fields.update(o["fields"])
-                info["targets"].append(t)
-                if o["mask"] is not None:
-                    fields["mask"] = mask_uint8(o["mask"])
-                fields["recon"] = to_uint8(o["recon"])
-            fields["pairs"] = info
-            outs.append(fields)
-        return outs
-
-    return process
+    kind = EditKind(
+        objective_target=lambda start, target: target,
+        replacement=lambda start_words, start, target: (start_words, classes[target]),
+        extra_metrics=lambda sample, start, target: {"start": start, "target": target, "start_label": classes[start],
+                                                     "target_label": classes[target]},
+        evaluate=start_confidence)
+    return make_edit_process(sd, clf, cfg, classes, targets_of, lambda label: label_words(label, cfg), kind,
+                             guidance_config(cfg), noise_scale_fn(cfg))
 
 
 def stage_config(cfg: Config) -> dict:

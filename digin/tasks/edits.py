@@ -1,0 +1,114 @@
+"""The img2img editing stage shared by UVCEs and neuron counterfactuals.
+
+Input samples are joined image + inversion samples (`image`, `meta`, `inversion` {z_T, null_texts}, `prompt` or
+`caption`). Each image has a list of targets (classes for UVCEs, neurons for counterfactuals); the (image, target)
+rows of a batch are optimised together in fixed-size chunks (tail padded), each chunk through
+`prepare_edit` (initial pass, masks, P2P, blend, schedule search) and `optimise`. Output per image: `orig`,
+`mask`, `recon` (initial pass = null-text reconstruction), per target t `t<t>_sd`, `t<t>_ours`, `t<t>_metrics`,
+`t<t>_latents`, and `pairs` {targets, start, start_label, prompt}. Images whose prompt lacks the foreground words
+are rejected (`label_not_in_caption`; P2P and the masks need them), as the reference skips them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from digin.tasks.common import fixed_chunks, mask_uint8, result_fields, to_uint8
+
+
+@dataclass
+class EditKind:
+    """What differs between UVCEs and neuron counterfactuals."""
+
+    objective_target: Callable  # (start, target) → row of the Objective's targets (int or [class, neuron])
+    replacement: Callable  # (start_words: str, start, target) → (source, target) words for P2P
+    extra_metrics: Callable  # (sample, start, target, setup, b) → dict added to t<t>_metrics
+    evaluate: Callable | None = None  # (res, starts, targets) → {name: (B,) tensor} added to the metrics
+
+
+def prompt_has_words(prompt: str, words: list[str]) -> bool:
+    toks = prompt.lower().split()
+    return all(w.lower() in toks for w in words)
+
+
+def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_of: Callable, kind: EditKind,
+                      gcfg, noise_fn):
+    """process(batch) for run_stage. words_of(label) → foreground words of a class label."""
+    from digin.engine.edit import prepare_edit
+    from digin.engine.guidance import optimise
+    from digin.engine.objectives import Objective
+
+    def run_rows(rows, n_real, dev):
+        """rows: (sample, image (3,H,W), target), padded to the batch size → per-row outputs."""
+        z = torch.stack([r[0]["inversion"]["z_T"] for r in rows]).to(dev)
+        null = torch.stack([r[0]["inversion"]["null_texts"] for r in rows]).to(dev)
+        imgs = torch.stack([r[1] for r in rows]).to(dev)
+        starts = [int(r[0]["meta"]["label"]) for r in rows]
+        tgts = [r[2] for r in rows]
+        prompts = [r[0]["prompt"] for r in rows]
+        keys = [f"{r[0]['__key__']}/t{t}" for r, t in zip(rows, tgts)]
+        fg = [words_of(classes[s]) for s in starts]
+        repl = [kind.replacement(" ".join(w), s, t) for w, s, t in zip(fg, starts, tgts)]
+        obj = Objective(cfg.loss, [clf], torch.tensor([kind.objective_target(s, t) for s, t in zip(starts, tgts)]),
+                        keys, loss_weight=cfg.loss_weight, regularizers=list(cfg.regularizers),
+                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn)
+        setup = prepare_edit(sd, obj, z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
+                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
+                             replacements=repl if cfg.p2p.do_p2p else None, images=imgs, p2p=cfg.p2p,
+                             blend=cfg.mask_blend, segmentation=cfg.segmentation)
+        try:
+            res = optimise(sd, obj, z_T=z, cond=setup.cond, uncond=null, cfg=gcfg, blend=setup.blend,
+                           controller=setup.controller)
+        finally:
+            setup.close(sd)
+        evals = kind.evaluate(res, starts, tgts) if kind.evaluate is not None else {}
+        outs = []
+        for b in range(n_real):
+            extra = {"prompt": prompts[b], "edited_prompt": setup.prompts[b], "schedule": list(setup.chosen[b]),
+                     **kind.extra_metrics(rows[b][0], starts[b], tgts[b]),
+                     **{k: float(v[b]) for k, v in evals.items()}}
+            outs.append({"fields": result_fields(res, b, prefix=f"t{tgts[b]}_", extra_metrics=extra),
+                         "mask": setup.px_mask[b] if setup.px_mask is not None else None,
+                         "recon": setup.initial_images[b]})
+        return outs
+
+    def process(batch):
+        dev = batch.device
+        images = batch.images.to(dev).float() / 255.0
+        rows, skipped = [], set()
+        for j in range(batch.n_real):
+            s = batch.samples[j]
+            if isinstance(s.get("caption"), str):
+                s["prompt"] = s["caption"]
+            if s["__key__"] in targets_of and not prompt_has_words(s["prompt"],
+                                                                    words_of(classes[int(s["meta"]["label"])])):
+                skipped.add(s["__key__"])
+                continue
+            rows += [(s, images[j], t) for t in targets_of.get(s["__key__"], [])]
+        results: dict = {}
+        for chunk, n in fixed_chunks(rows, cfg.batch_size) if rows else []:
+            for r, o in zip(chunk[:n], run_rows(chunk, n, dev)):
+                results.setdefault(r[0]["__key__"], []).append((r[2], o))
+        outs = []
+        for j in range(batch.n_real):
+            s = batch.samples[j]
+            key = s["__key__"]
+            if key not in results:
+                outs.append({"__reject__": "label_not_in_caption" if key in skipped else "no_pairs"})
+                continue
+            start = int(s["meta"]["label"])
+            fields = {"orig": to_uint8(images[j])}
+            info = {"targets": [], "start": start, "start_label": classes[start], "prompt": s["prompt"]}
+            for t, o in results[key]:
+                fields.update(o["fields"])
+                info["targets"].append(t)
+                if o["mask"] is not None:
+                    fields["mask"] = mask_uint8(o["mask"])
+                fields["recon"] = to_uint8(o["recon"])
+            fields["pairs"] = info
+            outs.append(fields)
+        return outs
+
+    return process
