@@ -16,7 +16,7 @@ from .attention import AttentionController, install_attention, restore_attention
 from .p2p import (expand_candidates, make_blend, replacement_matrix, schedule_grid, search_schedules, take_best,
                   token_mean_embedder, token_weights, word_token_positions)
 from .sampling import run_chain
-from .schedule import make_ddim_schedule
+from .schedule import make_schedule
 from .segment import SegmentationConfig, mask_steps, segment_foreground
 
 
@@ -67,7 +67,8 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
                  replacements: list[tuple[str, str]] | None = None, images: torch.Tensor | None = None,
                  p2p: P2PParams | None = None, blend: MaskBlendParams | None = None,
                  segmentation: SegmentationConfig | None = None, search_chunk: int | None = None,
-                 generator: torch.Generator | None = None) -> EditSetup:
+                 generator: torch.Generator | None = None, solver: str = "ddim",
+                 guidance_rescale: float = 0.0) -> EditSetup:
     """Run the initial pass and everything derived from it for a batch of B samples.
 
     images: real images in [0,1] (img2img; used for SAM-HQ and as the regularisers' reference); None for txt2img
@@ -78,7 +79,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
     blend = blend or MaskBlendParams(do_mask_blend=False)
     seg_cfg = segmentation or SegmentationConfig(sam_segmentation=False)
     T, B, dev = num_ddim_steps, z_T.shape[0], z_T.device
-    sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
+    sched = make_schedule(sd.scheduler_config, T, solver).to(dev)
     use_p2p = bool(p2p.do_p2p and replacements is not None)
     need_masks = bool(blend.do_mask_blend or getattr(objective, "needs_masks", False))
     grid = schedule_grid(_names(p2p.xa_interpolation_schedule) if use_p2p else None,
@@ -107,6 +108,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
 
     with torch.no_grad():
         init = run_chain(sd, sched, z_T, cond0, uncond, guidance_scale, controller=controller,
+                         guidance_rescale=guidance_rescale,
                          record_latents=blend.do_mask_blend)
         initial_images = sd.decode(init.x0_last)
         img0 = images.to(dev).float() if images is not None else initial_images
@@ -151,7 +153,8 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
                 bl = (make_blend(latent_mask, templates, blend_MT.to(dev), foreground=blend.foreground_blend)
                       if blend.do_mask_blend else None)
                 out = run_chain(sd, sched, expand_candidates(z_T, n), expand_candidates(cond, n),
-                                expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller)
+                                expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller,
+                                guidance_rescale=guidance_rescale)
                 obj = objective.select(torch.arange(B).repeat(n))
                 total, _ = obj(sd.decode(out.x0_last), out.x0_last, None)
                 return torch.nan_to_num(total, nan=float("inf"))

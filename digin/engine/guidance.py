@@ -19,7 +19,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .sampling import Blend, run_chain
-from .schedule import loss_step_weights, make_ddim_schedule
+from .schedule import loss_step_weights, make_schedule
 
 
 @dataclass
@@ -53,6 +53,8 @@ class GuidanceConfig:
     optim_params: OptimParams = field(default_factory=OptimParams)
     checkpoint: str = "step"  # step (recompute each UNet call) | none | block (UNet's own, like the reference)
     keep_trajectory: bool = False  # keep every iterate's image (on CPU)
+    solver: str = "ddim"  # ddim | euler (EulerDiscreteScheduler's σ table, run by the same DDIM step)
+    guidance_rescale: float = 0.0  # SDXL's rescale_noise_cfg factor (0 = plain CFG)
 
 
 @dataclass
@@ -160,7 +162,8 @@ def chain_images(sd, sched, z, dC, dU, cond_BLD, uncond, cfg: GuidanceConfig, lo
     base_u = uncond if uncond.dim() == 4 else uncond.unsqueeze(1)
     uncond_TBLD = (base_u + dU).expand(-1, T, -1, -1)
     out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, keep_x0=set(loss_steps), blend=blend,
-                    controller=controller, checkpoint="step" if cfg.checkpoint == "step" else "none")
+                    controller=controller, checkpoint="step" if cfg.checkpoint == "step" else "none",
+                    guidance_rescale=cfg.guidance_rescale)
     imgs = {i: _decode(sd, out.x0_kept[i], cfg.checkpoint != "none") for i in loss_steps}
     return out, imgs
 
@@ -190,7 +193,7 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
         raise ValueError(f"checkpoint must be step, none or block, got {cfg.checkpoint!r}")
     dev = z_T.device
     T, K = cfg.num_ddim_steps, op.sgd_steps
-    sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
+    sched = make_schedule(sd.scheduler_config, T, cfg.solver).to(dev)
     weights = loss_step_weights(T, op.loss_steps, op.loss_steps_schedule)
     loss_steps = [i for i, w in enumerate(weights) if w > 0]
     B = z_T.shape[0]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .schedule import DDIMSchedule, ddim_step
+from .schedule import DDIMSchedule, ddim_step, rescale_noise_cfg
 
 
 @dataclass
@@ -51,17 +51,22 @@ def guided_eps(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, gu
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
-def denoise_step(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller=None):
+def denoise_step(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller=None,
+                 guidance_rescale: float = 0.0):
     """One guided DDIM step → (x_prev, x̂0). On CUDA the CFG combine and the DDIM update run as one fused
-    Triton kernel (digin.kernels, DIGIN_KERNELS=0 falls back); elsewhere the eager formulas."""
+    Triton kernel (digin.kernels, DIGIN_KERNELS=0 falls back); elsewhere the eager formulas. guidance_rescale > 0
+    (SDXL's rescale_noise_cfg) takes the eager path."""
     eps_u, eps_c = unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller)
-    if x_BCHW.is_cuda:
+    if x_BCHW.is_cuda and not guidance_rescale:
         from digin.kernels import fused_cfg_ddim
 
         return fused_cfg_ddim(eps_u, eps_c, x_BCHW, guidance_scale, sched.alpha_t[i], sched.alpha_prev[i],
                               sched.prediction_type)
     eps_u, eps_c = eps_u.float(), eps_c.float()
-    return ddim_step(sched, i, eps_u + guidance_scale * (eps_c - eps_u), x_BCHW)
+    eps = eps_u + guidance_scale * (eps_c - eps_u)
+    if guidance_rescale:
+        eps = rescale_noise_cfg(eps, eps_c, guidance_rescale)
+    return ddim_step(sched, i, eps, x_BCHW)
 
 
 @dataclass
@@ -74,7 +79,7 @@ class ChainOutput:
 
 def run_chain(sd, sched: DDIMSchedule, z_T_BCHW: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
               guidance_scale: float, *, keep_x0: set | None = None, blend: Blend | None = None, controller=None,
-              checkpoint: str = "none", record_latents: bool = False) -> ChainOutput:
+              checkpoint: str = "none", record_latents: bool = False, guidance_rescale: float = 0.0) -> ChainOutput:
     """Run all T steps. `checkpoint="step"` stores only per-step latents and recomputes each UNet call in
     backward (torch.utils.checkpoint, non-reentrant); "none" keeps every activation."""
     x = z_T_BCHW
@@ -88,9 +93,10 @@ def run_chain(sd, sched: DDIMSchedule, z_T_BCHW: torch.Tensor, cond: torch.Tenso
             lat.append(x.detach())
         c, u = step_embedding(cond, i), step_embedding(uncond, i)
         if checkpoint == "step" and torch.is_grad_enabled():
-            x, x0 = _checkpoint(denoise_step, sd, sched, i, x, c, u, guidance_scale, controller, use_reentrant=False)
+            x, x0 = _checkpoint(denoise_step, sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale,
+                                use_reentrant=False)
         else:
-            x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller)
+            x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale)
         if i in keep_x0:
             kept[i] = x0
     return ChainOutput(x, x0, kept, lat)

@@ -141,3 +141,91 @@ def loss_step_weights(num_steps: int, loss_steps: int, schedule: str = "linear")
         else:
             raise ValueError(f"loss_steps_schedule must be 'linear' or 'uniform', got {schedule!r}")
     return w
+
+
+# ------------------------------------------------------------------------- Euler solver, guidance rescale
+
+
+def rescale_noise_cfg(eps_cfg: torch.Tensor, eps_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, §3.4; diffusers' rescale_noise_cfg): per sample, scale the CFG
+    prediction to the std of the conditional one and mix with factor phi (0 = plain CFG)."""
+    if phi == 0:
+        return eps_cfg
+    dims = list(range(1, eps_cfg.dim()))
+    std_c = eps_cond.std(dim=dims, keepdim=True)
+    std_g = eps_cfg.std(dim=dims, keepdim=True)
+    return phi * (eps_cfg * (std_c / std_g)) + (1 - phi) * eps_cfg
+
+
+EULER_DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      timestep_spacing="leading", steps_offset=1, prediction_type="epsilon",
+                      interpolation_type="linear", final_sigmas_type="zero", timestep_type="discrete")
+
+
+def _euler_cfg(cfg: dict | None) -> dict:
+    full = dict(EULER_DEFAULTS)
+    full.update({k: v for k, v in (cfg or {}).items() if k in EULER_DEFAULTS and v is not None})
+    for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr"):
+        if (cfg or {}).get(flag):
+            raise ValueError(f"Euler solver: scheduler option {flag}=True is not supported")
+    if full["interpolation_type"] != "linear" or full["timestep_type"] != "discrete":
+        raise ValueError("Euler solver supports interpolation_type='linear' and timestep_type='discrete' only")
+    return full
+
+
+def euler_timesteps_sigmas(cfg: dict | None, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps (T,) float32, sigmas (T+1,) float32) exactly as EulerDiscreteScheduler.set_timesteps."""
+    import numpy as np
+
+    full = _euler_cfg(cfg)
+    n = full["num_train_timesteps"]
+    spacing = full["timestep_spacing"]
+    if spacing == "linspace":
+        ts = np.linspace(0, n - 1, num_steps, dtype=np.float32)[::-1].copy()
+    elif spacing == "leading":
+        ratio = n // num_steps
+        ts = (np.arange(0, num_steps) * ratio).round()[::-1].copy().astype(np.float32) + full["steps_offset"]
+    elif spacing == "trailing":
+        ts = np.arange(n, 0, -n / num_steps).round().copy().astype(np.float32) - 1
+    else:
+        raise ValueError(f"unsupported timestep_spacing {spacing!r}")
+    ac = train_alphas_cumprod(full)
+    sig_full = (((1 - ac) / ac) ** 0.5).numpy()
+    sig = np.interp(ts, np.arange(0, len(sig_full)), sig_full)
+    last = float(sig_full[0]) if full["final_sigmas_type"] == "sigma_min" else 0.0
+    sig = np.concatenate([sig, [last]]).astype(np.float32)
+    return torch.from_numpy(ts.astype(np.float32)), torch.from_numpy(sig)
+
+
+def make_euler_schedule(cfg: dict | None, num_steps: int, prediction_type: str | None = None) -> DDIMSchedule:
+    """Euler-discrete (ancestral-free) as a DDIMSchedule: ᾱ = 1/(σ²+1) at Euler's σ table (see module doc)."""
+    full = _euler_cfg(cfg)
+    pt = prediction_type or full["prediction_type"]
+    if pt not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction_type {pt!r}")
+    ts, sig = euler_timesteps_sigmas(full, num_steps)
+    alpha = 1.0 / (sig.double() ** 2 + 1.0)
+    ts_out = ts.long() if torch.equal(ts, ts.round()) else ts  # integer timesteps stay long (as DDIM's)
+    return DDIMSchedule(ts_out, alpha[:-1].float(), alpha[1:].float(), pt, full["num_train_timesteps"])
+
+
+def euler_init_scale(cfg: dict | None, num_steps: int) -> float:
+    """x_T = n · this reproduces diffusers' Euler start x̄_T = n · init_noise_sigma (1.0 for 'leading')."""
+    full = _euler_cfg(cfg)
+    _, sig = euler_timesteps_sigmas(full, num_steps)
+    s = float(sig.max())
+    init = s if full["timestep_spacing"] in ("linspace", "trailing") else (s * s + 1) ** 0.5
+    return init / (float(sig[0]) ** 2 + 1) ** 0.5
+
+
+SOLVERS = ("ddim", "euler")
+
+
+def make_schedule(cfg: dict | None, num_steps: int, solver: str = "ddim",
+                  prediction_type: str | None = None) -> DDIMSchedule:
+    """The step table for `solver` (ddim | euler); both run through schedule.ddim_step."""
+    if solver == "ddim":
+        return make_ddim_schedule(cfg, num_steps, prediction_type)
+    if solver == "euler":
+        return make_euler_schedule(cfg, num_steps, prediction_type)
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")

@@ -29,6 +29,8 @@ class CommonArgs:
     augmentation_noise_sd: float = 0.005
     augmentation_noise_schedule: str = "const"  # const | descending
     checkpoint: str = "step"  # step | none | block
+    solver: str = "ddim"  # ddim | euler (SDXL-Turbo / Playground presets)
+    guidance_rescale: float = 0.0  # SDXL guidance rescale (rescale_noise_cfg); 0 = plain CFG
     seed: int = 42
     batch_size: int = 4  # samples optimised together
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
@@ -50,11 +52,11 @@ _SD_CACHE: dict = {}
 
 def load_sd_for(cfg, device) -> object:
     """The SD model, loaded once per process (several stages of the demo share it)."""
-    from digin.engine.models import load_sd
+    from digin.engine.families import load_model
 
     key = (cfg.model_path, cfg.model_config, cfg.dtype, str(device))
-    if key not in _SD_CACHE:
-        _SD_CACHE[key] = load_sd(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
+    if key not in _SD_CACHE:  # SD-1.x / SD-2.x → SDModel, SDXL → SDXLModel (detected from the folder)
+        _SD_CACHE[key] = load_model(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
     return _SD_CACHE[key]
 
 
@@ -79,7 +81,8 @@ def noise_scale_fn(cfg):
 
 def guidance_config(cfg) -> GuidanceConfig:
     return GuidanceConfig(guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
-                          optim_params=cfg.optim_params, checkpoint=cfg.checkpoint)
+                          optim_params=cfg.optim_params, checkpoint=cfg.checkpoint, solver=cfg.solver,
+                          guidance_rescale=cfg.guidance_rescale)
 
 
 def key_seed(key: str, seed: int) -> int:

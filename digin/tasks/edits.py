@@ -57,7 +57,8 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
         setup = prepare_edit(sd, obj, z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
                              guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
                              replacements=repl if cfg.p2p.do_p2p else None, images=imgs, p2p=cfg.p2p,
-                             blend=cfg.mask_blend, segmentation=cfg.segmentation)
+                             blend=cfg.mask_blend, segmentation=cfg.segmentation, solver=cfg.solver,
+                             guidance_rescale=cfg.guidance_rescale)
         try:
             res = optimise(sd, obj, z_T=z, cond=setup.cond, uncond=null, cfg=gcfg, blend=setup.blend,
                            controller=setup.controller)

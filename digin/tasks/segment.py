@@ -35,6 +35,8 @@ class Config:
     resolution: int = 512
     guidance_scale: float = 3.0
     num_ddim_steps: int = 20
+    solver: str = "ddim"  # ddim | euler
+    guidance_rescale: float = 0.0
     batch_size: int = 8
     foreground_words: dict = field(default_factory=dict)  # label → words to look for in the caption
     segmentation: SegmentationConfig = field(default_factory=_seg_default)
@@ -76,7 +78,8 @@ def make_process(sd, cfg: Config, classes: list[str]):
         setup = prepare_edit(sd, _MaskOnly(), z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
                              guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps, images=images,
                              blend=MaskBlendParams(do_mask_blend=True, initial_mask_blend_schedule=["none"]),
-                             segmentation=cfg.segmentation)
+                             segmentation=cfg.segmentation, solver=cfg.solver,
+                             guidance_rescale=cfg.guidance_rescale)
         setup.close(sd)
         outs = []
         for b in range(batch.n_real):

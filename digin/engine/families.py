@@ -1,0 +1,87 @@
+"""Which Stable Diffusion family a `model_path` holds, and one loader for all of them.
+
+Families: `sd1` (SD-1.x, ε-prediction, 512 px), `sd2` (SD-2.x: OpenCLIP-H text encoder, D = 1024; the 768-px
+checkpoints predict v), `sdxl` (two text encoders, pooled embedding + time ids; see engine/sdxl.py). SD-1.x and
+SD-2.x share `SDModel` — v-prediction is read from the scheduler config and handled by the schedule — SDXL
+loads as `SDXLModel` with the same interface.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+# Native resolution / default solver per family (what a preset or the user starts from).
+FAMILY_DEFAULTS = {
+    "sd1": dict(resolution=512, solver="ddim"),
+    "sd2": dict(resolution=768, solver="ddim"),  # 768-v; the 512 "base" SD-2 checkpoints are ε-prediction
+    "sdxl": dict(resolution=1024, solver="euler"),
+}
+
+TINY = {"tiny": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def detect_family(folder: str | os.PathLike) -> str:
+    """sdxl when there is a second text encoder (or the pipeline class says XL); sd2 for v-prediction or an
+    OpenCLIP-H (hidden 1024) text encoder; otherwise sd1."""
+    f = Path(folder)
+    if (f / "text_encoder_2").is_dir() or "XL" in _json(f / "model_index.json").get("_class_name", ""):
+        return "sdxl"
+    if _json(f / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction":
+        return "sd2"
+    if _json(f / "text_encoder" / "config.json").get("hidden_size") == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def family_of(model_path: str | os.PathLike, model_config: str | None = None) -> str:
+    """Family of a tiny preset name, a diffusers folder, or a single file (read from its `model_config` folder)."""
+    if str(model_path) in TINY:
+        return TINY[str(model_path)]
+    p = Path(model_path)
+    if p.is_dir():
+        return detect_family(p)
+    if model_config is not None and Path(model_config).is_dir():
+        return detect_family(model_config)
+    return "sd1"  # load_sd explains what is missing
+
+
+def build_tiny_sd2(seed: int = 0, folder: str | os.PathLike | None = None, words: list[str] = ()):
+    """Tiny SD-2.x-shaped model: the tiny SD UNet/VAE/text encoder with a v-prediction scheduler."""
+    from .models import build_tiny_sd
+
+    return build_tiny_sd(seed=seed, folder=folder, prediction_type="v_prediction", words=words)
+
+
+def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None):
+    """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, or a tiny
+    preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
+    from .models import load_sd, resolve_dtype
+
+    fam = family_of(model_path, model_config)
+    if str(model_path) == "tiny-sd2":
+        return build_tiny_sd2().to(device=device, dtype=resolve_dtype(dtype)).freeze()
+    if fam == "sdxl":
+        from .sdxl import load_sdxl
+
+        return load_sdxl(model_path, dtype=dtype, device=device, model_config=model_config)
+    return load_sd(model_path, dtype=dtype, device=device, model_config=model_config)
+
+
+def model_family(sd) -> str:
+    """Family of a loaded model."""
+    if getattr(sd, "text_encoder_2", None) is not None:
+        return "sdxl"
+    if sd.scheduler_config.get("prediction_type") == "v_prediction" or sd.text_encoder.config.hidden_size == 1024:
+        return "sd2"
+    return "sd1"
