@@ -101,14 +101,18 @@ def _(grad_BNCss, boxes_BN3, std_C, H, W, min_side, img_dtype):
 
 
 def _reference_backward(grad_BNCss, boxes_BN3, std_C, H, W, img_dtype):
-    """VJP through the eager reference (autograd of crop + pool; mean/noise do not enter)."""
+    """VJP of crop + area-resize + normalise in closed form: the crop-pool is P_y·img·P_xᵀ per box, so its
+    transpose is P_yᵀ·g·P_x (no autograd: custom-op implementations run below the autograd key)."""
+    from digin.engine.augment import _pool_matrix
+
     B, N, C, s, _ = grad_BNCss.shape
-    with torch.enable_grad():
-        img = torch.zeros(B, C, H, W, dtype=torch.float32, device=grad_BNCss.device, requires_grad=True)
-        zero_mean = torch.zeros(C, device=grad_BNCss.device)
-        out = cutouts_reference(img, boxes_BN3, s, zero_mean, std_C, None, torch.float32)
-        (g,) = torch.autograd.grad(out, img, grad_BNCss.float())
-    return g.to(img_dtype)
+    g = grad_BNCss.float() / std_C.float().view(1, 1, C, 1, 1)
+    boxes = boxes_BN3.to(grad_BNCss.device)
+    side, y0, x0 = boxes[..., 0], boxes[..., 1], boxes[..., 2]
+    pool_y_BNsH = _pool_matrix(y0, side, s, H, torch.float32)
+    pool_x_BNsW = _pool_matrix(x0, side, s, W, torch.float32)
+    rows_BNCsW = torch.einsum("bncij,bnjw->bnciw", g, pool_x_BNsW)
+    return torch.einsum("bnciw,bnih->bchw", rows_BNCsW, pool_y_BNsH).to(img_dtype)
 
 
 def _setup_context(ctx, inputs, output):
