@@ -62,6 +62,10 @@ def build_config(config_cls, overrides: list[str]):
         raise SystemExit(f"digin: unknown config key {key!r} for {config_cls.__name__}") from None
     except ValidationError as e:
         raise SystemExit(f"digin: bad value for {getattr(e, 'full_key', '?')!r}: {e.msg}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
+                         f"(give them as key=value)")
     return OmegaConf.to_object(merged)
 
 

@@ -18,7 +18,7 @@ from digin.engine.guidance import GuidanceConfig, OptimParams
 class CommonArgs:
     """The reference's CommonArguments (same key names), plus engine settings."""
 
-    model_path: str = "tiny"  # local SD folder, single file (+ model_config) or 'tiny'
+    model_path: str = "???"  # local SD folder, single file (+ model_config), or tiny | tiny-sd2 | tiny-sdxl
     model_config: Optional[str] = None
     dtype: str = "fp32"  # SD + classifier weights: fp32 | bf16 | fp16 (optimised variables, latents stay fp32)
     resolution: int = 512

@@ -51,6 +51,7 @@ def _cf_segmentation():
 @dataclass
 class Config(CommonArgs):
     mode: str = "activations"  # activations | merge | name | search | visualise | counterfactuals
+    model_path: str = ""  # SD model: needed by search, visualise and counterfactuals
     out: str = "???"  # the neuron folder every mode reads from / writes into
     images: Optional[str] = None  # image shard set (activations, name, counterfactuals)
     inversions: Optional[str] = None  # inversion shard set (counterfactuals)
@@ -284,7 +285,7 @@ def run_search(cfg: Config) -> dict:
     from digin.neurons.words import candidate_words
     from digin.shards.manifest import write_json
 
-    _need(cfg, "out")
+    _need(cfg, "out", "model_path")
     out = Path(cfg.out)
     path, wpath = out / "word_search.json", out / "neuron_words.json"
     if not wpath.exists():
@@ -316,6 +317,7 @@ def run_search(cfg: Config) -> dict:
 
 
 def run_visualise(cfg: Config) -> int:
+    _need(cfg, "out", "model_path")
     from digin.neurons.search import make_visualise_process, visualise_items
     from digin.shards.dist import rank_world
     from digin.shards.runner import run_stage
@@ -350,7 +352,7 @@ def run_counterfactuals(cfg: Config) -> int:
     from digin.shards.reader import iter_samples
     from digin.shards.runner import run_stage
 
-    _need(cfg, "images", "inversions", "out")
+    _need(cfg, "images", "inversions", "out", "model_path")
     if cfg.loss not in ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
                         "neg_neuron_activation_plus_log_confidence"):
         raise SystemExit(f"digin neurons: counterfactuals need a neuron loss, got {cfg.loss!r}")

@@ -29,7 +29,7 @@ class Config:
     images: str = "???"
     inversions: str = "???"
     out: str = "???"
-    model_path: str = "tiny"
+    model_path: str = "???"
     model_config: str | None = None
     dtype: str = "fp32"
     resolution: int = 512

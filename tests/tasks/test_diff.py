@@ -39,7 +39,8 @@ def test_diff_end_to_end_two_classifiers(tiny_sd_dir, tmp_path):
 
 
 def test_diff_rejects_bad_class(tiny_sd_dir, tmp_path):
-    cfg = build_config(diff.Config, [f"out={tmp_path / 'x'}", "class_names=[a,b]", "target_classes=[5]"])
+    cfg = build_config(diff.Config, [f"out={tmp_path / 'x'}", "model_path=tiny", "class_names=[a,b]",
+                                     "target_classes=[5]"])
     with pytest.raises(SystemExit, match="outside"):
         diff.run(cfg)
 
