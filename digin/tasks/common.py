@@ -116,6 +116,12 @@ def mask_uint8(mask_1HW: torch.Tensor) -> np.ndarray:
     return (mask_1HW[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def word_tiles(maps: dict, size: int) -> np.ndarray:
+    """Per-word maps side by side (grey, uint8); one black tile when there are none."""
+    tiles = [mask_uint8(m / m.max().clamp_min(1e-8)) for m in maps.values()] or [np.zeros((size, size), np.uint8)]
+    return np.concatenate(tiles, axis=1)
+
+
 def _finite_list(t: torch.Tensor, n: int) -> list:
     vals = t[:n].detach().float().cpu().tolist()
     return [v if np.isfinite(v) else None for v in vals]

@@ -4,7 +4,7 @@ Input samples are joined image + inversion samples (`image`, `meta`, `inversion`
 `caption`). Each image has a list of targets (classes for UVCEs, neurons for counterfactuals); the (image, target)
 rows of a batch are optimised together in fixed-size chunks (tail padded), each chunk through
 `prepare_edit` (initial pass, masks, P2P, blend, schedule search) and `optimise`. Output per image: `orig`,
-`mask`, `recon` (initial pass = null-text reconstruction), per target t `t<t>_sd`, `t<t>_ours`, `t<t>_metrics`,
+`mask`, `attention` (per-word cross-attention maps), `recon` (initial pass = null-text reconstruction), per target t `t<t>_sd`, `t<t>_ours`, `t<t>_metrics`,
 `t<t>_latents`, and `pairs` {targets, start, start_label, prompt}. Images whose prompt lacks the foreground words
 are rejected (`label_not_in_caption`; P2P and the masks need them), as the reference skips them.
 """
@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from digin.tasks.common import fixed_chunks, mask_uint8, result_fields, to_uint8
+from digin.tasks.common import fixed_chunks, mask_uint8, result_fields, to_uint8, word_tiles
 
 
 @dataclass
@@ -72,6 +72,7 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
                      **{k: float(v[b]) for k, v in evals.items()}}
             outs.append({"fields": result_fields(res, b, prefix=f"t{tgts[b]}_", extra_metrics=extra),
                          "mask": setup.px_mask[b] if setup.px_mask is not None else None,
+                         "words": setup.word_maps[b] if setup.word_maps else None,
                          "recon": setup.initial_images[b]})
         return outs
 
@@ -107,6 +108,9 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
                 info["targets"].append(t)
                 if o["mask"] is not None:
                     fields["mask"] = mask_uint8(o["mask"])
+                if o["words"]:  # per-word cross-attention maps of the original prompt, side by side
+                    fields["attention"] = word_tiles(o["words"], images.shape[-1])
+                    info["attention_words"] = list(o["words"])
                 fields["recon"] = to_uint8(o["recon"])
             fields["pairs"] = info
             outs.append(fields)

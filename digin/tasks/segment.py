@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from digin.engine.edit import MaskBlendParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import load_sd_for, mask_uint8, pick_device, to_uint8
+from digin.tasks.common import load_sd_for, mask_uint8, pick_device, to_uint8, word_tiles
 
 
 def _seg_default():
@@ -56,12 +55,6 @@ class _MaskOnly:
 
     def set_masks(self, *a):
         pass
-
-
-def word_tiles(maps: dict, size: int) -> np.ndarray:
-    """Per-word maps side by side (grey, uint8); one black tile when there are none."""
-    tiles = [mask_uint8(m / m.max().clamp_min(1e-8)) for m in maps.values()] or [np.zeros((size, size), np.uint8)]
-    return np.concatenate(tiles, axis=1)
 
 
 def make_process(sd, cfg: Config, classes: list[str]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 from digin.engine.edit import MaskBlendParams, P2PParams
@@ -55,13 +56,41 @@ class Config(CommonArgs):
     mask_blend: MaskBlendParams = field(default_factory=_uvce_blend)
 
 
-def targets_for_images(cfg: Config, keys_labels: dict, num_classes: int, classifier=None, images=None) -> dict:
-    """key → list of target classes, as the reference selects pairs."""
+def predict_labels(clf, images, resolution: int, device, batch_size: int = 32) -> dict:
+    """key → the classifier's (non-augmented) prediction for every readable image of a shard set."""
+    from digin.shards.reader import iter_samples
+
+    preds, keys, xs = {}, [], []
+
+    def flush():
+        if xs:
+            x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(device).float() / 255.0
+            with torch.no_grad():
+                p = clf(x)[:, 0].argmax(-1).tolist()
+            preds.update(zip(keys, p))
+            keys.clear()
+            xs.clear()
+
+    for s in iter_samples(images, resolution=resolution, required=("image",)):
+        keys.append(s["__key__"])
+        xs.append(s["image"])
+        if len(xs) == batch_size:
+            flush()
+    flush()
+    return preds
+
+
+def targets_for_images(cfg: Config, keys_labels: dict, num_classes: int, predictions: dict | None = None) -> dict:
+    """key → list of target classes, as the reference selects pairs. With `predictions` (error_visualisation):
+    the misclassified images, each pushed to its true class."""
     from digin.tasks import pairs as P
 
     idx = {P.key_index(k): k for k in keys_labels}
     dataset = (cfg.dataset or "imagenet").lower()
-    if cfg.pairs == "explicit":
+    if predictions is not None:
+        ks = [k for k in keys_labels if k in predictions]
+        chosen = P.failure_mode_pairs([predictions[k] for k in ks], [keys_labels[k] for k in ks], ks)
+    elif cfg.pairs == "explicit":
         rows = [(i, keys_labels[idx[i]], t) for i, t in cfg.explicit_pairs if i in idx]
         chosen = P.explicit_pairs(rows)
     elif cfg.pairs == "reference" and dataset == "imagenet":
@@ -76,7 +105,7 @@ def targets_for_images(cfg: Config, keys_labels: dict, num_classes: int, classif
                   if t != keys_labels[k]]
     else:
         raise SystemExit(f"digin uvce: pairs must be reference, random, explicit or all_classes, got {cfg.pairs!r}")
-    if cfg.num_images is not None and cfg.pairs != "random":
+    if cfg.num_images is not None and (cfg.pairs != "random" or predictions is not None):
         keep = set(P.subsample(sorted({p.index for p in chosen}), cfg.num_images, cfg.seed))
         chosen = [p for p in chosen if p.index in keep]
     out: dict = {}
@@ -131,10 +160,11 @@ def run(cfg: Config):
     if not classes:
         raise SystemExit(f"digin uvce: {cfg.images} records no class names")
     keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))
-                   if "__reject__" not in s} if cfg.pairs != "failure" else {}
+                   if "__reject__" not in s}
     dev = pick_device(cfg)
     clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint)
-    targets_of = targets_for_images(cfg, keys_labels, len(classes))
+    preds = predict_labels(clf, images, cfg.resolution, dev) if cfg.error_visualisation else None
+    targets_of = targets_for_images(cfg, keys_labels, len(classes), preds)
     sd = load_sd_for(cfg, dev)
     summary = run_stage([images, invs], cfg.out, make_process(sd, clf, cfg, classes, targets_of),
                         cfg.batch_size, stage_config(cfg), name="uvce", resolution=cfg.resolution,

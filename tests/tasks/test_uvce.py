@@ -26,7 +26,7 @@ def test_uvce_end_to_end(small_pipeline, tmp_path):
     pairs = {(r.metrics["start"], r.metrics["target"]) for r in recs}
     assert pairs == {(s, t) for s in range(3) for t in range(3) if s != t}
     for r in recs:
-        assert set(r.images) >= {"orig", "sd", "ours"} and "mask" in r.aux_images
+        assert set(r.images) >= {"orig", "sd", "ours"} and {"mask", "attention"} <= set(r.aux_images)
         assert all(v is not None and math.isfinite(v) for v in r.metrics["loss"])
         c = r.metrics["confidences"]["conf_0"]
         assert c[r.metrics["best_iter"]] >= c[0] - 1e-6  # ours is never worse than sd for the target
@@ -35,3 +35,22 @@ def test_uvce_end_to_end(small_pipeline, tmp_path):
     before = {i: rec["sha256"] for i, rec in out.records.items()}
     assert uvce.run(cfg) == 0
     assert {i: rec["sha256"] for i, rec in ShardSet.load(tmp_path / "uvce").records.items()} == before
+
+
+def test_uvce_failure_mode_pushes_misclassified_images_to_their_class(small_pipeline, tmp_path):
+    p = small_pipeline
+    cfg = build_config(uvce.Config, _args(p, tmp_path / "fail", "error_visualisation=true", "optim_params.sgd_steps=1",
+                                          "regularizers=[]", "regularizers_ws=[]"))
+    from digin.engine.classifiers import load_classifier
+    from digin.shards.reader import iter_samples
+
+    clf = load_classifier(f"tiny:{p['clf']}")
+    preds = uvce.predict_labels(clf, p["images"], 32, "cpu", batch_size=4)
+    labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(p["images"])}
+    wrong = {k for k in labels if preds[k] != labels[k]}
+    assert wrong and len(wrong) < len(labels)  # the random tiny classifier gets some right, some wrong
+    assert uvce.run(cfg) == 0
+    recs = records_from_shards(tmp_path / "fail")
+    assert {r.key.rsplit("/", 1)[0] for r in recs} == wrong
+    assert all(r.metrics["start"] == r.metrics["target"] == labels[r.key.rsplit("/", 1)[0]] for r in recs)
+    assert all(r.metrics["edited_prompt"] == r.metrics["prompt"] for r in recs)  # identity P2P
