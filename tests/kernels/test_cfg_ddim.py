@@ -7,27 +7,14 @@ from digin.engine.schedule import cfg_combine, ddim_step, make_ddim_schedule
 from digin.kernels import cfg_ddim_reference, fused_cfg_ddim, kernel_enabled, set_kernels, triton_runs_on
 from digin.kernels import cfg_ddim_triton
 from digin.kernels.cfg_ddim import _cfg_ddim_op
+from tests.kernels.spies import spy_launchers
 
 PTS = ["epsilon", "v_prediction"]
 
 
 @pytest.fixture
 def triton_calls(monkeypatch):
-    """Counts calls into the Triton launchers, so a test can tell the kernel really ran."""
-    calls = {"fwd": 0, "bwd": 0}
-    fwd, bwd = cfg_ddim_triton.cfg_ddim_forward, cfg_ddim_triton.cfg_ddim_backward
-
-    def spy_fwd(*a, **k):
-        calls["fwd"] += 1
-        return fwd(*a, **k)
-
-    def spy_bwd(*a, **k):
-        calls["bwd"] += 1
-        return bwd(*a, **k)
-
-    monkeypatch.setattr(cfg_ddim_triton, "cfg_ddim_forward", spy_fwd)
-    monkeypatch.setattr(cfg_ddim_triton, "cfg_ddim_backward", spy_bwd)
-    return calls
+    return spy_launchers(monkeypatch, cfg_ddim_triton, "cfg_ddim_forward", "cfg_ddim_backward")
 
 
 def _inputs(B=3, dtype=torch.float32, seed=0):

@@ -10,26 +10,14 @@ import torch.nn.functional as F
 from digin.kernels import cutouts_reference, fused_cutouts, random_boxes, set_kernels
 from digin.kernels import cutouts_triton
 from digin.kernels.cutouts import _cutouts_op
+from tests.kernels.spies import spy_launchers
 
 MEAN, STD = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
 
 
 @pytest.fixture
 def triton_calls(monkeypatch):
-    calls = {"fwd": 0, "bwd": 0}
-    fwd, bwd = cutouts_triton.cutouts_forward, cutouts_triton.cutouts_backward
-
-    def spy_fwd(*a, **k):
-        calls["fwd"] += 1
-        return fwd(*a, **k)
-
-    def spy_bwd(*a, **k):
-        calls["bwd"] += 1
-        return bwd(*a, **k)
-
-    monkeypatch.setattr(cutouts_triton, "cutouts_forward", spy_fwd)
-    monkeypatch.setattr(cutouts_triton, "cutouts_backward", spy_bwd)
-    return calls
+    return spy_launchers(monkeypatch, cutouts_triton, "cutouts_forward", "cutouts_backward")
 
 
 def _case(B=2, N=3, S=21, size=8, seed=0):
