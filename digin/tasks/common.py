@@ -29,6 +29,8 @@ class CommonArgs:
     augmentation_noise_sd: float = 0.005
     augmentation_noise_schedule: str = "const"  # const | descending
     checkpoint: str = "step"  # step | none | block
+    compile: bool = False  # torch.compile the UNet and VAE decoder (inductor; CUDA graphs off: checkpointed backward)
+    compile_backend: str = "inductor"  # inductor | aot_eager | eager
     solver: str = "ddim"  # ddim | euler (SDXL-Turbo / Playground presets)
     guidance_rescale: float = 0.0  # SDXL guidance rescale (rescale_noise_cfg); 0 = plain CFG
     seed: int = 42
@@ -57,7 +59,13 @@ def load_sd_for(cfg, device) -> object:
     key = (cfg.model_path, cfg.model_config, cfg.dtype, str(device))
     if key not in _SD_CACHE:  # SD-1.x / SD-2.x → SDModel, SDXL → SDXLModel (detected from the folder)
         _SD_CACHE[key] = load_model(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
-    return _SD_CACHE[key]
+    sd = _SD_CACHE[key]
+    if getattr(cfg, "compile", False) and not getattr(sd, "_digin_compiled", False):
+        from digin.engine.compile import CompileConfig, compile_sd
+
+        compile_sd(sd, CompileConfig(backend=cfg.compile_backend, cudagraphs=False))
+        sd._digin_compiled = True
+    return sd
 
 
 def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, **kw):
