@@ -23,19 +23,17 @@ class Config:
     device: str = "cpu"
     images_per_class: int = 2
     sgd_steps: int = 4
-    num_ddim_steps: int = 6
+    num_ddim_steps: int = 10
     seed: int = 0
     force: bool = False
 
 
 def _toy_available() -> bool:
     try:
-        from digin.toy import paths
-
-        p = paths()
-        return all(Path(v).exists() for v in p.values())
-    except Exception:
+        from digin import toy
+    except ImportError:
         return False
+    return toy.available()
 
 
 def _stage(name: str, fn):
@@ -63,9 +61,42 @@ def _tiny_world(root: Path, cfg: Config) -> dict:
 
 
 def _toy_world(root: Path, cfg: Config) -> dict:
-    from digin.toy import demo_world
+    """The bundled toy world: generated shape scenes with their captions, the trained diffusion model, a clean
+    and a spurious shape classifier (digin/toy/MODEL_CARD.md)."""
+    from digin import toy
 
-    return demo_world(root, images_per_class=cfg.images_per_class, seed=cfg.seed)
+    toy.world.make_dataset_folder(root / "raw", n_per_class=cfg.images_per_class, seed=cfg.seed, split="val")
+    preset = [f"{k}={v}" if not isinstance(v, list) else f"{k}=[{','.join(map(str, v))}]"
+              for k, v in toy.PRESET.items() if k not in ("num_ddim_steps",)]
+    seg = [a for a in preset if a.startswith("segmentation.")]
+    common = [a for a in preset if not a.startswith("segmentation.") and not a.startswith("augmentation")]
+    aug = [a for a in preset if a.startswith("augmentation")]
+    return {"sd": toy.paths()["sd"], "clf": toy.classifier_spec("clean"), "clf2": toy.classifier_spec("spurious"),
+            "neuron_clf": toy.classifier_spec("spurious"), "raw": root / "raw", "resolution": toy.PRESET["resolution"],
+            "captions_json": root / "raw" / "val" / "captions.json", "common_args": common,
+            "invert_args": ["method=null_text", "num_inner_steps=5"], "uvce_args": seg + aug + ["pairs=random"],
+            "diff_args": aug,
+            "neurons": "[0,1]"}
+
+
+def _caption_stage(images: Path, out: Path, captions_json: Path, force: bool):
+    """The toy scenes come with their captions: a stage that attaches them to the image shards by source path."""
+    import json
+
+    from digin.shards.runner import run_stage
+
+    caps = json.loads(captions_json.read_text())
+
+    def process(batch):
+        outs = []
+        for s in batch.samples[:batch.n_real]:
+            rel = s["meta"]["source"].split("/", 1)[-1]  # "val/<shape>/<file>" → "<shape>/<file>"
+            outs.append({"caption": caps[rel]} if rel in caps else {"__reject__": "no_caption"})
+        return outs
+
+    summary = run_stage(images, out, process, 16, {"stage": "caption", "source": str(captions_json)}, name="caption",
+                        required=("meta",), force=force, device="cpu", progress=False)
+    return summary.exit_code
 
 
 def run(cfg: Config):
@@ -77,7 +108,7 @@ def run(cfg: Config):
     w = _toy_world(root, cfg) if world == "toy" else _tiny_world(root, cfg)
     res = w["resolution"]
     common = [f"model_path={w['sd']}", f"resolution={res}", f"num_ddim_steps={cfg.num_ddim_steps}",
-              f"device={cfg.device}", f"force={cfg.force}"]
+              f"device={cfg.device}", f"force={cfg.force}", *w.get("common_args", [])]
     guided = common + [f"optim_params.sgd_steps={cfg.sgd_steps}", "optim_params.sgd_stepsize=0.05",
                        "augmentation_num_cutouts=4", "batch_size=4", f"seed={cfg.seed}"]
     t_all = time.monotonic()
@@ -86,11 +117,16 @@ def run(cfg: Config):
         "samples_per_shard=4", "workers=1", f"force={cfg.force}"])))
     inv_args = common + [f"inputs={root / 'images'}", f"out={root / 'inversions'}", "batch_size=4",
                          *w.get("invert_args", ["method=negative_prompt"])]
+    if "captions_json" in w:
+        _stage("caption", lambda: _caption_stage(root / "images", root / "captions", w["captions_json"], cfg.force))
+        inv_args.append(f"captions={root / 'captions'}")
     _stage("invert", lambda: invert.run(build_config(invert.Config, inv_args)))
     _stage("uvce", lambda: uvce.run(build_config(uvce.Config, guided + [
         f"images={root / 'images'}", f"inversions={root / 'inversions'}", f"out={root / 'uvce'}",
         f"classifier={w['clf']}", "pairs=all_classes", "progress=false", *w.get("uvce_args", [])])))
-    classes = "[" + ",".join(w["classes"]) + "]"
+    from digin.shards.manifest import ShardSet
+
+    classes = "[" + ",".join(w.get("classes") or ShardSet.load(root / "images").classes) + "]"
     _stage("diff", lambda: diff.run(build_config(diff.Config, guided + [
         f"out={root / 'diff'}", f"classifier1={w['clf']}", f"classifier2={w['clf2']}", f"class_names={classes}",
         "num_images=2", "progress=false", *w.get("diff_args", [])])))
