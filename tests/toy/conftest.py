@@ -1,0 +1,12 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def toy_models():
+    """(sd, clean classifier, spurious classifier) from digin/toy/models; skipped when weights are absent."""
+    from digin import toy
+    from digin.toy import science
+
+    if not toy.available():
+        pytest.skip("toy model weights are not in digin/toy/models (run `digin toy-train`)")
+    return science.load_models("cpu")
