@@ -21,6 +21,9 @@ def test_uvce_end_to_end(small_pipeline, tmp_path):
     assert uvce.run(cfg) == 0
     out = ShardSet.load(tmp_path / "uvce")
     assert out.num_samples() == 6 and len(out.records) == 2  # same shards as the input: 3 + 3 images
+    saved = out.meta["config"]  # the resolved config is stored with the results
+    assert saved["optim_params"]["sgd_steps"] == 3 and saved["regularizers"] == ["latent_background_l2"]
+    assert saved["p2p"]["xa_interpolation_schedule"][0] == "threshold_0.0_0.3"
     recs = records_from_shards(tmp_path / "uvce")
     assert len(recs) == 6 * 2  # every image × the two other classes
     pairs = {(r.metrics["start"], r.metrics["target"]) for r in recs}
