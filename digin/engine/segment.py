@@ -254,7 +254,7 @@ def segment_foreground(maps_BNQK, weights_BK, latent_hw, pixel_hw, cfg: Segmenta
     sam_ok = None
     if cfg.sam_segmentation and images_B3HW is not None:
         if cfg.sam_prompt != "point":
-            raise NotImplementedError("only the 'point' SAM prompt is supported (the reference's 'bb' path is broken)")
+            raise ValueError("segmentation.sam_prompt: only 'point' is supported (the reference's 'bb' path is broken)")
         sam = load_sam_hq(cfg.sam_checkpoint, cfg.sam_model_type, device=maps_BNQK.device)
         px, sam_ok = refine_with_sam(sam, images_B3HW, px, cfg.sam_num_points, cfg.sam_foreground_threshold, generator)
     if cfg.postprocessing:
