@@ -79,24 +79,16 @@ def _toy_world(root: Path, cfg: Config) -> dict:
             "neurons": "[0,1]"}
 
 
-def _caption_stage(images: Path, out: Path, captions_json: Path, force: bool):
-    """The toy scenes come with their captions: a stage that attaches them to the image shards by source path."""
+def _attach_captions(root: Path, captions_json: Path) -> int:
+    """The toy scenes come with their captions: a caption shard set with the image shards' keys and layout
+    (ImageFolder order = sorted relative paths)."""
     import json
 
-    from digin.shards.runner import run_stage
+    from digin.toy.demo import write_caption_shards
 
     caps = json.loads(captions_json.read_text())
-
-    def process(batch):
-        outs = []
-        for s in batch.samples[:batch.n_real]:
-            rel = s["meta"]["source"].split("/", 1)[-1]  # "val/<shape>/<file>" → "<shape>/<file>"
-            outs.append({"caption": caps[rel]} if rel in caps else {"__reject__": "no_caption"})
-        return outs
-
-    summary = run_stage(images, out, process, 16, {"stage": "caption", "source": str(captions_json)}, name="caption",
-                        required=("meta",), force=force, device="cpu", progress=False)
-    return summary.exit_code
+    write_caption_shards(root / "images", root / "captions", [caps[k] for k in sorted(caps)])
+    return 0
 
 
 def run(cfg: Config):
@@ -118,7 +110,7 @@ def run(cfg: Config):
     inv_args = common + [f"inputs={root / 'images'}", f"out={root / 'inversions'}", "batch_size=4",
                          *w.get("invert_args", ["method=negative_prompt"])]
     if "captions_json" in w:
-        _stage("caption", lambda: _caption_stage(root / "images", root / "captions", w["captions_json"], cfg.force))
+        _stage("caption", lambda: _attach_captions(root, w["captions_json"]))
         inv_args.append(f"captions={root / 'captions'}")
     _stage("invert", lambda: invert.run(build_config(invert.Config, inv_args)))
     _stage("uvce", lambda: uvce.run(build_config(uvce.Config, guided + [
