@@ -26,7 +26,6 @@ TASKS = {
     "gallery": "digin.tasks.gallery",
     "bench": "digin.tasks.bench",
     "toy-train": "digin.tasks.toy_train",
-    "guide": "digin.tasks.guide",
 }
 
 PRESET_DIR = Path(__file__).parent / "configs"

@@ -27,7 +27,7 @@ def split_id(sid: int) -> tuple[int, int]:
     return int(sid) >> POS_BITS, int(sid) & ((1 << POS_BITS) - 1)
 
 
-def _dataset(ss, rank: int, world: int, resolution: int):
+def _dataset(ss, rank: int, world: int, resolution: int, center_crop: bool = True):
     """IterableDataset of (uint8 (3,S,S), id) over this rank's shards; DataLoader workers split shards."""
     from torch.utils.data import IterableDataset
 
@@ -35,7 +35,8 @@ def _dataset(ss, rank: int, world: int, resolution: int):
 
     class _Stream(IterableDataset):
         def __iter__(self):
-            for s in iter_samples(ss, rank, world, resolution=resolution, required=("image",)):
+            for s in iter_samples(ss, rank, world, resolution=resolution, required=("image",),
+                                      center_crop=center_crop):
                 img = torch.from_numpy(s["image"].copy()).permute(2, 0, 1).contiguous()
                 yield img, sample_id(s["__shard__"], s["__pos__"])
 
@@ -51,13 +52,13 @@ def _pad(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def stream_topk(ss, clf, k: int, batch_size: int, *, rank: int = 0, world: int = 1, num_workers: int = 0,
-                device=None) -> tuple[TopK | None, int]:
+                device=None, center_crop: bool = True) -> tuple[TopK | None, int]:
     """Fold every image of this rank's shards (read at the classifier's size, Resize(1.25·s)+CenterCrop(s) as
-    the reference) into a TopK of the classifier's feature layer. Returns (top-k or None if no image, count)."""
+    the reference, or a plain resize without center_crop) into a TopK of the classifier's feature layer. Returns (top-k or None if no image, count)."""
     from torch.utils.data import DataLoader
 
     device = torch.device(device) if device is not None else clf.device
-    loader = DataLoader(_dataset(ss, rank, world, clf.size), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_dataset(ss, rank, world, clf.size, center_crop), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     topk, seen = None, 0
     arange_B = torch.arange(batch_size, device=device)

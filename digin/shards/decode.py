@@ -30,13 +30,13 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def decode_member(ext: str, data: bytes, resolution: int | None = None):
+def decode_member(ext: str, data: bytes, resolution: int | None = None, center_crop: bool = True):
     """Decode one member by extension; raises DecodeError (never anything else for bad data)."""
     ext = ext.lower()
     if ext in FORBIDDEN_EXTS:
         raise DecodeError("forbidden_member", f".{ext} members are refused (pickle-like)")
     if ext in IMAGE_EXTS:
-        return decode_image(data, resolution)
+        return decode_image(data, resolution, center_crop)
     if ext in JSON_EXTS:
         return decode_json(data)
     if ext in TEXT_EXTS:
@@ -108,8 +108,17 @@ def center_crop_resize(im, resolution: int):
     return im.crop((left, top, left + resolution, top + resolution))
 
 
-def decode_image(data: bytes, resolution: int | None = None) -> np.ndarray:
-    """Bytes -> uint8 HWC RGB array (optionally Resize+CenterCrop); DecodeError with a reason code on failure."""
+def squash_resize(im, resolution: int):
+    """Resize to res×res without cropping (aspect not kept): for images that are already the model's size, such as
+    the toy world's 64-px scenes, where the reference's 1.25× resize + crop would cut the border away."""
+    from PIL import Image
+
+    return im if im.size == (resolution, resolution) else im.resize((resolution, resolution), Image.BILINEAR)
+
+
+def decode_image(data: bytes, resolution: int | None = None, center_crop: bool = True) -> np.ndarray:
+    """Bytes -> uint8 HWC RGB array, optionally brought to res×res (Resize+CenterCrop, or a plain resize when
+    `center_crop` is False); DecodeError with a reason code on failure."""
     from PIL import Image, ImageOps
 
     if not data:
@@ -125,7 +134,7 @@ def decode_image(data: bytes, resolution: int | None = None) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
             if resolution:
-                rgb = center_crop_resize(rgb, resolution)
+                rgb = (center_crop_resize if center_crop else squash_resize)(rgb, resolution)
             arr = np.asarray(rgb, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError("too_large", str(e)[:200]) from None

@@ -54,7 +54,8 @@ def _group_members(data: bytes, where: str):
     return groups
 
 
-def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True):
+def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True,
+               center_crop: bool = True):
     """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
     and keys against the shard's record before yielding anything."""
     rec = ss.records[index]
@@ -77,7 +78,7 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
         sample = dict(base)
         try:
             for field, (ext, payload) in fields.items():
-                sample[field] = decode_member(ext, payload, resolution if field == "image" else None)
+                sample[field] = decode_member(ext, payload, resolution if field == "image" else None, center_crop)
         except DecodeError as e:
             yield {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
             continue
@@ -97,7 +98,8 @@ def _worker_split(worker, num_workers):
 
 def iter_samples(shard_dir_or_manifest, rank: int = 0, world: int = 1, worker: int | None = None,
                  num_workers: int | None = None, resolution: int | None = None, required=(),
-                 check_hash: bool = True, include_rejects: bool = False, on_reject=None, indices=None):
+                 check_hash: bool = True, include_rejects: bool = False, on_reject=None, indices=None,
+                 center_crop: bool = True):
     """Every sample of the shards owned by (rank, dataloader worker), each exactly once over all owners.
 
     Inside a torch DataLoader worker the worker split is detected automatically.
@@ -107,7 +109,7 @@ def iter_samples(shard_dir_or_manifest, rank: int = 0, world: int = 1, worker: i
     w, nw = _worker_split(worker, num_workers)
     pool = ss.indices() if indices is None else [i for i in indices if i in ss.records]
     for index in assign_shards(pool, rank, world, w, nw):
-        for sample in iter_shard(ss, index, resolution, required, check_hash):
+        for sample in iter_shard(ss, index, resolution, required, check_hash, center_crop):
             if "__reject__" in sample and not include_rejects:
                 if on_reject is not None:
                     on_reject(sample)

@@ -108,8 +108,9 @@ class ChunkStream(_iterable_base()):
     """Iterable over chunks {shard, samples (<= chunk decoded samples), rejects, last, error} for the shards
     of this rank; under a DataLoader each worker takes its own subset of them."""
 
-    def __init__(self, inputs: list[ShardSet], shards: list[int], chunk: int, resolution, required, check_hash):
-        self.inputs, self.shards, self.chunk = inputs, shards, chunk
+    def __init__(self, inputs: list[ShardSet], shards: list[int], chunk: int, resolution, required, check_hash,
+                 center_crop: bool = True):
+        self.inputs, self.shards, self.chunk, self.center_crop = inputs, shards, chunk, center_crop
         self.resolution, self.required, self.check_hash = resolution, tuple(required), check_hash
 
     def __iter__(self):
@@ -129,7 +130,7 @@ class ChunkStream(_iterable_base()):
                     raise ShardError(f"input {ss.dir} has no committed shard {index} to join with")
                 by_key = {s["__key__"]: s for s in iter_shard(ss, index, None, (), self.check_hash)}
                 others.append((ss.name, by_key))
-            for s in iter_shard(self.inputs[0], index, self.resolution, (), self.check_hash):
+            for s in iter_shard(self.inputs[0], index, self.resolution, (), self.check_hash, self.center_crop):
                 if "__reject__" not in s and others:
                     s = _join(s, others)
                 missing = [f for f in self.required if f not in s]
@@ -265,7 +266,7 @@ def _is_committed(out: ShardSet, index: int) -> bool:
 def run_stage(inputs, output, process, batch_size: int, config: dict | None = None, *, name: str | None = None,
               resolution: int | None = None, required=(), num_workers: int = 0, force: bool = False,
               check_hash: bool = True, rank: int | None = None, world: int | None = None, device=None,
-              progress: bool = True, raise_on_failure: bool = True) -> StageSummary:
+              progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True) -> StageSummary:
     """Run `process` over every sample of the committed input shard set(s) this rank owns.
 
     inputs: shard-set folder (or ShardSet), or a list of them joined by shard index and key (fields of later
@@ -273,6 +274,8 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     process(batch: Batch) -> list of outputs, one per real sample (len n_real, or len B with padding ignored);
       an output is a dict field -> value (PIL.Image or uint8 array -> png, dict -> json, str -> txt,
       dict[str, Tensor] -> safetensors), or None / {"__reject__": reason} to reject that sample.
+    resolution / center_crop: images of the first input come as uint8 (B, 3, res, res) after the reference's
+      Resize(1.25·res)+CenterCrop(res), or a plain resize to res×res when center_crop is False.
     config: the resolved stage config; its hash (with the inputs' hashes) is recorded, and resuming into the same
       output with a different one raises ConfigMismatch unless force=True.
     On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the run).
@@ -341,7 +344,7 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     open_shards: dict[int, dict] = {}
     try:
         with _Stopper() as stopper:
-            stream = ChunkStream(ins, todo, batch_size, resolution, required, check_hash)
+            stream = ChunkStream(ins, todo, batch_size, resolution, required, check_hash, center_crop)
             for chunk in _chunks(stream, num_workers):
                 if stopper.stop:
                     break

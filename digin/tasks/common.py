@@ -22,6 +22,7 @@ class CommonArgs:
     model_config: Optional[str] = None
     dtype: str = "fp32"  # SD + classifier weights: fp32 | bf16 | fp16 (optimised variables, latents stay fp32)
     resolution: int = 512
+    center_crop: bool = True  # the reference's Resize(1.25·res)+CenterCrop(res); false: plain resize (no crop)
     guidance_scale: float = 3.0
     num_ddim_steps: int = 20
     optim_params: OptimParams = field(default_factory=OptimParams)

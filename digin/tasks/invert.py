@@ -40,6 +40,7 @@ class Config:
     model_config: Optional[str] = None
     dtype: str = "fp32"                 # weights; the reference inverts in fp32 (ε = 1e-5 losses need it)
     resolution: int = 512               # Resize(1.25·res) + CenterCrop(res), as the reference
+    center_crop: bool = True            # false: plain resize to res×res (images already at the model's size)
     num_ddim_steps: int = 20
     guidance_scale: float = 3.0
     method: str = "null_text"           # null_text | negative_prompt (fast: no inner optimisation)
@@ -71,7 +72,7 @@ def sample_prompt(sample: dict, template: str) -> str:
 
 def stage_config(cfg: Config) -> dict:
     """The settings that change the outputs (recorded in the manifest; resuming with others is refused)."""
-    keep = ("model_path", "model_config", "dtype", "resolution", "num_ddim_steps", "guidance_scale", "method",
+    keep = ("model_path", "model_config", "dtype", "resolution", "center_crop", "num_ddim_steps", "guidance_scale", "method",
             "num_inner_steps", "epsilon", "dataset", "prompt_template", "save_reconstruction", "captions")
     return {"stage": "invert", **{k: getattr(cfg, k) for k in keep}}
 
@@ -129,6 +130,6 @@ def run(cfg: Config):
         device = device_for_local_rank()
     sd = load_sd(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
     summary = run_stage(inputs, cfg.out, make_process(sd, cfg, template), cfg.batch_size, stage_config(cfg),
-                        name="invert", resolution=cfg.resolution, required=("image",),
+                        name="invert", resolution=cfg.resolution, center_crop=cfg.center_crop, required=("image",),
                         num_workers=cfg.num_workers, force=cfg.force, device=device)
     return summary.exit_code

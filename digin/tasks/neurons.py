@@ -158,7 +158,7 @@ def run_activations(cfg: Config) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ss = ShardSet.load(cfg.images)
     chash = _hash({"stage": "neurons_activations", "images": ss.meta.get("config_hash") or str(ss.dir),
-                   "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "layer", "k"))})
+                   "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "layer", "k", "center_crop"))})
     path = out / RANK_FILE.format(rank=rank)
     if path.exists() and not cfg.force:
         from digin.neurons.activations import load_topk
@@ -170,7 +170,7 @@ def run_activations(cfg: Config) -> int:
     dev = pick_device(cfg)
     clf = _classifier(cfg, dev, cutouts=False)
     topk, count = stream_topk(ss, clf, cfg.k, cfg.activation_batch_size, rank=rank, world=world,
-                              num_workers=cfg.num_workers, device=dev)
+                              num_workers=cfg.num_workers, device=dev, center_crop=cfg.center_crop)
     if topk is None:  # this rank owns no image: an empty (-inf) table of the right width keeps merge simple
         import torch
 
@@ -368,12 +368,12 @@ def run_counterfactuals(cfg: Config) -> int:
     sd = load_sd_for(cfg, dev)
     process = make_process(sd, clf, cfg, classes, neurons_of, guidance_config(cfg), noise_scale_fn(cfg))
     stage = {"stage": "neurons_counterfactuals", "pairs": [list(p) for p in pairs], **_plain(cfg, (
-        "model_path", "dtype", "resolution", "guidance_scale", "num_ddim_steps", "optim_params",
+        "model_path", "dtype", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
         "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
         "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "regularizers", "regularizers_ws",
         "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
-                        name="neuron_cf", resolution=cfg.resolution,
+                        name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress)
     return summary.exit_code

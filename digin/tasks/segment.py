@@ -32,6 +32,7 @@ class Config:
     model_config: str | None = None
     dtype: str = "fp32"
     resolution: int = 512
+    center_crop: bool = True  # the reference's Resize(1.25·res)+CenterCrop(res); false: plain resize (no crop)
     guidance_scale: float = 3.0
     num_ddim_steps: int = 20
     solver: str = "ddim"  # ddim | euler
@@ -101,6 +102,7 @@ def run(cfg: Config):
         conf.pop(k)
     summary = run_stage([images, invs], cfg.out, make_process(sd, cfg, images.classes), cfg.batch_size,
                         {"stage": "segment", **conf}, name="segment", resolution=cfg.resolution,
+                        center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress)
     return summary.exit_code

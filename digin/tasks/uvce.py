@@ -56,7 +56,7 @@ class Config(CommonArgs):
     mask_blend: MaskBlendParams = field(default_factory=_uvce_blend)
 
 
-def predict_labels(clf, images, resolution: int, device, batch_size: int = 32) -> dict:
+def predict_labels(clf, images, resolution: int, device, batch_size: int = 32, center_crop: bool = True) -> dict:
     """key → the classifier's (non-augmented) prediction for every readable image of a shard set."""
     from digin.shards.reader import iter_samples
 
@@ -71,7 +71,7 @@ def predict_labels(clf, images, resolution: int, device, batch_size: int = 32) -
             keys.clear()
             xs.clear()
 
-    for s in iter_samples(images, resolution=resolution, required=("image",)):
+    for s in iter_samples(images, resolution=resolution, required=("image",), center_crop=center_crop):
         keys.append(s["__key__"])
         xs.append(s["image"])
         if len(xs) == batch_size:
@@ -163,11 +163,12 @@ def run(cfg: Config):
                    if "__reject__" not in s}
     dev = pick_device(cfg)
     clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint)
-    preds = predict_labels(clf, images, cfg.resolution, dev) if cfg.error_visualisation else None
+    preds = predict_labels(clf, images, cfg.resolution, dev, center_crop=cfg.center_crop) if cfg.error_visualisation else None
     targets_of = targets_for_images(cfg, keys_labels, len(classes), preds)
     sd = load_sd_for(cfg, dev)
     summary = run_stage([images, invs], cfg.out, make_process(sd, clf, cfg, classes, targets_of),
                         cfg.batch_size, stage_config(cfg), name="uvce", resolution=cfg.resolution,
+                        center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress)
     return summary.exit_code

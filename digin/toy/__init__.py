@@ -42,6 +42,7 @@ def available() -> bool:
 # Settings the toy models were checked with (science tests, demo). Keys are the task configs' names.
 PRESET = {
     "resolution": 64,
+    "center_crop": False,  # scenes are rendered at the model's size: no 1.25× resize + crop
     "num_ddim_steps": 20,
     "guidance_scale": 3.0,
     "dtype": "fp32",

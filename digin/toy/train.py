@@ -66,6 +66,10 @@ class TrainConfig:
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 200
+    # the last `unet_lr_decay_minutes` of the time budget follow a cosine from unet_lr down to 1 % of it: a decayed
+    # learning rate, not only the EMA, is what sharpens the samples of a short run
+    unet_lr_decay_minutes: float = 0.0
+    unet_ship: str = "ema"  # which weights go into the shipped folder: "ema" or "raw"
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence on few steps
@@ -264,6 +268,16 @@ def _save_sd(out: Path, work: Path, unet, te):
     _atomic_dir(out / "sd", lambda d: save_sd(sd, d))
 
 
+def _decay_factor(cfg: TrainConfig, elapsed_s: float) -> float:
+    """1 until the last `unet_lr_decay_minutes` of the budget, then a cosine down to 0.01."""
+    left = cfg.unet_minutes * 60 - elapsed_s
+    span = cfg.unet_lr_decay_minutes * 60
+    if span <= 0 or left >= span:
+        return 1.0
+    frac = min(1.0, max(0.0, 1 - left / span))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def train_unet(cfg: TrainConfig, out: Path, work: Path):
     import copy
 
@@ -309,7 +323,7 @@ def train_unet(cfg: TrainConfig, out: Path, work: Path):
                     "spent": time.time() - t_start, "hist": hist, "rng": torch.get_rng_state()},
                    str(state_path) + ".tmp")
         os.replace(str(state_path) + ".tmp", state_path)
-        _save_sd(out, work, ema_unet, ema_te)
+        _save_sd(out, work, *((ema_unet, ema_te) if cfg.unet_ship == "ema" else (unet, te)))
         _log(out, "unet", {"steps": step, "batch": cfg.unet_batch, "seconds": round(time.time() - t_start, 1),
                            "samples_seen": step * cfg.unet_batch, "ema_decay": cfg.ema_decay, "lr": cfg.unet_lr,
                            "history": hist, **_env_info(cfg)})
@@ -330,7 +344,7 @@ def train_unet(cfg: TrainConfig, out: Path, work: Path):
         err_B = (unet(x_t, t, encoder_hidden_states=emb).sample - noise).pow(2).mean(dim=(1, 2, 3))
         snr_B = ac[t] / (1 - ac[t])
         loss = (err_B * snr_B.clamp(max=cfg.min_snr_gamma) / snr_B).mean()  # ε-pred weight min(SNR, γ)/SNR
-        lr = cfg.unet_lr * min(1.0, (step + 1) / cfg.unet_warmup)
+        lr = cfg.unet_lr * min(1.0, (step + 1) / cfg.unet_warmup) * _decay_factor(cfg, time.time() - t_start)
         for gr in opt.param_groups:
             gr["lr"] = lr
         opt.zero_grad(set_to_none=True)

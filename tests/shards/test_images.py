@@ -104,6 +104,41 @@ def test_resize_center_crop_matches_torchvision(wh):
         np.testing.assert_array_equal(decode_image(data, res), ref)
 
 
+def test_center_crop_false_is_a_plain_resize():
+    rgb = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = _enc(Image.fromarray(rgb), "PNG")
+    # already at the asked size: untouched (the reference's transform would zoom 1.25× and cut the border)
+    np.testing.assert_array_equal(decode_image(_enc(Image.fromarray(rgb[:, :24]), "PNG"), 24, center_crop=False),
+                                  rgb[:, :24])
+    assert not np.array_equal(decode_image(_enc(Image.fromarray(rgb[:, :24]), "PNG"), 24), rgb[:, :24])
+    # other sizes: squashed to res×res, nothing cropped
+    np.testing.assert_array_equal(decode_image(data, 16, center_crop=False),
+                                  np.asarray(Image.fromarray(rgb).resize((16, 16), Image.BILINEAR)))
+
+
+def test_stage_reads_images_with_or_without_the_center_crop(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_json(folder / "manifest.json", {"format": FORMAT, "kind": "dataset", "name": "px", "num_shards": 1})
+    rgbs = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(3)]
+    w = ShardWriter(folder, 0, "px-000000.tar")
+    for i, rgb in enumerate(rgbs):
+        w.add(f"px/{i}", {"image": ("png", _enc(Image.fromarray(rgb), "PNG"))})
+    w.commit()
+    seen = {}
+
+    def grab(tag):
+        def process(b):
+            seen[tag] = b.images[:b.n_real].permute(0, 2, 3, 1).numpy()
+            return [{"n": str(i)} for i in range(b.n_real)]
+        return process
+
+    run_stage(folder, tmp_path / "plain", grab("plain"), 4, {}, resolution=16, center_crop=False, progress=False)
+    run_stage(folder, tmp_path / "crop", grab("crop"), 4, {}, resolution=16, progress=False)
+    np.testing.assert_array_equal(seen["plain"], np.stack(rgbs))
+    assert not np.array_equal(seen["crop"], np.stack(rgbs))
+
+
 def test_corpus_through_a_stage_counts_add_up(tmp_path):
     cases = corpus()
     folder = tmp_path / "in"
