@@ -26,6 +26,7 @@ TASKS = {
     "gallery": "digin.tasks.gallery",
     "bench": "digin.tasks.bench",
     "toy-train": "digin.tasks.toy_train",
+    "verify": "digin.tasks.verify",
 }
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -95,7 +96,14 @@ def main(argv: list[str] | None = None):
         print("\n".join(config_help(mod.Config)))
         return 0
     cfg = build_config(mod.Config, argv)
-    return mod.run(cfg)
+    from digin.shards.manifest import ConfigMismatch
+    from digin.shards.runner import RunLocked, StageFailed
+
+    try:
+        return mod.run(cfg)
+    except (RunLocked, StageFailed, ConfigMismatch) as e:  # expected operational stops: the message, no traceback
+        print(f"digin {task}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

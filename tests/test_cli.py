@@ -40,3 +40,17 @@ def test_preset_then_overrides():
         build_config(diff.Config, ["preset=sdxl_turbo", "out=o"])
     cfg = build_config(diff.Config, ["preset=sdxl_turbo", "num_ddim_steps=2", "out=o", "model_path=/m"])
     assert cfg.solver == "euler" and cfg.num_ddim_steps == 2
+
+
+def test_operational_stops_print_the_reason_and_exit_1(tmp_path, capsys):
+    """Resuming into an output made with another config is refused: one clear line, exit code 1, no traceback."""
+    from digin.shards.synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "src", classes=["a", "b"], n_per_class=2, size=16, seed=0)
+    base = ["shard", "source=imagefolder", f"root={tmp_path / 'src'}", "split=all", f"out={tmp_path / 'sh'}",
+            "workers=1"]
+    assert main(base + ["samples_per_shard=2"]) == 0
+    capsys.readouterr()
+    assert main(base + ["samples_per_shard=3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("digin shard: ConfigMismatch:") and "Traceback" not in err

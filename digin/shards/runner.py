@@ -3,22 +3,28 @@
 Exactly once: shard i belongs to rank i % world (and to one dataloader worker); output shard i is committed
 atomically (see writer.py) and skipped by any later run, so a killed job resumes with nothing lost or duplicated.
 No collectives: ranks never talk to each other.
+A lock file per rank (output/locks/rank-NNNNNN.lock) keeps two live runs of one rank out of the same output folder,
+and an error budget (too many consecutive rejects, or too large a reject share) stops a run whose input is broken.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_hash,
-                                   write_json)
+                                   fsync_dir, write_json)
 from digin.shards.progress import Progress
 from digin.shards.reader import assign_shards, iter_shard
 from digin.shards.writer import PARTIAL, ShardWriter
@@ -47,6 +53,7 @@ class Batch:
 class StageSummary:
     processed: int = 0
     rejected: int = 0
+    not_selected: int = 0  # samples the process passed over on purpose ({"__skip__": reason}), not failures
     skipped_shards: int = 0
     skipped_samples: int = 0
     committed_shards: int = 0
@@ -54,23 +61,31 @@ class StageSummary:
     oom_retries: int = 0
     final_batch_size: int = 0
     interrupted: bool = False
+    error_budget_exceeded: str = ""  # why the run stopped early because of too many rejects ("" = it did not)
     log_path: str = ""
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_REQUEUE
-        return EXIT_FAILED if self.failed_shards else EXIT_OK
+        return EXIT_FAILED if self.failed_shards or self.error_budget_exceeded else EXIT_OK
 
     def line(self, rank: int) -> str:
-        return (f"rank {rank}: processed {self.processed}, rejected {self.rejected}, skipped (already done) "
+        return (f"rank {rank}: processed {self.processed}, rejected {self.rejected}"
+                + (f", not selected {self.not_selected}" if self.not_selected else "") + ", skipped (already done) "
                 f"{self.skipped_samples} samples in {self.skipped_shards} shards, committed {self.committed_shards} "
                 f"shards, failed {len(self.failed_shards)} shards, OOM retries {self.oom_retries}"
-                + (", INTERRUPTED (open shards discarded)" if self.interrupted else "") + f"; log {self.log_path}")
+                + (", INTERRUPTED (open shards discarded)" if self.interrupted else "")
+                + (", ERROR BUDGET EXCEEDED (open shards discarded)" if self.error_budget_exceeded else "")
+                + f"; log {self.log_path}")
 
 
 class StageFailed(RuntimeError):
     pass
+
+
+class RunLocked(RuntimeError):
+    """Another live run of the same rank holds this output folder's lock (output/locks/rank-NNNNNN.lock)."""
 
 
 def is_oom(e: BaseException) -> bool:
@@ -262,28 +277,242 @@ def _is_committed(out: ShardSet, index: int) -> bool:
     return p.exists() and p.stat().st_size == rec["bytes"]
 
 
+# ---------------------------------------------------------------------------------------------- run lock
+LOCKS = "locks"
+BREAK_LOCK_ENV = "DIGIN_BREAK_LOCK"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]  # comm (in parentheses) may itself hold ")"
+
+
+def _lock_record(rank: int) -> dict:
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    return {"host": socket.gethostname(), "pid": os.getpid(), "rank": rank,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
+            "torchelastic_restart_count": int(restarts) if restarts.isdigit() else None,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _parse_lock(raw: bytes | None) -> dict | None:
+    """The holder record, or None when the file is unreadable or not a valid record (a crash mid-write)."""
+    try:
+        holder = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or holder["pid"] <= 0:
+        return None
+    return holder
+
+
+def _stale_reason(holder: dict | None, me: dict) -> str | None:
+    """Why the holder cannot be running any more, or None when it may still be."""
+    if holder is None:
+        return "the lock file is unreadable or corrupt"
+    if me["slurm_job_id"] and holder.get("slurm_job_id") == me["slurm_job_id"]:
+        return f"it belongs to this same Slurm job {me['slurm_job_id']} (requeued or restarted)"
+    if holder.get("host") == me["host"] and not _pid_alive(holder["pid"]):
+        return f"its pid {holder['pid']} on this host is gone"
+    return None
+
+
+class _RunLock:
+    """One live run per (output folder, rank): a file created with O_EXCL that records who holds it."""
+
+    def __init__(self, output: Path, rank: int):
+        self.path = output / LOCKS / f"rank-{rank:06d}.lock"
+        self.output, self.rank = output, rank
+        self.record = _lock_record(rank)
+        self.data = (json.dumps(self.record, sort_keys=True) + "\n").encode()
+        self.takeover: dict | None = None  # what was taken over, for the run log
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, self.data)
+            os.fsync(fd)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        fsync_dir(self.path.parent)
+        return True
+
+    def _read(self) -> bytes | None:
+        """The lock's bytes; None when it exists but cannot be read; FileNotFoundError when it is gone."""
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return None
+
+    def acquire(self) -> "_RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):  # the holder may release it between our create and our read: just try again
+            if self._create():
+                return self
+            try:
+                raw = self._read()
+            except FileNotFoundError:
+                continue
+            holder = _parse_lock(raw)
+            reason = _stale_reason(holder, self.record)
+            if reason is None and os.environ.get(BREAK_LOCK_ENV) == "1":
+                reason = f"{BREAK_LOCK_ENV}=1 is set"
+            if reason is None:
+                raise RunLocked(self._refusal(holder))
+            self._take_over(raw, holder, reason)
+            return self
+        raise RunLocked(f"{self.path}: another run of rank {self.rank} keeps creating and removing this lock; "
+                        "refusing to start alongside it")
+
+    def _take_over(self, raw: bytes | None, holder: dict | None, reason: str):
+        # Unlink, then O_EXCL again: of two runs taking over the same stale lock at least one fails its create.
+        try:
+            if self._read() != raw:
+                raise RunLocked(f"{self.path} changed while this run was taking it over (another run of rank "
+                                f"{self.rank} is starting at the same time); refusing")
+        except FileNotFoundError:
+            pass
+        self.path.unlink(missing_ok=True)
+        if not self._create():
+            raise RunLocked(f"{self.path} was taken by another run of rank {self.rank} while this one took the "
+                            "stale lock over; refusing")
+        self.takeover = {"lock": str(self.path), "reason": reason, "previous_holder": holder}
+        print(f"[lock] taking over {self.path}: {reason} (was {self._describe(holder)})", file=sys.stderr,
+              flush=True)
+
+    @staticmethod
+    def _describe(holder: dict | None) -> str:
+        if holder is None:
+            return "unreadable"
+        return (f"host {holder.get('host')}, pid {holder.get('pid')}, Slurm job {holder.get('slurm_job_id')}, "
+                f"started {holder.get('started')}")
+
+    def _refusal(self, holder: dict) -> str:
+        return (f"{self.path} is held by another run of rank {self.rank} that may still be writing into "
+                f"{self.output}: {self._describe(holder)}. Two runs of one rank must not share an output folder. "
+                f"If that run is really gone (e.g. it crashed on another node), delete the lock file or set "
+                f"{BREAK_LOCK_ENV}=1 to take the lock over.")
+
+    def release(self):
+        """Remove the lock, unless someone broke it and holds it now (then it is theirs)."""
+        try:
+            if self.path.read_bytes() == self.data:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- error budget
+class _BudgetExceeded(Exception):
+    def __init__(self, message: str, numbers: dict):
+        super().__init__(message)
+        self.numbers = numbers
+
+
+class _ErrorBudget:
+    """Counts rejected samples in input order and raises _BudgetExceeded when a limit is crossed."""
+
+    def __init__(self, max_consecutive: int | None, max_share: float | None, min_samples: int):
+        if max_consecutive is not None and max_consecutive < 0:
+            raise ValueError(f"max_consecutive_rejects must be >= 0 or None, got {max_consecutive}")
+        if max_share is not None and not 0.0 <= max_share <= 1.0:
+            raise ValueError(f"max_reject_share must be in [0, 1] or None, got {max_share}")
+        if min_samples < 1:
+            raise ValueError(f"reject_share_min_samples must be >= 1, got {min_samples}")
+        self.max_consecutive, self.max_share, self.min_samples = max_consecutive, max_share, min_samples
+        self.seen = self.rejected = self.consecutive = 0
+        self.last_rejects: deque = deque(maxlen=5)
+
+    def ok(self):
+        self.seen += 1
+        self.consecutive = 0
+        self._check()
+
+    def reject(self, shard: int, r: dict):
+        self.seen += 1
+        self.rejected += 1
+        self.consecutive += 1
+        self.last_rejects.append({"shard": shard, "key": r["key"], "reason": r["reason"]})
+        self._check()
+
+    def reject_until(self, pending: deque, shard: int, pos: float):
+        """Count the decode rejects of `pending` (sorted by position) that come before input position `pos`."""
+        while pending and pending[0]["pos"] < pos:
+            self.reject(shard, pending.popleft())
+
+    def _check(self):
+        if self.max_consecutive is not None and self.consecutive > self.max_consecutive:
+            self._exceeded(f"{self.consecutive} consecutive rejected samples (max_consecutive_rejects="
+                           f"{self.max_consecutive})", "max_consecutive_rejects")
+        if (self.max_share is not None and self.seen >= self.min_samples
+                and self.rejected / self.seen > self.max_share):
+            self._exceeded(f"{self.rejected} of {self.seen} samples rejected = {self.rejected / self.seen:.3%} "
+                           f"(max_reject_share={self.max_share:.3%} once {self.min_samples} samples were seen)",
+                           "max_reject_share")
+
+    def _exceeded(self, what: str, limit: str):
+        last = "; ".join(f"{r['key']} (shard {r['shard']}): {r['reason']}" for r in self.last_rejects)
+        numbers = {"limit": limit, "seen": self.seen, "rejected": self.rejected, "consecutive": self.consecutive,
+                   "max_consecutive_rejects": self.max_consecutive, "max_reject_share": self.max_share,
+                   "reject_share_min_samples": self.min_samples, "last_rejects": list(self.last_rejects)}
+        raise _BudgetExceeded(f"error budget exceeded: {what}; {self.rejected} rejected of {self.seen} samples "
+                              f"seen by this run; last rejects: {last}", numbers)
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 def run_stage(inputs, output, process, batch_size: int, config: dict | None = None, *, name: str | None = None,
               resolution: int | None = None, required=(), num_workers: int = 0, force: bool = False,
               check_hash: bool = True, rank: int | None = None, world: int | None = None, device=None,
-              progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True) -> StageSummary:
+              progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True,
+              max_consecutive_rejects: int | None = 100, max_reject_share: float | None = 0.001,
+              reject_share_min_samples: int = 1000) -> StageSummary:
     """Run `process` over every sample of the committed input shard set(s) this rank owns.
 
     inputs: shard-set folder (or ShardSet), or a list of them joined by shard index and key (fields of later
       inputs are added to each sample; a clashing field `f` from input k is renamed `f_k`).
     process(batch: Batch) -> list of outputs, one per real sample (len n_real, or len B with padding ignored);
       an output is a dict field -> value (PIL.Image or uint8 array -> png, dict -> json, str -> txt,
-      dict[str, Tensor] -> safetensors), or None / {"__reject__": reason} to reject that sample.
+      dict[str, Tensor] -> safetensors), or None / {"__reject__": reason} to reject that sample, or
+      {"__skip__": reason} for a sample the task does not select (e.g. no UVCE pair): it is recorded like a reject
+      (reason "skip:<reason>", so every input key stays accounted for) but is no failure for the error budget.
     resolution / center_crop: images of the first input come as uint8 (B, 3, res, res) after the reference's
       Resize(1.25·res)+CenterCrop(res), or a plain resize to res×res when center_crop is False.
     config: the resolved stage config; its hash (with the inputs' hashes) is recorded, and resuming into the same
       output with a different one raises ConfigMismatch unless force=True.
+    max_consecutive_rejects: error budget; the run aborts at the (max_consecutive_rejects + 1)-th rejected sample in
+      a row (decode rejects of the input and rejects returned by `process`, in input order; a processed sample
+      resets the count). None disables it.
+    max_reject_share / reject_share_min_samples: error budget; once this run has seen at least
+      reject_share_min_samples samples, it aborts as soon as rejected / seen > max_reject_share. None disables it.
+      On an abort the open shards are discarded (as on SIGTERM), committed shards stay, the log gets an
+      `error_budget_exceeded` event and StageFailed is raised (or, with raise_on_failure=False, the summary has
+      error_budget_exceeded set and exit code EXIT_FAILED). Counts start at zero in every run (resume included).
+    Run lock: the run holds output/locks/rank-NNNNNN.lock (host, pid, Slurm job) from start to end; a second live
+      run of the same rank into the same output raises RunLocked and changes nothing. A stale lock (its pid on
+      this host is gone, it has our SLURM_JOB_ID, or it is corrupt) is taken over; DIGIN_BREAK_LOCK=1 forces that.
     On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the run).
     SIGTERM/SIGUSR1: stop at the next batch boundary, discard open shards, return summary.interrupted=True
-    (exit code EXIT_REQUEUE). Returns a StageSummary; raises StageFailed if an input shard failed its checks.
+    (exit code EXIT_REQUEUE). Returns a StageSummary; raises StageFailed if an input shard failed its checks or
+    the error budget was exceeded.
     """
-    import torch
-
     ins = [x if isinstance(x, ShardSet) else ShardSet.load(x) for x in
            (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
     output = Path(output)
@@ -292,8 +521,31 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
     device = device if device is not None else device_for_local_rank(local_rank)
-    config = dict(config or {})
+    budget = _ErrorBudget(max_consecutive_rejects, max_reject_share, reject_share_min_samples)
     _check_unique_keys(ins[0])  # before anything is written
+    lock = _RunLock(output, rank).acquire()  # before the manifest or any shard file is touched
+    try:
+        summary = _run_locked(ins, output, process, batch_size, dict(config or {}), name=name,
+                              resolution=resolution, required=required, num_workers=num_workers, force=force,
+                              check_hash=check_hash, rank=rank, world=world, device=device, progress=progress,
+                              center_crop=center_crop, budget=budget, lock=lock)
+    finally:
+        lock.release()
+    problems = [summary.error_budget_exceeded] if summary.error_budget_exceeded else []
+    if summary.failed_shards:
+        problems.append(f"{len(summary.failed_shards)} input shard(s) failed: " +
+                        "; ".join(f["error"] for f in summary.failed_shards[:5]))
+    if problems and raise_on_failure:
+        raise StageFailed(f"[{name}] rank {rank}: " + " | ".join(problems))
+    return summary
+
+
+def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
+                required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
+                budget: _ErrorBudget, lock: _RunLock) -> StageSummary:
+    """The body of run_stage, run while this rank holds the output's lock."""
+    import torch
+
     meta = _prepare_output(output, name, ins, config, force)
 
     out = ShardSet.load(output)
@@ -311,8 +563,10 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
 
     log = _RunLog(output / "logs", rank)
     summary.log_path = str(log.path)
+    if lock.takeover:
+        log.event("lock_takeover", **lock.takeover)
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
-              todo=todo, skipped=summary.skipped_shards, batch_size=batch_size)
+              todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record)
     bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
     state = {"bs": batch_size}
 
@@ -365,25 +619,36 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
                     log.event("reject", shard=i, **r)
                 summary.rejected += len(chunk["rejects"])
                 bar.update(len(chunk["rejects"]))
+                # decode rejects lie between this chunk's samples: count them in input order for the budget
+                decode_rejects = deque(sorted(chunk["rejects"], key=lambda r: r["pos"]))
                 samples, done = chunk["samples"], 0
                 while done < len(samples) and not stopper.stop:
                     part = samples[done:done + state["bs"]]
                     done += len(part)
                     for smp, o in zip(part, run_batch(part)):
+                        budget.reject_until(decode_rejects, i, smp["__pos__"])
+                        if o is not None and o.get("__skip__"):
+                            r = {"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]}
+                            st["rejects"].append(r)
+                            summary.not_selected += 1
+                            continue
                         reason = ("process_returned_none" if o is None else o.get("__reject__"))
                         if reason:
                             r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
                             st["rejects"].append(r)
                             log.event("reject", shard=i, **r)
                             summary.rejected += 1
+                            budget.reject(i, r)
                             continue
                         if not o:
                             raise ValueError(f"process returned an empty output for {smp['__key__']}")
                         st["writer"].add(smp["__key__"], o)
                         summary.processed += 1
+                        budget.ok()
                     bar.update(len(part))
                 if stopper.stop:
                     break
+                budget.reject_until(decode_rejects, i, math.inf)  # rejects after the chunk's last sample
                 if chunk["last"]:
                     rec = open_shards.pop(i)["writer"].commit(sorted(st["rejects"], key=lambda r: r["pos"]))
                     summary.committed_shards += 1
@@ -392,6 +657,11 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
             if stopper.stop:
                 summary.interrupted = True
                 log.event("interrupted", signal=stopper.signum, discarded=sorted(open_shards))
+    except _BudgetExceeded as e:  # like a graceful stop: open shards are discarded below, committed ones stay
+        summary.error_budget_exceeded = str(e)
+        log.event("error_budget_exceeded", **e.numbers, discarded=sorted(open_shards))
+        print(f"[{name}] rank {rank}: {e}; discarding open shards {sorted(open_shards)}", file=sys.stderr,
+              flush=True)
     finally:
         for st in open_shards.values():
             st["writer"].discard()
@@ -401,7 +671,4 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
         log.event("summary", **{k: v for k, v in summary.__dict__.items()})
         log.close()
     print(f"[{name}] " + summary.line(rank), file=sys.stderr, flush=True)
-    if summary.failed_shards and raise_on_failure:
-        raise StageFailed(f"{len(summary.failed_shards)} input shard(s) failed: " +
-                          "; ".join(f["error"] for f in summary.failed_shards[:5]))
     return summary

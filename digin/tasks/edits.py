@@ -98,7 +98,7 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
             s = batch.samples[j]
             key = s["__key__"]
             if key not in results:
-                outs.append({"__reject__": "label_not_in_caption" if key in skipped else "no_pairs"})
+                outs.append({"__skip__": "label_not_in_caption" if key in skipped else "no_pairs"})
                 continue
             start = int(s["meta"]["label"])
             fields = {"orig": to_uint8(images[j])}

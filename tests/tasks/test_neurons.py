@@ -181,7 +181,7 @@ def test_counterfactuals_end_to_end(small_pipeline, tmp_path):
         assert a[r.metrics["best_iter"]] >= a[0] - 1e-6
     out = ShardSet.load(tmp_path / "counterfactuals")
     rejects = [x["reason"] for rec in out.records.values() for x in rec.get("rejects", [])]
-    assert rejects == ["no_pairs", "no_pairs"]  # the two dog images: no pair asks for class 1
+    assert rejects == ["skip:no_pairs", "skip:no_pairs"]  # the two dog images: no pair asks for class 1 (not failures)
 
 
 def test_name_vlm_backend_calls_caption_hook(act_data, tmp_path, monkeypatch):
