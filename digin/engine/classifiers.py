@@ -14,6 +14,7 @@ Weights: safetensors preferred; other files go through `torch.load(weights_only=
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class ImageClassifier(nn.Module):
             head = dict(model.named_modules()).get(_safe_final_name(model))
             num_classes = getattr(head, "out_features", None)
         self.num_classes = num_classes
+        self.label_index: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -123,7 +125,15 @@ class ImageClassifier(nn.Module):
     def _run(self, x_BNCss: torch.Tensor) -> torch.Tensor:
         B, N = x_BNCss.shape[:2]
         logits = _model_output_logits(self.model(x_BNCss.flatten(0, 1)))
+        if self.label_index is not None:  # the dataset's class k is the model's label label_index[k]
+            logits = logits.index_select(-1, self.label_index)
         return logits.float().view(B, N, -1)
+
+    def set_label_order(self, index: list[int] | None):
+        """Reorder the logits to a dataset's class order (None: the model's own order)."""
+        self.label_index = None if index is None else torch.tensor(index, dtype=torch.long, device=self.device)
+        if index is not None:
+            self.num_classes = len(index)
 
     def forward(self, img_BCHW: torch.Tensor, seeds: list[int] | None = None,
                 noise_scale: float = 1.0) -> torch.Tensor:
@@ -296,7 +306,43 @@ def _build_hf(folder: str, trust_remote_code: bool, kw):
         raise FileNotFoundError(f"hf classifier folder not found: {folder}")
     model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True,
                                                             trust_remote_code=bool(trust_remote_code))
-    return model, _read_hf_preprocessor(folder, model)
+    pre = _read_hf_preprocessor(folder, model)
+    id2label = getattr(model.config, "id2label", None) or {}
+    if len(id2label) == getattr(model.config, "num_labels", -1):
+        pre["labels"] = [str(id2label[i]) for i in range(len(id2label))]
+    return model, pre
+
+
+def _label_key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(name).lower()).strip()
+
+
+def label_permutation(model_labels: list[str] | None, dataset_classes: list[str] | None, mode: str = "auto",
+                      spec: str = "") -> list[int] | None:
+    """Model logit index of each dataset class, matched by (normalised) name, or None to keep the model's order.
+
+    mode 'model': never reorder. 'dataset': reorder, and fail naming the classes the model lacks. 'auto': reorder
+    only when every dataset class is found among the model's labels in a different order (e.g. the HF Flowers-102
+    ViT, whose id2label is not torchvision's order — the reference re-indexes it), else keep the model's order."""
+    if mode not in ("auto", "model", "dataset"):
+        raise ValueError(f"classifier_label_order must be auto, model or dataset, got {mode!r}")
+    if mode == "model" or (mode == "auto" and not (model_labels and dataset_classes)):
+        return None
+    if not model_labels or not dataset_classes:
+        raise ValueError(f"classifier {spec!r}: classifier_label_order=dataset needs label names on both sides "
+                         f"(model labels: {'yes' if model_labels else 'none'}, dataset classes: "
+                         f"{'yes' if dataset_classes else 'none'})")
+    where: dict[str, int] = {}
+    for i, name in enumerate(model_labels):
+        where.setdefault(_label_key(name), i)
+    missing = [c for c in dataset_classes if _label_key(c) not in where]
+    if missing:
+        if mode == "auto":
+            return None
+        raise ValueError(f"classifier {spec!r}: {len(missing)} dataset classes have no model label of that name "
+                         f"(e.g. {missing[:5]})")
+    index = [where[_label_key(c)] for c in dataset_classes]
+    return None if index == list(range(len(index))) and len(index) == len(model_labels) else index
 
 
 # OpenAI's ImageNet zero-shot prompt ensemble (80 templates).
@@ -474,6 +520,8 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
     """Build a frozen, eval-mode `ImageClassifier` from local files (see module docstring for spec kinds).
 
     kw: size / mean / std override the model's preprocessing; num_classes, model_kwargs (timm/torchvision);
+    dataset_classes + label_order ('auto' | 'model' | 'dataset'): reorder the logits to the dataset's class names
+    (see label_permutation; HF models carry label names);
     class_names, templates, logit_scale, zeroshot_cache (clip; a .safetensors file of the class embeddings,
     written on first use); num_classes, size, width, seed (tiny); grad_checkpointing (default: on when cutouts
     are used and the model supports it — same numbers, less memory).
@@ -481,6 +529,7 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
     from digin.engine.models import resolve_dtype
 
     kind, arg = parse_spec(spec)
+    dataset_classes, label_order = kw.pop("dataset_classes", None), kw.pop("label_order", "auto")
     encode_text = clip_model = None
     if kind == "timm":
         model, pre = _build_timm(arg, checkpoint, kw)
@@ -507,4 +556,11 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
     if encode_text is not None:
         clip_model.to(device=device, dtype=resolve_dtype(dtype))
         clf.encode_text = encode_text
+    index = label_permutation(pre.get("labels"), dataset_classes, label_order, spec)
+    if index is not None:  # say so: the logits no longer follow the model's own label ids
+        import sys
+
+        print(f"[classifier] {spec}: logits reordered to the dataset's {len(index)} class names "
+              f"(classifier_label_order={label_order})", file=sys.stderr, flush=True)
+    clf.set_label_order(index)
     return clf

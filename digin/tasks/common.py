@@ -35,6 +35,9 @@ class CommonArgs:
     solver: str = "ddim"  # ddim | euler (SDXL-Turbo / Playground presets)
     guidance_rescale: float = 0.0  # SDXL guidance rescale (rescale_noise_cfg); 0 = plain CFG
     seed: int = 42
+    # class k of the image shard set = which classifier logit: auto (reorder when the model's label names are the
+    # dataset's classes in another order, e.g. HF Flowers-102 ViT) | model (never) | dataset (always, else error)
+    classifier_label_order: str = "auto"
     batch_size: int = 4  # samples optimised together
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0

@@ -31,6 +31,8 @@ class Config:
     out: str = "eval"
     classifier: str | None = None  # guided classifier spec (load_classifier)
     eval_classifier: str | None = None  # independent evaluation classifier spec
+    dataset_classes: str | None = None  # image shard set whose class order the results' labels use
+    classifier_label_order: str = "auto"  # auto | model | dataset (see digin.engine.classifiers.label_permutation)
     inception_weights: str | None = None  # torchvision Inception-v3 state dict (.safetensors or .pth); None: no FID
     lpips: bool = True
     lpips_random_trunk: bool = False  # True: random AlexNet trunk (offline; numbers only useful for tests)
@@ -167,10 +169,16 @@ def load_classifiers(cfg: Config) -> dict:
         return {}
     from digin.engine.classifiers import load_classifier  # lazy: optional heavy stacks behind it
 
+    classes = None
+    if cfg.dataset_classes:
+        from digin.shards.manifest import ShardSet
+
+        classes = ShardSet.load(cfg.dataset_classes).classes
     out = {}
     for name, spec in specs.items():
-        if spec:
-            out[name] = load_classifier(spec, device=cfg.device)  # frozen, eval mode, [0,1] images -> logits
+        if spec:  # frozen, eval mode, [0,1] images -> logits (in the dataset's class order)
+            out[name] = load_classifier(spec, device=cfg.device, dataset_classes=classes,
+                                        label_order=cfg.classifier_label_order)
     return out
 
 

@@ -138,9 +138,10 @@ def folder_neurons(cfg: Config, num_features: int) -> list[int]:
     return chosen_neurons(cfg, num_features)
 
 
-def _classifier(cfg: Config, dev, cutouts: bool):
+def _classifier(cfg: Config, dev, cutouts: bool, dataset_classes=None):
     return load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint, cutouts=cutouts,
-                               feature_module=cfg.layer)
+                               feature_module=cfg.layer, dataset_classes=dataset_classes,
+                               label_order=cfg.classifier_label_order)
 
 
 # ------------------------------------------------------------------------------------------------ modes
@@ -364,14 +365,14 @@ def run_counterfactuals(cfg: Config) -> int:
     keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))}
     neurons_of = neurons_per_key(pairs, keys_labels, cfg.num_images_per_pair, cfg.seed)
     dev = pick_device(cfg)
-    clf = _classifier(cfg, dev, cutouts=True)
+    clf = _classifier(cfg, dev, cutouts=True, dataset_classes=classes)
     sd = load_sd_for(cfg, dev)
     process = make_process(sd, clf, cfg, classes, neurons_of, guidance_config(cfg), noise_scale_fn(cfg))
     stage = {"stage": "neurons_counterfactuals", "pairs": [list(p) for p in pairs], **_plain(cfg, (
         "model_path", "dtype", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
         "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
-        "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "regularizers", "regularizers_ws",
-        "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
+        "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
+        "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
                         name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,

@@ -162,7 +162,8 @@ def run(cfg: Config):
     keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))
                    if "__reject__" not in s}
     dev = pick_device(cfg)
-    clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint)
+    clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint,
+                              dataset_classes=classes, label_order=cfg.classifier_label_order)
     preds = predict_labels(clf, images, cfg.resolution, dev, center_crop=cfg.center_crop) if cfg.error_visualisation else None
     targets_of = targets_for_images(cfg, keys_labels, len(classes), preds)
     sd = load_sd_for(cfg, dev)

@@ -236,6 +236,40 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         load_classifier("tiny", checkpoint=str(other), num_classes=5)
 
 
+def test_hf_labels_in_another_order_are_matched_to_the_dataset_classes(tmp_path, img, capsys):
+    """A HF model whose id2label is a permutation of the dataset's class names (the Flowers-102 case): 'auto' and
+    'dataset' give the logits in the dataset's order, 'model' keeps the model's; unknown names fail in 'dataset'."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from digin.engine.classifiers import label_permutation
+
+    dataset = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea"]
+    model_labels = ["Sweet_Pea", "pink primrose", "Canterbury Bells", "hard leaved pocket orchid", "extra"]
+    cfg = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_labels=5, id2label=dict(enumerate(model_labels)),
+                    label2id={n: i for i, n in enumerate(model_labels)})
+    torch.manual_seed(0)
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    spec = f"hf:{tmp_path / 'vit'}"
+    raw = load_classifier(spec)(img)[:, 0]
+    for mode in ("auto", "dataset"):
+        clf = load_classifier(spec, dataset_classes=dataset, label_order=mode)
+        assert clf.num_classes == 4
+        torch.testing.assert_close(clf(img)[:, 0], raw[:, [1, 3, 2, 0]])
+        logits, _ = clf.features(img)
+        torch.testing.assert_close(logits[:, 0], raw[:, [1, 3, 2, 0]])
+    assert "logits reordered" in capsys.readouterr().err
+    torch.testing.assert_close(load_classifier(spec, dataset_classes=dataset, label_order="model")(img)[:, 0], raw)
+    # names the model lacks: auto keeps the model order, dataset refuses and names them
+    assert load_classifier(spec, dataset_classes=dataset + ["daisy"]).label_index is None
+    with pytest.raises(ValueError, match="daisy"):
+        load_classifier(spec, dataset_classes=dataset + ["daisy"], label_order="dataset")
+    # same names in the same order: nothing to do
+    assert label_permutation(["a", "b"], ["A", "b"]) is None
+    with pytest.raises(ValueError, match="auto, model or dataset"):
+        label_permutation(["a"], ["a"], "sorted")
+
+
 def test_wrapper_accepts_hf_style_outputs(img):
     class Out:
         def __init__(self, logits):
