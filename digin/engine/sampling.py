@@ -45,6 +45,13 @@ def unet_halves(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, c
     return out[:B], out[B:]
 
 
+def unet_cond(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD):
+    """One UNet call on x with C only → ε_cond in the weight dtype."""
+    t = sched.timesteps[i].to(x_BCHW.device)
+    dt = sd.dtype
+    return sd.unet(x_BCHW.to(dt), t, encoder_hidden_states=cond_BLD.to(dt), return_dict=False)[0]
+
+
 def guided_eps(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, guidance_scale: float,
                controller=None) -> torch.Tensor:
     eps_u, eps_c = (e.float() for e in unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller))
@@ -55,7 +62,17 @@ def denoise_step(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, con
                  guidance_rescale: float = 0.0):
     """One guided DDIM step → (x_prev, x̂0). On CUDA the CFG combine and the DDIM update run as one fused
     Triton kernel (digin.kernels, DIGIN_KERNELS=0 falls back); elsewhere the eager formulas. guidance_rescale > 0
-    (SDXL's rescale_noise_cfg) takes the eager path."""
+    (SDXL's rescale_noise_cfg) takes the eager path. At guidance 1 (SDXL-Turbo) ε = ε_cond exactly in
+    exact arithmetic, so without an attention controller (which reads the [∅, C] batch layout) only the conditional
+    half is run: half the UNet work; the unconditional embedding then gets no gradient, as its weight 1 − g is 0."""
+    if guidance_scale == 1.0 and controller is None:
+        eps_c = unet_cond(sd, sched, i, x_BCHW, cond_BLD)
+        if x_BCHW.is_cuda:
+            from digin.kernels import fused_cfg_ddim
+
+            return fused_cfg_ddim(eps_c, eps_c, x_BCHW, 1.0, sched.alpha_t[i], sched.alpha_prev[i],
+                                  sched.prediction_type)
+        return ddim_step(sched, i, eps_c.float(), x_BCHW)
     eps_u, eps_c = unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller)
     if x_BCHW.is_cuda and not guidance_rescale:
         from digin.kernels import fused_cfg_ddim

@@ -162,9 +162,10 @@ def test_packed_conditioning_layout(sdxl):
     assert (sdxl.unet_out(z, t, e[:1]) - sdxl.unet_out(z, t, e2)).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("solver", ["euler", "ddim"])
-def test_engine_chain_matches_diffusers_sdxl_pipeline(sdxl, solver):
-    """The engine's denoise() on the packed conditioning = StableDiffusionXLPipeline (negative prompt zeroed)."""
+@pytest.mark.parametrize("solver,gs", [("euler", 3.0), ("ddim", 3.0), ("euler", 1.0)])
+def test_engine_chain_matches_diffusers_sdxl_pipeline(sdxl, solver, gs):
+    """The engine's denoise() on the packed conditioning = StableDiffusionXLPipeline (negative prompt zeroed); at
+    guidance 1 (SDXL-Turbo) both run the conditional half only — the engine's UNet sees batch B, not 2B."""
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     sched_cls = EulerDiscreteScheduler if solver == "euler" else DDIMScheduler
@@ -175,12 +176,18 @@ def test_engine_chain_matches_diffusers_sdxl_pipeline(sdxl, solver):
     pipe.set_progress_bar_config(disable=True)
     n = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     prompts = ["a red star", "a blue ring"]
-    ref = pipe(prompt=prompts, height=32, width=32, num_inference_steps=T, guidance_scale=3.0, latents=n.clone(),
+    ref = pipe(prompt=prompts, height=32, width=32, num_inference_steps=T, guidance_scale=gs, latents=n.clone(),
                output_type="latent").images
     sched = make_schedule(sdxl.scheduler_config, T, solver)
     scale = euler_init_scale(sdxl.scheduler_config, T) if solver == "euler" else 1.0
-    z, _ = denoise(sdxl, sched, n * scale, sdxl.encode_text(prompts), sdxl.encode_text(["", ""]), 3.0)
+    batches = []
+    hook = sdxl.unet.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        z, _ = denoise(sdxl, sched, n * scale, sdxl.encode_text(prompts), sdxl.encode_text(["", ""]), gs)
+    finally:
+        hook.remove()
     torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-4)
+    assert set(batches) == {2 if gs == 1.0 else 4}
 
 
 def test_guidance_rescale_loop_matches_diffusers(sdxl):
