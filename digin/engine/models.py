@@ -165,20 +165,63 @@ def load_sd(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_con
         sched_file = path / "scheduler" / "scheduler_config.json"
         sched = json.loads(sched_file.read_text()) if sched_file.exists() else {}
     elif path.is_file():
-        if path.suffix not in (".safetensors", ".ckpt"):
-            raise ValueError(f"{path}: single-file checkpoints must be .safetensors (or .ckpt)")
-        if model_config is None:
-            raise ValueError(f"{path}: a single-file checkpoint needs model_config=<local diffusers folder> "
-                             "(no hub access to look the architecture up)")
-        from diffusers import StableDiffusionPipeline
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(model_config), local_files_only=True,
-                                                        safety_checker=None)
-        tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-        sched = dict(pipe.scheduler.config)
+        tok, te, unet, vae, sched = _load_single_file(path, model_config)
     else:
         raise FileNotFoundError(f"model_path {path} does not exist (use a local folder, a file, or 'tiny')")
     sd = SDModel(tok, te, unet, vae, dict(sched), source=str(path))
     return sd.to(device=device, dtype=dt).freeze()
+
+
+# Key prefixes of an original (LDM/CompVis) SD checkpoint, per component.
+LDM_PREFIXES = {"UNet": ("model.diffusion_model.",), "VAE": ("first_stage_model.", "vae."),
+                "text encoder": ("cond_stage_model.",)}
+SINGLE_FILE_CONFIGS = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer",
+                       "scheduler/scheduler_config.json")
+
+
+def _single_file_config(path: Path, model_config, needs=SINGLE_FILE_CONFIGS) -> Path:
+    """The local diffusers folder describing a single file's architecture; never handed to the hub."""
+    if model_config is None:
+        raise ValueError(f"{path}: a single-file checkpoint needs model_config=<local diffusers folder> "
+                         "(no hub access to look the architecture up)")
+    cfg = Path(model_config)
+    if not cfg.is_dir():
+        raise FileNotFoundError(f"{path}: model_config {cfg} is not a local folder (hub ids are never looked up; "
+                                "pass a diffusers Stable Diffusion folder, weights optional)")
+    missing = [need for need in needs if not (cfg / need).exists()]
+    if missing:
+        raise FileNotFoundError(f"{path}: model_config {cfg} lacks {', '.join(missing)}")
+    _refuse_remote_code(cfg)
+    return cfg
+
+
+def _check_ldm_layout(path: Path, keys):
+    for part, prefixes in LDM_PREFIXES.items():
+        if not any(k.startswith(prefixes) for k in keys):
+            raise ValueError(f"{path}: no {part} weights (no key starts with {' or '.join(prefixes)}); "
+                             "not an original LDM/CompVis Stable Diffusion checkpoint")
+
+
+def _load_single_file(path: Path, model_config):
+    """Tokenizer, text encoder, UNet, VAE and scheduler config from one LDM checkpoint + a local config folder.
+    Component by component, so model_index.json is not needed (digin's save_sd writes a minimal one)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, load_single_file_checkpoint
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if path.suffix not in (".safetensors", ".ckpt"):
+        raise ValueError(f"{path}: single-file checkpoints must be .safetensors (or .ckpt)")
+    cfg = _single_file_config(path, model_config)
+    _quiet_loaders()
+    ckpt = load_single_file_checkpoint(str(path), local_files_only=True)
+    _check_ldm_layout(path, ckpt.keys())
+    kw = dict(config=str(cfg), local_files_only=True)
+    unet = UNet2DConditionModel.from_single_file(ckpt, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_single_file(ckpt, subfolder="vae", **kw)
+    te = create_diffusers_clip_model_from_ldm(CLIPTextModel, ckpt, subfolder="text_encoder", **kw)
+    tok = CLIPTokenizer.from_pretrained(cfg / "tokenizer", local_files_only=True)
+    sched = json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())
+    return tok, te, unet, vae, sched
 
 
 # ------------------------------------------------------------------------------------------ tiny preset

@@ -226,11 +226,14 @@ def load_sdxl(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_c
     elif path.is_file():
         if path.suffix not in (".safetensors", ".ckpt"):
             raise ValueError(f"{path}: single-file checkpoints must be .safetensors (or .ckpt)")
-        if model_config is None:
-            raise ValueError(f"{path}: a single-file SDXL checkpoint needs model_config=<local SDXL diffusers folder>")
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(model_config), local_files_only=True)
+        from digin.engine.models import SINGLE_FILE_CONFIGS, _single_file_config
+
+        # a local folder only: diffusers would look any other name up on the hub
+        cfg = _single_file_config(path, model_config, SINGLE_FILE_CONFIGS + ("text_encoder_2/config.json",
+                                                                             "tokenizer_2", "model_index.json"))
+        pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(cfg), local_files_only=True)
         tok, tok2, te, te2 = pipe.tokenizer, pipe.tokenizer_2, pipe.text_encoder, pipe.text_encoder_2
         unet, vae, sched = pipe.unet, pipe.vae, dict(pipe.scheduler.config)
         force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
