@@ -68,7 +68,7 @@ class TrainConfig:
     unet_warmup: int = 200
     # the last `unet_lr_decay_minutes` of the time budget follow a cosine from unet_lr down to 1 % of it: a decayed
     # learning rate, not only the EMA, is what sharpens the samples of a short run
-    unet_lr_decay_minutes: float = 0.0
+    unet_lr_decay_minutes: float = 40.0  # (capped at unet_minutes; 0 = constant lr)
     unet_ship: str = "ema"  # which weights go into the shipped folder: "ema" or "raw"
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
@@ -271,7 +271,7 @@ def _save_sd(out: Path, work: Path, unet, te):
 def _decay_factor(cfg: TrainConfig, elapsed_s: float) -> float:
     """1 until the last `unet_lr_decay_minutes` of the budget, then a cosine down to 0.01."""
     left = cfg.unet_minutes * 60 - elapsed_s
-    span = cfg.unet_lr_decay_minutes * 60
+    span = min(cfg.unet_lr_decay_minutes, cfg.unet_minutes) * 60
     if span <= 0 or left >= span:
         return 1.0
     frac = min(1.0, max(0.0, 1 - left / span))

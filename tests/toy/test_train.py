@@ -43,3 +43,16 @@ def test_toy_train_is_seeded(tmp_path):
         weights.append(load_file(str(tmp_path / run_dir / "work" / "vae" / "diffusion_pytorch_model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_unet_learning_rate_decays_over_the_end_of_the_budget():
+    from digin.toy.train import TrainConfig, _decay_factor
+
+    cfg = TrainConfig(unet_minutes=50, unet_lr_decay_minutes=20)
+    assert _decay_factor(cfg, 0) == 1.0 and _decay_factor(cfg, 30 * 60) == 1.0  # constant until the last 20 min
+    mid, end = _decay_factor(cfg, 40 * 60), _decay_factor(cfg, 50 * 60)
+    assert abs(mid - (0.01 + 0.99 * 0.5)) < 1e-9 and abs(end - 0.01) < 1e-9
+    # a decay window longer than the budget covers the whole budget; 0 switches the decay off
+    short = TrainConfig(unet_minutes=10, unet_lr_decay_minutes=40)
+    assert _decay_factor(short, 0) == 1.0 and abs(_decay_factor(short, 5 * 60) - 0.505) < 1e-9
+    assert _decay_factor(TrainConfig(unet_minutes=10, unet_lr_decay_minutes=0), 9 * 60) == 1.0
