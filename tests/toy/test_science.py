@@ -61,8 +61,9 @@ def test_classifier_differences_reveal_the_planted_background(spurious):
     assert r["mean_dist_ours"] <= 0.9 * r["mean_dist_sd"], (r["mean_dist_sd"], r["mean_dist_ours"])
 
 
-@pytest.mark.xfail(strict=False, reason="shipped model, held-out: 5 of 8 samples move toward green (0.625; mean "
-                   "distance 0.72 → 0.53; dev 7 of 8) — see MODEL_CARD")
+@pytest.mark.xfail(strict=False, reason="per-sample count sits at the threshold and follows float rounding: held-out "
+                   "7 of 8 on 1 thread, 6 of 8 on 2 threads (diffusers 0.42.1 / transformers 5.24), 5 of 8 measured "
+                   "earlier on other package builds; the mean criterion above holds in all — see MODEL_CARD")
 def test_classifier_differences_move_most_samples_toward_the_planted_background(spurious):
     # per sample: closer to the planted colour for ≥ 6 of 8
     assert spurious["moved_toward"] >= 0.75, (spurious["dist_sd"], spurious["dist_ours"])
