@@ -25,7 +25,7 @@ NEURON_LOSSES = ("neuron_activation", "neg_neuron_activation", "neuron_activatio
 TEXT_LOSSES = ("inner_product", "spherical_distance", "cross_entropy")
 LOSS_NAMES = tuple(dict.fromkeys(ONE_CLASSIFIER_LOSSES + TWO_CLASSIFIER_LOSSES + NEURON_LOSSES + TEXT_LOSSES))
 
-_REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_(l1|l2|lpips)$")
+_REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_(l1|l2|lpips|clip)$")
 
 
 # ------------------------------------------------------------------------------------ classifier losses
@@ -104,10 +104,9 @@ def text_loss(name: str, img_emb_BND, text_emb, factor: float = 1.0):
 def parse_regularizer(name: str) -> tuple[str, str | None, str]:
     """'px_background_l2' → ('px', 'background', 'l2'). ValueError for unknown / unsupported names."""
     m = _REG_RE.match(name)
-    if m is None or (m.group(1) == "latent" and m.group(3) == "lpips"):
-        hint = " (CLIP regularisers px_*_clip are not implemented)" if name.endswith("_clip") else ""
-        raise ValueError(f"unknown regulariser {name!r}{hint}; valid: px_l1, px_l2, px_lpips, latent_l1, latent_l2, "
-                         f"px_/latent_{{foreground,background}}_{{l1,l2}}, px_{{foreground,background}}_lpips")
+    if m is None or (m.group(1) == "latent" and m.group(3) in ("lpips", "clip")):
+        raise ValueError(f"unknown regulariser {name!r}; valid: px_l1, px_l2, px_lpips, px_clip, latent_l1, latent_l2, "
+                         f"px_/latent_{{foreground,background}}_{{l1,l2}}, px_{{foreground,background}}_{{lpips,clip}}")
     return m.group(1), m.group(2), m.group(3)
 
 
@@ -161,7 +160,7 @@ class Objective:
     def __init__(self, loss: str, classifiers: list, targets: torch.Tensor, sample_keys: list[str],
                  loss_weight: float = 1.0, regularizers=(), regularizers_ws=(), img0: torch.Tensor | None = None,
                  z0: torch.Tensor | None = None, px_mask=None, latent_mask=None, text_embeddings=None,
-                 noise_scale_fn=None, *, text_loss_factor: float = 1.0, lpips_model=None):
+                 noise_scale_fn=None, *, text_loss_factor: float = 1.0, lpips_model=None, clip_model=None):
         classifiers = list(classifiers)
         if loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
@@ -177,6 +176,10 @@ class Objective:
             raise ValueError(f"{len(regularizers)} regularizers {regularizers} but {len(regularizers_ws)} "
                              f"regularizers_ws {regularizers_ws}")
         self._reg_specs = [parse_regularizer(r) for r in regularizers]
+        if clip_model is None and any(kind == "clip" for _, _, kind in self._reg_specs):
+            raise ValueError(f"regularizers {regularizers} need the masked CLIP distance model: set "
+                             f"clip_regularizer_model=<open_clip name or folder> clip_regularizer_weights=<file> "
+                             f"(digin.engine.masked_clip.build_masked_clip)")
         targets = torch.as_tensor(targets)
         if loss in NEURON_LOSSES:
             if targets.dim() != 2 or targets.shape[1] != 2:
@@ -202,6 +205,7 @@ class Objective:
         self.noise_scale_fn = noise_scale_fn
         self.text_loss_factor = float(text_loss_factor)
         self._lpips = {"net": lpips_model}  # shared with select()ed copies; built on first use
+        self._clip = clip_model  # MaskedCLIPDistance, built by the task (needs a local weights file)
         self.img0 = self.z0 = self.px_mask = self.latent_mask = None
         self.set_reference(img0, z0)
         self.set_masks(px_mask, latent_mask)
@@ -297,6 +301,8 @@ class Objective:
             if self._lpips["net"] is None:
                 self._lpips["net"] = build_lpips(x.device)
             return lpips_distance(self._lpips["net"], x, ref, mask)
+        if kind == "clip":
+            return self._clip(x, ref, mask)
         return lp_distance(x, ref, 1 if kind == "l1" else 2, mask)
 
     def __call__(self, img_B3HW: torch.Tensor, z_BCHW: torch.Tensor | None, augment_salt=None):

@@ -38,6 +38,9 @@ class CommonArgs:
     # class k of the image shard set = which classifier logit: auto (reorder when the model's label names are the
     # dataset's classes in another order, e.g. HF Flowers-102 ViT) | model (never) | dataset (always, else error)
     classifier_label_order: str = "auto"
+    # px_{foreground,background}_clip regularisers: open_clip tower (name or folder) + its local weights file
+    clip_regularizer_model: str = "ViT-L-14-CLIPA-336"
+    clip_regularizer_weights: Optional[str] = None
     batch_size: int = 4  # samples optimised together
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
@@ -70,6 +73,21 @@ def load_sd_for(cfg, device) -> object:
         compile_sd(sd, CompileConfig(backend=cfg.compile_backend, cudagraphs=False))
         sd._digin_compiled = True
     return sd
+
+
+_REG_MODEL_CACHE: dict = {}
+
+
+def regularizer_models(cfg, device) -> dict:
+    """Extra models the configured regularisers need, as Objective keyword arguments; built once per process."""
+    if not any(str(r).endswith("_clip") for r in (getattr(cfg, "regularizers", None) or ())):
+        return {}
+    key = (cfg.clip_regularizer_model, cfg.clip_regularizer_weights, str(device))
+    if key not in _REG_MODEL_CACHE:
+        from digin.engine.masked_clip import build_masked_clip
+
+        _REG_MODEL_CACHE[key] = build_masked_clip(cfg.clip_regularizer_model, cfg.clip_regularizer_weights, device)
+    return {"clip_model": _REG_MODEL_CACHE[key]}
 
 
 def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, **kw):

@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 
 from digin.tasks.common import (CommonArgs, guidance_config, latent_shape, load_classifier_for, load_sd_for,
-                                noise_scale_fn, pick_device, result_fields, start_noise, write_worklist)
+                                noise_scale_fn, pick_device, regularizer_models, result_fields, start_noise,
+                                write_worklist)
 
 
 @dataclass
@@ -68,6 +69,7 @@ def make_process(sd, classifiers: list, eval_clf, cfg: Config):
     from digin.engine.objectives import Objective
 
     gcfg = guidance_config(cfg)
+    regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
     if cfg.early_stopping_confidence is not None:
         # p(y) > c  ⇔  CE < −log c (the loop's early stopping acts on the augmented loss)
         import math
@@ -88,7 +90,8 @@ def make_process(sd, classifiers: list, eval_clf, cfg: Config):
         uncond = sd.encode_text([""] * len(items))
         y = torch.tensor([it["class"] for it in items])
         obj = Objective(loss, classifiers, y, keys, loss_weight=cfg.loss_weight, regularizers=list(cfg.regularizers),
-                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn)
+                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn,
+                        **regularizer_models(cfg, dev))
         res = optimise(sd, obj, z_T=z, cond=cond, uncond=uncond, cfg=gcfg)
         evals = {}
         if eval_clf is not None:

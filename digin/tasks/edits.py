@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from digin.tasks.common import fixed_chunks, mask_uint8, result_fields, to_uint8, word_tiles
+from digin.tasks.common import fixed_chunks, mask_uint8, regularizer_models, result_fields, to_uint8, word_tiles
 
 
 @dataclass
@@ -40,6 +40,8 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
     from digin.engine.guidance import optimise
     from digin.engine.objectives import Objective
 
+    regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
+
     def run_rows(rows, n_real, dev):
         """rows: (sample, image (3,H,W), target), padded to the batch size → per-row outputs."""
         z = torch.stack([r[0]["inversion"]["z_T"] for r in rows]).to(dev)
@@ -53,7 +55,8 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
         repl = [kind.replacement(" ".join(w), s, t) for w, s, t in zip(fg, starts, tgts)]
         obj = Objective(cfg.loss, [clf], torch.tensor([kind.objective_target(s, t) for s, t in zip(starts, tgts)]),
                         keys, loss_weight=cfg.loss_weight, regularizers=list(cfg.regularizers),
-                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn)
+                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn,
+                        **regularizer_models(cfg, dev))
         setup = prepare_edit(sd, obj, z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
                              guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
                              replacements=repl if cfg.p2p.do_p2p else None, images=imgs, p2p=cfg.p2p,

@@ -265,8 +265,11 @@ def test_clear_errors(clf):
         Objective("bogus", [clf], t, KEYS)
     with pytest.raises(ValueError, match="'px_l3'"):
         Objective("CE", [clf], t, KEYS, regularizers=["px_l3"], regularizers_ws=[1.0])
-    with pytest.raises(ValueError, match="not implemented"):
-        parse_regularizer("px_background_clip")
+    assert parse_regularizer("px_background_clip") == ("px", "background", "clip")
+    with pytest.raises(ValueError, match="clip_regularizer_weights"):  # the model must be built by the task
+        Objective("CE", [clf], t, KEYS, regularizers=["px_background_clip"], regularizers_ws=[1.0])
+    with pytest.raises(ValueError, match="latent_clip"):
+        parse_regularizer("latent_clip")
     with pytest.raises(ValueError, match="latent_lpips"):
         parse_regularizer("latent_lpips")
     with pytest.raises(ValueError, match="regularizers_ws"):

@@ -57,3 +57,26 @@ def test_uvce_failure_mode_pushes_misclassified_images_to_their_class(small_pipe
     assert {r.key.rsplit("/", 1)[0] for r in recs} == wrong
     assert all(r.metrics["start"] == r.metrics["target"] == labels[r.key.rsplit("/", 1)[0]] for r in recs)
     assert all(r.metrics["edited_prompt"] == r.metrics["prompt"] for r in recs)  # identity P2P
+
+
+def test_uvce_with_the_masked_clip_regulariser(small_pipeline, tmp_path):
+    from tests.engine.test_masked_clip import _tower
+
+    p = small_pipeline
+    tower, _ = _tower(tmp_path, "clipa")
+    reg = ["regularizers=[px_background_clip,latent_background_l2]", "regularizers_ws=[5.0,1.0]",
+           "optim_params.sgd_steps=2"]
+    missing = build_config(uvce.Config, _args(p, tmp_path / "nowts", *reg))
+    try:  # no weights for the named CLIPA tower: refused before the stage writes anything
+        uvce.run(missing)
+        raise AssertionError("expected a ValueError")
+    except ValueError as e:
+        assert "clip_regularizer_weights" in str(e)
+    assert not (tmp_path / "nowts" / "commits").exists()
+    cfg = build_config(uvce.Config, _args(p, tmp_path / "uvce", *reg, f"clip_regularizer_model={tower}"))
+    assert uvce.run(cfg) == 0
+    recs = records_from_shards(tmp_path / "uvce")
+    assert len(recs) == 12
+    for r in recs:  # the regulariser is logged per iterate (sgd_steps + 1 values)
+        clip_reg = r.metrics["parts"]["px_background_clip"]
+        assert len(clip_reg) == 3 and all(math.isfinite(v) and v >= -1e-6 for v in clip_reg), clip_reg
