@@ -8,7 +8,8 @@ final linear layer, or the pooled output of a named module) for neuron losses.
 
 `load_classifier(spec, ...)` builds models offline from local files only (REFERENCE §10):
   timm:<name> (bare names too) · torchvision:<name> · hf:<folder> · madry:<file> (Madry L2 / Stylized-ImageNet
-  ResNet-50 checkpoints) · clip:<arch or open_clip folder> (zero-shot head) · tiny / tiny:<folder> (test net).
+  ResNet-50 checkpoints) · clip:<arch or open_clip folder> (zero-shot head) · cal:<car|bird|aircraft> (WS-DAN + CAL
+  ResNet-101, the reference's Cars classifier; engine/cal.py) · tiny / tiny:<folder> (test net).
 Weights: safetensors preferred; other files go through `torch.load(weights_only=True)`, never plain pickle.
 """
 from __future__ import annotations
@@ -391,7 +392,10 @@ class ZeroShotCLIP(nn.Module):
         return self.head(F.normalize(self.visual(x).float(), dim=-1).to(self.head.weight.dtype))
 
 
-def _build_clip(arch: str, checkpoint, device, kw):
+def open_clip_model(arch: str, checkpoint=None, allow_random: bool = False, what: str = "clip:",
+                    tokenizer: bool = True):
+    """(open_clip model, tokenizer or None, input spec {size, mean, std}) built offline: `arch` is an open_clip
+    model name (weights from `checkpoint`, a local file) or a folder with open_clip_config.json (+ *.safetensors)."""
     import open_clip
 
     local = Path(arch)
@@ -399,13 +403,30 @@ def _build_clip(arch: str, checkpoint, device, kw):
     if checkpoint is None and local.is_dir():
         found = sorted(local.glob("*.safetensors"))
         checkpoint = found[0] if found else None
-    if checkpoint is None and not kw.get("allow_random", False):
-        raise ValueError(f"clip:{arch} needs checkpoint=<open_clip weights file> (random init refused)")
-    model = open_clip.create_model(name, load_weights=False) if local.is_dir() else open_clip.create_model(name)
-    tokenizer = open_clip.get_tokenizer(name)
+    if checkpoint is None and not allow_random:
+        raise ValueError(f"{what}{arch} needs a local open_clip weights file (random init refused)")
+    try:
+        model = open_clip.create_model(name, load_weights=False) if local.is_dir() else open_clip.create_model(name)
+    except RuntimeError as e:  # unknown model name
+        raise ValueError(f"{what}{arch}: not an open_clip model name nor a folder with open_clip_config.json "
+                         f"({str(e).split(' Available')[0]})") from None
     if checkpoint is not None:
         _load_into(model, checkpoint)
-    model.eval().to(device)  # the head needs K×templates text encodings: do them on the target device
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = pp.get("size", getattr(model.visual, "image_size", 224))
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    spec = dict(size=int(size), mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)))
+    # (some towers' tokenizers come from the HF hub, e.g. CLIPA's BERT: only made when the text side is used)
+    return model.eval(), open_clip.get_tokenizer(name) if tokenizer else None, spec
+
+
+def _build_clip(arch: str, checkpoint, device, kw):
+    try:
+        model, tokenizer, spec = open_clip_model(arch, checkpoint, kw.get("allow_random", False), what="clip:")
+    except ValueError as e:
+        raise ValueError(f"{e}; pass checkpoint=<open_clip weights file>") from None
+    model.to(device)  # the head needs K×templates text encodings: do them on the target device
     class_names = kw.get("class_names") or imagenet_class_names()
     templates = kw.get("templates") or IMAGENET_TEMPLATES
     cache = kw.get("zeroshot_cache")  # optional .safetensors file holding the (K, D) class embeddings
@@ -419,11 +440,6 @@ def _build_clip(arch: str, checkpoint, device, kw):
             from safetensors.torch import save_file
 
             save_file({"class_embeddings": class_emb_KD.contiguous()}, str(cache))
-    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = pp.get("size", getattr(model.visual, "image_size", 224))
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
     zs = ZeroShotCLIP(model.visual, class_emb_KD, float(kw.get("logit_scale", 100.0)))
 
     @torch.no_grad()
@@ -431,7 +447,7 @@ def _build_clip(arch: str, checkpoint, device, kw):
         dev = next(model.parameters()).device
         return F.normalize(model.encode_text(tokenizer(list(texts)).to(dev)).float(), dim=-1)
 
-    return zs, dict(size=int(size), mean=mean, std=std), encode_text, model
+    return zs, spec, encode_text, model
 
 
 @torch.no_grad()
@@ -497,7 +513,7 @@ def _build_tiny(arg: str, checkpoint, kw):
 
 # ----------------------------------------------------------------------------------------------- registry
 
-KINDS = ("timm", "torchvision", "hf", "madry", "clip", "tiny")
+KINDS = ("timm", "torchvision", "hf", "madry", "clip", "cal", "tiny")
 _ALIASES = {"madry_l2": "madry", "resnet50_sin": "madry"}  # reference names; both need checkpoint=<file>
 
 
@@ -523,8 +539,8 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
     dataset_classes + label_order ('auto' | 'model' | 'dataset'): reorder the logits to the dataset's class names
     (see label_permutation; HF models carry label names);
     class_names, templates, logit_scale, zeroshot_cache (clip; a .safetensors file of the class embeddings,
-    written on first use); num_classes, size, width, seed (tiny); grad_checkpointing (default: on when cutouts
-    are used and the model supports it — same numbers, less memory).
+    written on first use); num_classes, size, width, seed (tiny); num_classes, num_attentions, arch (cal);
+    grad_checkpointing (default: on when cutouts are used and the model supports it — same numbers, less memory).
     """
     from digin.engine.models import resolve_dtype
 
@@ -541,6 +557,10 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
         model, pre = _build_madry(arg or checkpoint, kw)
     elif kind == "clip":
         model, pre, encode_text, clip_model = _build_clip(arg, checkpoint, device, kw)
+    elif kind == "cal":
+        from digin.engine.cal import build_cal
+
+        model, pre = build_cal(arg, checkpoint, kw)
     else:
         model, pre = _build_tiny(arg, checkpoint, kw)
     for k in ("size", "mean", "std"):
