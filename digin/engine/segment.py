@@ -24,7 +24,7 @@ class SegmentationConfig:
     xa_end_t: float = 1.0
     xa_segmentation_squash: str = "sqrt_0.3"
     sam_segmentation: bool = True
-    sam_prompt: str = "point"
+    sam_prompt: str = "point"  # point | bb (tight box around mask > threshold; the reference's 'bb' is broken)
     sam_num_points: int = 5
     sam_foreground_threshold: float = 0.35
     sam_checkpoint: str = "sam_hq/sam_hq_vit_h.pth"
@@ -216,12 +216,33 @@ def sample_points(mask_B1HW: torch.Tensor, num_points: int, threshold: float, ge
     return pts, ok
 
 
+def mask_boxes(mask_B1HW: torch.Tensor, threshold: float):
+    """(B, 4) XYXY pixel boxes around mask > threshold (max edge exclusive, as SAM's box coordinates); ok_B False
+    where no pixel passes (box then covers the whole image)."""
+    B, _, H, W = mask_B1HW.shape
+    on = mask_B1HW[:, 0] > threshold
+    ok = on.flatten(1).any(-1)
+    cols, rows = on.any(1), on.any(2)  # (B, W), (B, H)
+    ar_w, ar_h = torch.arange(W, device=on.device), torch.arange(H, device=on.device)
+    x0 = torch.where(cols, ar_w, W).amin(-1)
+    x1 = torch.where(cols, ar_w + 1, 0).amax(-1)
+    y0 = torch.where(rows, ar_h, H).amin(-1)
+    y1 = torch.where(rows, ar_h + 1, 0).amax(-1)
+    box = torch.stack([x0, y0, x1, y1], -1).float()
+    full = torch.tensor([0.0, 0.0, W, H], device=on.device)
+    return torch.where(ok[:, None], box, full), ok
+
+
 @torch.no_grad()
 def refine_with_sam(sam, images_B3HW: torch.Tensor, mask_B1HW: torch.Tensor, num_points: int = 5,
-                    threshold: float = 0.35, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point-prompted SAM-HQ (all points positive, single mask, HQ token only) on images in [0, 1].
+                    threshold: float = 0.35, generator=None,
+                    prompt: str = "point") -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-HQ on images in [0, 1] (single mask, HQ token only), prompted with `num_points` positive points drawn
+    ∝ mask value (prompt='point', the reference's) or the box around mask > threshold (prompt='bb').
 
     Returns (mask (B,1,H,W) — binary where SAM ran, the input mask where it could not —, ok_B)."""
+    if prompt not in ("point", "bb"):
+        raise ValueError(f"segmentation.sam_prompt {prompt!r}: expected 'point' or 'bb'")
     B, _, H, W = images_B3HW.shape
     dev = next(sam.parameters()).device
     size = sam.image_encoder.img_size
@@ -229,10 +250,16 @@ def refine_with_sam(sam, images_B3HW: torch.Tensor, mask_B1HW: torch.Tensor, num
     hw = (int(H * scale + 0.5), int(W * scale + 0.5))
     imgs = F.interpolate(images_B3HW.float().to(dev) * 255, size=hw, mode="bilinear", align_corners=False,
                          antialias=True)
-    pts, ok = sample_points(mask_B1HW, num_points, threshold, generator)
-    pts = pts.to(dev) * torch.tensor([hw[1] / W, hw[0] / H], device=dev)
-    batch = [{"image": imgs[b], "original_size": (H, W), "point_coords": pts[b:b + 1],
-              "point_labels": torch.ones(1, num_points, device=dev)} for b in range(B)]
+    to_input = torch.tensor([hw[1] / W, hw[0] / H], device=dev)
+    if prompt == "bb":
+        boxes, ok = mask_boxes(mask_B1HW, threshold)
+        boxes = boxes.to(dev) * to_input.repeat(2)
+        batch = [{"image": imgs[b], "original_size": (H, W), "boxes": boxes[b:b + 1]} for b in range(B)]
+    else:
+        pts, ok = sample_points(mask_B1HW, num_points, threshold, generator)
+        pts = pts.to(dev) * to_input
+        batch = [{"image": imgs[b], "original_size": (H, W), "point_coords": pts[b:b + 1],
+                  "point_labels": torch.ones(1, num_points, device=dev)} for b in range(B)]
     try:
         outs = sam(batch, multimask_output=False, hq_token_only=True)
     except Exception:  # the reference keeps the cross-attention mask when SAM fails
@@ -253,10 +280,9 @@ def segment_foreground(maps_BNQK, weights_BK, latent_hw, pixel_hw, cfg: Segmenta
     px, lat, raw = foreground_mask_from_maps(maps_BNQK, weights_BK, latent_hw, pixel_hw, cfg.xa_segmentation_squash)
     sam_ok = None
     if cfg.sam_segmentation and images_B3HW is not None:
-        if cfg.sam_prompt != "point":
-            raise ValueError("segmentation.sam_prompt: only 'point' is supported (the reference's 'bb' path is broken)")
         sam = load_sam_hq(cfg.sam_checkpoint, cfg.sam_model_type, device=maps_BNQK.device)
-        px, sam_ok = refine_with_sam(sam, images_B3HW, px, cfg.sam_num_points, cfg.sam_foreground_threshold, generator)
+        px, sam_ok = refine_with_sam(sam, images_B3HW, px, cfg.sam_num_points, cfg.sam_foreground_threshold, generator,
+                                     prompt=cfg.sam_prompt)
     if cfg.postprocessing:
         px = postprocess_mask(px, cfg.postprocessing)
     if sam_ok is not None or cfg.postprocessing:

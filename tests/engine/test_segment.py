@@ -4,7 +4,7 @@ import torch
 
 from digin.engine import segment
 from digin.engine.segment import (SegmentationConfig, build_tiny_sam_hq, foreground_mask_from_maps, load_sam_hq,
-                                  mask_steps, postprocess_mask, refine_with_sam, segment_foreground, squash,
+                                  mask_boxes, mask_steps, postprocess_mask, refine_with_sam, segment_foreground, squash,
                                   word_maps)
 
 
@@ -123,7 +123,42 @@ def test_segment_foreground_end_to_end(sam_ckpt):
     res = segment_foreground(maps, w, (16, 16), (32, 32), cfg, imgs, torch.Generator().manual_seed(0))
     assert res["px"].shape == (2, 1, 32, 32) and res["latent"].shape == (2, 1, 16, 16)
     assert res["sam_ok"].all() and 0 <= res["latent"].min() and res["latent"].max() <= 1
+    import dataclasses
+
+    boxed = segment_foreground(maps, w, (16, 16), (32, 32), dataclasses.replace(cfg, sam_prompt="bb"), imgs)
+    assert boxed["sam_ok"].all() and boxed["px"].shape == (2, 1, 32, 32)
     xa_only = segment_foreground(maps, w, (16, 16), (32, 32), SegmentationConfig(sam_segmentation=False,
                                                                                 postprocessing=[]))
     ref_px, ref_lat, _ = foreground_mask_from_maps(maps, w, (16, 16), (32, 32), "sqrt_0.3")
     assert torch.equal(xa_only["latent"], ref_lat) and xa_only["sam_ok"] is None
+
+
+def test_mask_boxes_are_tight_and_flag_empty_masks():
+    m = torch.zeros(3, 1, 20, 30)
+    m[0, :, 4:9, 10:25] = 0.8
+    m[1, :, 0:1, 29:30] = 0.5  # a single corner pixel
+    boxes, ok = mask_boxes(m, 0.35)
+    assert ok.tolist() == [True, True, False]
+    assert boxes.tolist() == [[10, 4, 25, 9], [29, 0, 30, 1], [0, 0, 30, 20]]
+
+
+def test_sam_hq_box_prompt(sam_ckpt):
+    sam = load_sam_hq(str(sam_ckpt[0]), "tiny")
+    seen = []
+
+    def spy(batch, **kw):  # what SAM is asked: the box in SAM's input coordinates, no points
+        seen.extend(batch)
+        return sam(batch, **kw)
+
+    spy.parameters, spy.image_encoder = sam.parameters, sam.image_encoder
+    imgs = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    xa = torch.zeros(2, 1, 40, 40)
+    xa[0, :, 5:20, 10:30] = 0.9
+    xa[1] = 0.1  # nothing above the threshold → keep the cross-attention mask
+    out, ok = refine_with_sam(spy, imgs, xa, threshold=0.35, prompt="bb")
+    s = sam.image_encoder.img_size / 40
+    assert ok.tolist() == [True, False] and "point_coords" not in seen[0]
+    assert seen[0]["boxes"].tolist() == [[10 * s, 5 * s, 30 * s, 20 * s]]
+    assert set(out[0].unique().tolist()) <= {0.0, 1.0} and torch.equal(out[1], xa[1])
+    with pytest.raises(ValueError, match="sam_prompt"):
+        refine_with_sam(sam, imgs, xa, prompt="box")
