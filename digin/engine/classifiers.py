@@ -9,7 +9,8 @@ final linear layer, or the pooled output of a named module) for neuron losses.
 `load_classifier(spec, ...)` builds models offline from local files only (REFERENCE §10):
   timm:<name> (bare names too) · torchvision:<name> · hf:<folder> · madry:<file> (Madry L2 / Stylized-ImageNet
   ResNet-50 checkpoints) · clip:<arch or open_clip folder> (zero-shot head) · cal:<car|bird|aircraft> (WS-DAN + CAL
-  ResNet-101, the reference's Cars classifier; engine/cal.py) · tiny / tiny:<folder> (test net).
+  ResNet-101, the reference's Cars classifier; engine/cal.py) · mae:<cub> (MAE fine-tuned ViT-L/16, global pool) ·
+  tiny / tiny:<folder> (test net).
 Weights: safetensors preferred; other files go through `torch.load(weights_only=True)`, never plain pickle.
 """
 from __future__ import annotations
@@ -258,6 +259,20 @@ def _build_timm(name: str, checkpoint, kw):
     if h != w:
         raise ValueError(f"timm model {name} has a non-square input size {(h, w)}")
     return model, dict(size=h, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+def _build_mae(arg: str, checkpoint, kw):
+    """MAE fine-tuned ViT (global average pool + fc_norm, ImageNet normalisation): the reference's CUB MAE ViT-L/16.
+    mae:<cub|num_classes> + checkpoint=<checkpoint-49.pth> (MAE's {'model': ...} layout = timm's key names)."""
+    key = (arg or "cub").lower()
+    if key not in ("cub", "bird") and not key.isdigit():
+        raise ValueError(f"mae:{arg}: expected 'cub' or a class count")
+    if not checkpoint and not kw.get("allow_random", False):
+        raise ValueError(f"mae:{arg} needs checkpoint=<MAE fine-tuned checkpoint> (random init refused)")
+    n = int(kw.get("num_classes", 200 if not key.isdigit() else key))
+    model, pre = _build_timm(kw.get("arch", "vit_large_patch16_224"), checkpoint,
+                             {"num_classes": n, "model_kwargs": {"global_pool": "avg", **kw.get("model_kwargs", {})}})
+    return model, dict(pre, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _build_torchvision(name: str, checkpoint, kw):
@@ -513,7 +528,7 @@ def _build_tiny(arg: str, checkpoint, kw):
 
 # ----------------------------------------------------------------------------------------------- registry
 
-KINDS = ("timm", "torchvision", "hf", "madry", "clip", "cal", "tiny")
+KINDS = ("timm", "torchvision", "hf", "madry", "clip", "cal", "mae", "tiny")
 _ALIASES = {"madry_l2": "madry", "resnet50_sin": "madry"}  # reference names; both need checkpoint=<file>
 
 
@@ -557,6 +572,8 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
         model, pre = _build_madry(arg or checkpoint, kw)
     elif kind == "clip":
         model, pre, encode_text, clip_model = _build_clip(arg, checkpoint, device, kw)
+    elif kind == "mae":
+        model, pre = _build_mae(arg, checkpoint, kw)
     elif kind == "cal":
         from digin.engine.cal import build_cal
 

@@ -288,3 +288,23 @@ def test_wrapper_accepts_hf_style_outputs(img):
     x = F.interpolate(img, size=(8, 8), mode="bilinear", align_corners=False).mean(dim=(2, 3))
     torch.testing.assert_close(feats[:, 0], x)
     torch.testing.assert_close(logits[:, 0], clf.model.classifier(x))
+
+
+def test_mae_checkpoint_is_a_global_pool_vit_with_imagenet_normalisation(tmp_path, img):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", num_classes=5).eval()
+    with torch.no_grad():
+        ref.fc_norm.weight.normal_(1.0, 0.2)
+        ref.head.weight.normal_(0.0, 0.2)
+    path = tmp_path / "checkpoint-49.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 49}, path)  # MAE's fine-tuning checkpoint layout
+    clf = load_classifier("mae:5", checkpoint=str(path), arch="vit_tiny_patch16_224")
+    assert clf.size == 224 and clf.num_classes == 5
+    with torch.no_grad():
+        x = _norm(F.interpolate(img, size=(224, 224), mode="bilinear", align_corners=False), IMAGENET_MEAN,
+                  IMAGENET_STD)
+        torch.testing.assert_close(clf(img)[:, 0], ref(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_classifier("mae:cub")
