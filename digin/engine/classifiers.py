@@ -440,7 +440,7 @@ def _build_clip(arch: str, checkpoint, device, kw):
     try:
         model, tokenizer, spec = open_clip_model(arch, checkpoint, kw.get("allow_random", False), what="clip:")
     except ValueError as e:
-        raise ValueError(f"{e}; pass checkpoint=<open_clip weights file>") from None
+        raise ValueError(f"{e}; pass checkpoint=<open_clip weights file>" if checkpoint is None else str(e)) from None
     model.to(device)  # the head needs K×templates text encodings: do them on the target device
     class_names = kw.get("class_names") or imagenet_class_names()
     templates = kw.get("templates") or IMAGENET_TEMPLATES

@@ -57,7 +57,7 @@ class MaskedCLIPDistance(nn.Module):
 
     def forward(self, x_B3HW: torch.Tensor, x0_B3HW: torch.Tensor, mask_B1HW: torch.Tensor | None = None):
         """1 − cos(e(x, M), e(x0, M)) per sample → (B,)."""
-        w = None if mask_B1HW is None else self.patch_weights(mask_B1HW.to(x_B3HW.device))
+        w = None if mask_B1HW is None else self.patch_weights(mask_B1HW)
         e, e0 = self.embed(x_B3HW, w), self.embed(x0_B3HW, w)
         return 1.0 - F.cosine_similarity(e.float(), e0.float(), dim=-1, eps=1e-8)
 
@@ -72,5 +72,5 @@ def build_masked_clip(model: str = "ViT-L-14-CLIPA-336", weights: str | None = N
         clip, _, spec = open_clip_model(model, weights, allow_random, what="clip_regularizer_model=",
                                      tokenizer=False)
     except ValueError as e:
-        raise ValueError(f"{e}; set clip_regularizer_weights=<file>") from None
+        raise ValueError(f"{e}; set clip_regularizer_weights=<file>" if weights is None else str(e)) from None
     return MaskedCLIPDistance(clip.visual, spec["size"], spec["mean"], spec["std"]).to(device)

@@ -219,7 +219,7 @@ def sample_points(mask_B1HW: torch.Tensor, num_points: int, threshold: float, ge
 def mask_boxes(mask_B1HW: torch.Tensor, threshold: float):
     """(B, 4) XYXY pixel boxes around mask > threshold (max edge exclusive, as SAM's box coordinates); ok_B False
     where no pixel passes (box then covers the whole image)."""
-    B, _, H, W = mask_B1HW.shape
+    H, W = mask_B1HW.shape[-2:]
     on = mask_B1HW[:, 0] > threshold
     ok = on.flatten(1).any(-1)
     cols, rows = on.any(1), on.any(2)  # (B, W), (B, H)
