@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from digin.shards.decode import IMAGE_POLICY
-from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
+from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_differences, config_hash,
+                                   write_json)
 from digin.shards.progress import Progress
 from digin.shards.sources import SOURCES
 from digin.shards.writer import PARTIAL, ShardWriter
@@ -73,8 +74,9 @@ def convert(source: str, root, split: str, out, name: str | None = None, samples
     if mpath.exists():
         old = json.loads(mpath.read_text())
         if old.get("config_hash") != chash and not force:
-            raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != {chash}); "
-                                 "use another folder or force=True")
+            changed = "; ".join(config_differences(old.get("config"), config))
+            raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != {chash}: "
+                                 f"{changed}); use another folder or force=True")
         if old.get("config_hash") != chash:  # forced: start over
             for p in (out / "commits").glob("*.json"):
                 p.unlink()

@@ -36,6 +36,26 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config)).hexdigest()[:16]
 
 
+def config_differences(old, new, prefix: str = "", limit: int = 8) -> list[str]:
+    """Dotted keys whose values differ between two stored configs ('key: old → new'; added/removed keys say so),
+    so a refused resume tells the user what changed (e.g. a key a newer digin added with its default)."""
+    out: list[str] = []
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{k}"
+            if k not in old:
+                out.append(f"{name}: (absent) → {new[k]!r}")
+            elif k not in new:
+                out.append(f"{name}: {old[k]!r} → (absent)")
+            else:
+                out += config_differences(old[k], new[k], name + ".", limit)
+            if len(out) >= limit:
+                break
+    elif old != new:
+        out.append(f"{prefix.rstrip('.')}: {old!r} → {new!r}")
+    return out[:limit]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from digin.shards.dist import device_for_local_rank, rank_world
-from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_hash,
-                                   fsync_dir, write_json)
+from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_differences,
+                                   config_hash, fsync_dir, write_json)
 from digin.shards.progress import Progress
 from digin.shards.reader import assign_shards, iter_shard
 from digin.shards.writer import PARTIAL, ShardWriter
@@ -249,9 +249,10 @@ def _prepare_output(output: Path, name: str, inputs: list[ShardSet], config: dic
         old = json.loads(mpath.read_text())
         if old.get("config_hash") != chash:
             if not force:
+                changed = config_differences(old.get("config"), config) or ["inputs changed"]
                 raise ConfigMismatch(
-                    f"{output} was started with config hash {old.get('config_hash')}, this run has {chash}; "
-                    "refusing to mix outputs (use another output folder, or force=True)")
+                    f"{output} was started with config hash {old.get('config_hash')}, this run has {chash} "
+                    f"({'; '.join(changed)}); refusing to mix outputs (use another output folder, or force=True)")
             meta["forced_over"] = sorted(set(old.get("forced_over", []) + [old.get("config_hash")]))
         elif old == meta:
             return meta

@@ -107,5 +107,5 @@ def test_reconvert_skips_and_config_change_refused(tmp_path, toy_shards):
     mtimes = {p.name: p.stat().st_mtime_ns for p in a.dir.glob("*.tar")}
     b = convert("imagefolder", root, "all", tmp_path / "out", samples_per_shard=2, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in b.dir.glob("*.tar")} == mtimes
-    with pytest.raises(ConfigMismatch):
+    with pytest.raises(ConfigMismatch, match="samples_per_shard: 2 → 3"):
         convert("imagefolder", root, "all", tmp_path / "out", samples_per_shard=3, progress=False)

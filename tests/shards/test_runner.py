@@ -88,8 +88,10 @@ def test_rerun_skips_and_config_change_is_refused(toy_shards, tmp_path):
     s = run_stage(toy_shards, out, process, 4, {"lr": 0.1}, progress=False)
     assert len(calls) == n and s.skipped_shards == 6 and s.skipped_samples == 21 and s.processed == 0
     before = _tars(out)
-    with pytest.raises(ConfigMismatch):
+    with pytest.raises(ConfigMismatch, match=r"lr: 0\.1 → 0\.2"):  # the refusal names what changed
         run_stage(toy_shards, out, process, 4, {"lr": 0.2}, progress=False)
+    with pytest.raises(ConfigMismatch, match=r"new_key: \(absent\) → 'x'"):
+        run_stage(toy_shards, out, process, 4, {"lr": 0.1, "new_key": "x"}, progress=False)
     assert _tars(out) == before and len(calls) == n
     (out / "o-000002.tar").unlink()  # a committed shard whose file vanished is redone
     s = run_stage(toy_shards, out, process, 4, {"lr": 0.2}, force=True, progress=False)
@@ -183,3 +185,13 @@ def test_progress_is_plain_lines_when_not_a_tty():
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("[stage r0] 2/10 (20.0%)") and lines[-1].startswith("[stage r0] 10/10 (100.0%)")
     assert "\r" not in buf.getvalue() and len(lines) == 5
+
+
+def test_config_differences_name_nested_added_and_removed_keys():
+    from digin.shards.manifest import config_differences
+
+    old = {"a": 1, "opt": {"lr": 0.1, "steps": 3}, "gone": True}
+    new = {"a": 1, "opt": {"lr": 0.2, "steps": 3}, "added": [1]}
+    assert config_differences(old, new) == ["added: (absent) → [1]", "gone: True → (absent)", "opt.lr: 0.1 → 0.2"]
+    assert config_differences(old, old) == []
+    assert len(config_differences({f"k{i}": i for i in range(20)}, {}, limit=5)) == 5
