@@ -9,6 +9,7 @@ latent chain are fp32 whatever the weight dtype.
 Per SGD iteration k (k = 0..K): one forward chain with grad → decode the x̂0 of the last `loss_steps` steps →
 log the non-augmented loss of the last x̂0 (the reported image) → augmented multi-step loss → backward →
 masked optimiser step. Iteration K only evaluates. Result: iterate 0 (`sd`) and the logged argmin (`ours`).
+The only host sync is the per-iteration "every sample stopped → leave the loop" check (the reference's break).
 """
 from __future__ import annotations
 
@@ -283,6 +284,10 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
                     stop = active & (aug_total < op.early_stopping_loss)
                     stopped_early |= stop
                     active &= ~stop
+            # The loop's one host sync per iteration: once every sample has stopped, the remaining iterations
+            # (updates and logs are masked per sample) would change nothing, so their backward and chains are skipped.
+            if not bool(active.any()):
+                break
             masked = torch.where(active, aug_total, torch.zeros_like(aug_total)).sum()
             grads = torch.autograd.grad(masked, variables, allow_unused=True)
             grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
@@ -300,6 +305,8 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
     finally:
         if block_ckpt:
             sd.unet.disable_gradient_checkpointing()
+    if trajectory:  # after an all-stopped break the later iterates equal the last one
+        trajectory += [trajectory[-1]] * (K + 1 - len(trajectory))
 
     return GuidanceResult(
         sd_images=sd_img, ours_images=best_img, best_iter=best_iter, losses=losses, parts=parts_log,

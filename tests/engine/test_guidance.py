@@ -117,6 +117,25 @@ def test_batch_independence_with_early_stopping(tiny_sd):
         torch.testing.assert_close(alone.ours_images[0], together.ours_images[b], atol=1e-5, rtol=0)
 
 
+def test_all_samples_stopped_skips_the_remaining_iterations(tiny_sd):
+    z, cond, uncond = _inputs(tiny_sd, 2)
+    obj = NoiseCE(tiny_net(), torch.tensor([1, 3]), ["a", "b"])
+    calls = []
+    hook = tiny_sd.unet.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        cfg = _cfg(K=4, early_stopping_loss=1e9)  # every sample stops on its first augmented loss
+        cfg.keep_trajectory = True
+        res = optimise(tiny_sd, obj, z_T=z, cond=cond, uncond=uncond, cfg=cfg)
+    finally:
+        hook.remove()
+    assert len(calls) == T  # one chain (iterate 0), no backward recomputation, no further iterations
+    assert res.stopped_early.all() and res.num_logged.tolist() == [1, 1] and res.best_iter.tolist() == [0, 0]
+    assert torch.isfinite(res.losses[0]).all() and torch.isnan(res.losses[1:]).all()
+    assert res.trajectory.shape[0] == 5 and torch.equal(res.trajectory[4], res.trajectory[0])
+    torch.testing.assert_close(res.ours_images, res.sd_images)
+    torch.testing.assert_close(res.z_T, z)
+
+
 def test_parity_with_naive_diffusers_loop(tiny_sd):
     """An independent batch-1 loop (DDIMScheduler.step, unet, vae, torch Adam) gives the same loss trajectory."""
     from diffusers import DDIMScheduler
