@@ -38,3 +38,32 @@ def tiny_sd(tiny_sd_dir):
     from digin.engine.models import load_sd
 
     return load_sd(tiny_sd_dir, dtype="fp32")
+
+
+class _FakeWandbRun:
+    def __init__(self, **kw):
+        self.init, self.logged, self.summary, self.finished = kw, [], {}, False
+
+    def log(self, row, step=None):
+        self.logged.append((step, dict(row)))
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    """A recorder in place of the wandb module (no network in tests): returns the list of runs it made."""
+    import sys
+    import types
+
+    runs = []
+    mod = types.ModuleType("wandb")
+
+    def init(**kw):
+        runs.append(_FakeWandbRun(**kw))
+        return runs[-1]
+
+    mod.init = init
+    monkeypatch.setitem(sys.modules, "wandb", mod)
+    return runs

@@ -27,6 +27,7 @@ from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError,
                                    config_hash, fsync_dir, write_json)
 from digin.shards.progress import Progress
 from digin.shards.reader import assign_shards, iter_shard
+from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
 from digin.shards.writer import PARTIAL, ShardWriter
 
 EXIT_OK, EXIT_FAILED, EXIT_REQUEUE = 0, 1, 75  # 75 = EX_TEMPFAIL: the batch script requeues on it
@@ -484,7 +485,7 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
               check_hash: bool = True, rank: int | None = None, world: int | None = None, device=None,
               progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True,
               max_consecutive_rejects: int | None = 100, max_reject_share: float | None = 0.001,
-              reject_share_min_samples: int = 1000) -> StageSummary:
+              reject_share_min_samples: int = 1000, tracking: dict | None = None) -> StageSummary:
     """Run `process` over every sample of the committed input shard set(s) this rank owns.
 
     inputs: shard-set folder (or ShardSet), or a list of them joined by shard index and key (fields of later
@@ -509,6 +510,8 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     Run lock: the run holds output/locks/rank-NNNNNN.lock (host, pid, Slurm job) from start to end; a second live
       run of the same rank into the same output raises RunLocked and changes nothing. A stale lock (its pid on
       this host is gone, it has our SLURM_JOB_ID, or it is corrupt) is taken over; DIGIN_BREAK_LOCK=1 forces that.
+    tracking: {"project", "entity", "mode"} → per-rank wandb run (digin.shards.tracking); the numeric metrics of each
+      shard's samples are logged when the shard commits. None (default): no tracking, wandb never imported.
     On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the run).
     SIGTERM/SIGUSR1: stop at the next batch boundary, discard open shards, return summary.interrupted=True
     (exit code EXIT_REQUEUE). Returns a StageSummary; raises StageFailed if an input shard failed its checks or
@@ -524,12 +527,14 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     device = device if device is not None else device_for_local_rank(local_rank)
     budget = _ErrorBudget(max_consecutive_rejects, max_reject_share, reject_share_min_samples)
     _check_unique_keys(ins[0])  # before anything is written
+    if tracking and tracking.get("project"):
+        require_wandb()
     lock = _RunLock(output, rank).acquire()  # before the manifest or any shard file is touched
     try:
         summary = _run_locked(ins, output, process, batch_size, dict(config or {}), name=name,
                               resolution=resolution, required=required, num_workers=num_workers, force=force,
                               check_hash=check_hash, rank=rank, world=world, device=device, progress=progress,
-                              center_crop=center_crop, budget=budget, lock=lock)
+                              center_crop=center_crop, budget=budget, lock=lock, tracking=tracking)
     finally:
         lock.release()
     problems = [summary.error_budget_exceeded] if summary.error_budget_exceeded else []
@@ -543,7 +548,7 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
 
 def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
                 required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
-                budget: _ErrorBudget, lock: _RunLock) -> StageSummary:
+                budget: _ErrorBudget, lock: _RunLock, tracking: dict | None) -> StageSummary:
     """The body of run_stage, run while this rank holds the output's lock."""
     import torch
 
@@ -568,6 +573,10 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
         log.event("lock_takeover", **lock.takeover)
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
               todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record)
+    tracker = None
+    if tracking and tracking.get("project"):
+        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
+                               entity=tracking.get("entity"), mode=tracking.get("mode"))
     bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
     state = {"bs": batch_size}
 
@@ -608,7 +617,7 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                 if st is None:
                     st = open_shards[i] = {"writer": ShardWriter(output, i, f"{name}-{i:06d}.tar",
                                                                  {"config_hash": meta["config_hash"]}),
-                                           "rejects": []}
+                                           "rejects": [], "rows": []}
                 if chunk["error"]:
                     open_shards.pop(i)["writer"].discard()
                     summary.failed_shards.append({"shard": i, "error": chunk["error"]})
@@ -644,6 +653,8 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                         if not o:
                             raise ValueError(f"process returned an empty output for {smp['__key__']}")
                         st["writer"].add(smp["__key__"], o)
+                        if tracker is not None:
+                            st["rows"] += scalar_rows(o)
                         summary.processed += 1
                         budget.ok()
                     bar.update(len(part))
@@ -655,6 +666,8 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                     summary.committed_shards += 1
                     log.event("commit", shard=i, count=rec["count"], rejects=len(rec["rejects"]),
                               sha256=rec["sha256"])
+                    if tracker is not None:
+                        tracker.shard_committed(i, st["rows"], rec["count"], len(rec["rejects"]))
             if stopper.stop:
                 summary.interrupted = True
                 log.event("interrupted", signal=stopper.signum, discarded=sorted(open_shards))
@@ -671,5 +684,7 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
         bar.close()
         log.event("summary", **{k: v for k, v in summary.__dict__.items()})
         log.close()
+        if tracker is not None:
+            tracker.finish(summary.__dict__)
     print(f"[{name}] " + summary.line(rank), file=sys.stderr, flush=True)
     return summary

@@ -41,6 +41,10 @@ class CommonArgs:
     # px_{foreground,background}_clip regularisers: open_clip tower (name or folder) + its local weights file
     clip_regularizer_model: str = "ViT-L-14-CLIPA-336"
     clip_regularizer_weights: Optional[str] = None
+    # optional wandb tracking (the reference's key; wandb imported only when set): one run per rank, grouped
+    wandb_project: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    wandb_mode: Optional[str] = None  # online | offline (clusters without internet; `wandb sync` later) | disabled
     batch_size: int = 4  # samples optimised together
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
@@ -54,6 +58,26 @@ def pick_device(cfg) -> torch.device:
     from digin.shards.dist import device_for_local_rank
 
     return device_for_local_rank()
+
+
+# Keys that do not change a stage's outputs: left out of the config recorded (and hashed) in its manifest.
+OPERATIONAL_KEYS = ("out", "device", "num_workers", "force", "progress", "wandb_project", "wandb_entity", "wandb_mode")
+
+
+def stage_config_of(cfg, stage: str, drop=()) -> dict:
+    """The resolved config of a task as recorded in its stage manifest, without operational keys and `drop`."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for k in (*OPERATIONAL_KEYS, *drop):
+        d.pop(k, None)
+    return {"stage": stage, **d}
+
+
+def tracking_for(cfg) -> dict | None:
+    """run_stage's `tracking` argument from wandb_* keys (None: no tracking)."""
+    project = getattr(cfg, "wandb_project", None)
+    return {"project": project, "entity": cfg.wandb_entity, "mode": cfg.wandb_mode} if project else None
 
 
 _SD_CACHE: dict = {}

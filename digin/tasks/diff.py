@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from digin.tasks.common import (CommonArgs, guidance_config, latent_shape, load_classifier_for, load_sd_for,
-                                noise_scale_fn, pick_device, regularizer_models, result_fields, start_noise,
-                                write_worklist)
+                                noise_scale_fn, pick_device, regularizer_models, result_fields, stage_config_of,
+                                start_noise, tracking_for, write_worklist)
 
 
 @dataclass
@@ -112,12 +112,7 @@ def make_process(sd, classifiers: list, eval_clf, cfg: Config):
 
 
 def stage_config(cfg: Config) -> dict:
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    for k in ("out", "device", "num_workers", "force", "progress"):
-        d.pop(k, None)
-    return {"stage": "diff", **d}
+    return stage_config_of(cfg, "diff")
 
 
 def run(cfg: Config):
@@ -136,5 +131,5 @@ def run(cfg: Config):
     sd = load_sd_for(cfg, dev)
     summary = run_stage(wl, out / "results", make_process(sd, clfs, eval_clf, cfg), cfg.batch_size,
                         stage_config(cfg), name="diff", required=("item",), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress)
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
     return summary.exit_code

@@ -30,7 +30,7 @@ from typing import Optional
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
 from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
-                                pick_device)
+                                pick_device, tracking_for)
 
 MODES = ("activations", "merge", "name", "search", "visualise", "counterfactuals")
 REFERENCE_CLASSIFIER = "seresnet152d.ra2_in1k"
@@ -343,7 +343,8 @@ def run_visualise(cfg: Config) -> int:
         "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
         "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "target_class"))}
     summary = run_stage(work, out / "visualise", process, cfg.batch_size, stage, name="neurons",
-                        required=("item",), num_workers=0, force=cfg.force, device=dev, progress=cfg.progress)
+                        required=("item",), num_workers=0, force=cfg.force, device=dev, progress=cfg.progress,
+                        tracking=tracking_for(cfg))
     return summary.exit_code
 
 
@@ -373,10 +374,12 @@ def run_counterfactuals(cfg: Config) -> int:
         "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
         "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
         "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
+    if any(str(r).endswith("_clip") for r in cfg.regularizers):  # the CLIP tower changes the outputs
+        stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
                         name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress)
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
     return summary.exit_code
 
 

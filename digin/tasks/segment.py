@@ -16,7 +16,7 @@ import torch
 
 from digin.engine.edit import MaskBlendParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import load_sd_for, mask_uint8, pick_device, to_uint8, word_tiles
+from digin.tasks.common import load_sd_for, mask_uint8, pick_device, stage_config_of, to_uint8, word_tiles
 
 
 def _seg_default():
@@ -89,19 +89,14 @@ def make_process(sd, cfg: Config, classes: list[str]):
 
 
 def run(cfg: Config):
-    from omegaconf import OmegaConf
-
     from digin.shards.manifest import ShardSet
     from digin.shards.runner import run_stage
 
     images, invs = ShardSet.load(cfg.images), ShardSet.load(cfg.inversions)
     dev = pick_device(cfg)
     sd = load_sd_for(cfg, dev)
-    conf = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    for k in ("images", "inversions", "out", "device", "num_workers", "force", "progress"):
-        conf.pop(k)
     summary = run_stage([images, invs], cfg.out, make_process(sd, cfg, images.classes), cfg.batch_size,
-                        {"stage": "segment", **conf}, name="segment", resolution=cfg.resolution,
+                        stage_config_of(cfg, "segment", drop=("images", "inversions")), name="segment", resolution=cfg.resolution,
                         center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress)

@@ -23,7 +23,7 @@ import torch
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
 from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
-                                pick_device)
+                                pick_device, stage_config_of, tracking_for)
 
 
 def _uvce_blend():
@@ -140,12 +140,7 @@ def make_process(sd, clf, cfg: Config, classes: list[str], targets_of: dict):
 
 
 def stage_config(cfg: Config) -> dict:
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    for k in ("images", "inversions", "out", "device", "num_workers", "force", "progress"):
-        d.pop(k, None)
-    return {"stage": "uvce", **d}
+    return stage_config_of(cfg, "uvce", drop=("images", "inversions"))
 
 
 def run(cfg: Config):
@@ -171,5 +166,5 @@ def run(cfg: Config):
                         cfg.batch_size, stage_config(cfg), name="uvce", resolution=cfg.resolution,
                         center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress)
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
     return summary.exit_code

@@ -71,3 +71,21 @@ def test_diff_compiled_matches_eager(tiny_sd_dir, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6)
+
+
+def test_diff_logs_to_wandb_when_asked_and_tracking_keys_are_not_hashed(tiny_sd_dir, tmp_path, fake_wandb):
+    c1 = save_tiny_classifier(tmp_path / "c1", num_classes=2, size=32, seed=1)
+    args = [f"out={tmp_path / 'diff'}", f"model_path={tiny_sd_dir}", f"classifier1=tiny:{c1}", "class_names=[a,b]",
+            "target_classes=[1]", "num_images=2", "resolution=32", "num_ddim_steps=3", "optim_params.sgd_steps=1",
+            "augmentation_num_cutouts=2", "batch_size=2", "device=cpu", "progress=false",
+            "wandb_project=digin-test", "wandb_mode=offline"]
+    assert diff.run(build_config(diff.Config, args)) == 0
+    run = fake_wandb[0]
+    assert run.init["project"] == "digin-test" and run.init["mode"] == "offline" and run.finished
+    rows = [r for _, r in run.logged if "metrics.best_iter" in r]
+    assert len(rows) == 2 and all(r["metrics.class"] == 1 and math.isfinite(r["metrics.conf_0_ours"]) for r in rows)
+    saved = ShardSet.load(tmp_path / "diff" / "results").meta["config"]
+    assert not any(k.startswith("wandb") for k in saved)
+    # another project (or none) resumes the same output: tracking does not change results
+    assert diff.run(build_config(diff.Config, args[:-2] + ["wandb_project=other"])) == 0
+    assert diff.run(build_config(diff.Config, args[:-2])) == 0 and len(fake_wandb) == 2
