@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from digin.shards.dist import device_for_local_rank, rank_world
+from digin.shards.environment import run_environment
 from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_differences,
                                    config_hash, fsync_dir, write_json)
 from digin.shards.progress import Progress
@@ -572,7 +573,8 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
     if lock.takeover:
         log.event("lock_takeover", **lock.takeover)
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
-              todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record)
+              todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record,
+              env=run_environment(device))
     tracker = None
     if tracking and tracking.get("project"):
         tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],

@@ -195,3 +195,17 @@ def test_config_differences_name_nested_added_and_removed_keys():
     assert config_differences(old, new) == ["added: (absent) → [1]", "gone: True → (absent)", "opt.lr: 0.1 → 0.2"]
     assert config_differences(old, old) == []
     assert len(config_differences({f"k{i}": i for i in range(20)}, {}, limit=5)) == 5
+
+
+def test_start_event_records_the_environment(toy_shards, tmp_path):
+    import json
+
+    import torch
+
+    s = run_stage(toy_shards, tmp_path / "env", lambda b: [{"t": "x"}] * b.n_real, 4, {}, progress=False,
+                  rank=0, world=6, device="cpu")
+    start = next(e for e in map(json.loads, open(s.log_path)) if e["event"] == "start")
+    env = start["env"]
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] == torch.__version__
+    assert env["packages"]["digin"] and env["torch_threads"] == torch.get_num_threads() and env["host"]
+    assert env["digin_git"] is None or len(env["digin_git"].split("+")[0]) == 40  # a commit sha when run from git
