@@ -568,6 +568,10 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
             for tmp in (output / "commits").glob(f"{i:06d}.json.tmp.*"):
                 tmp.unlink(missing_ok=True)
 
+    tracker = None  # made before the log file is opened: a failing wandb.init leaves nothing open
+    if tracking and tracking.get("project"):
+        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
+                               entity=tracking.get("entity"), mode=tracking.get("mode"))
     log = _RunLog(output / "logs", rank)
     summary.log_path = str(log.path)
     if lock.takeover:
@@ -575,10 +579,6 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
               todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record,
               env=run_environment(device))
-    tracker = None
-    if tracking and tracking.get("project"):
-        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
-                               entity=tracking.get("entity"), mode=tracking.get("mode"))
     bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
     state = {"bs": batch_size}
 

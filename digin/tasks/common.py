@@ -102,9 +102,14 @@ def load_sd_for(cfg, device) -> object:
 _REG_MODEL_CACHE: dict = {}
 
 
+def uses_clip_regularizer(cfg) -> bool:
+    """Whether a px_*_clip regulariser is configured (then the CLIP tower keys matter)."""
+    return any(str(r).endswith("_clip") for r in (getattr(cfg, "regularizers", None) or ()))
+
+
 def regularizer_models(cfg, device) -> dict:
     """Extra models the configured regularisers need, as Objective keyword arguments; built once per process."""
-    if not any(str(r).endswith("_clip") for r in (getattr(cfg, "regularizers", None) or ())):
+    if not uses_clip_regularizer(cfg):
         return {}
     key = (cfg.clip_regularizer_model, cfg.clip_regularizer_weights, str(device))
     if key not in _REG_MODEL_CACHE:

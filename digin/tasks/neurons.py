@@ -30,7 +30,7 @@ from typing import Optional
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
 from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
-                                pick_device, tracking_for)
+                                pick_device, tracking_for, uses_clip_regularizer)
 
 MODES = ("activations", "merge", "name", "search", "visualise", "counterfactuals")
 REFERENCE_CLASSIFIER = "seresnet152d.ra2_in1k"
@@ -374,7 +374,7 @@ def run_counterfactuals(cfg: Config) -> int:
         "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
         "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
         "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
-    if any(str(r).endswith("_clip") for r in cfg.regularizers):  # the CLIP tower changes the outputs
+    if uses_clip_regularizer(cfg):  # the CLIP tower changes the outputs
         stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
                         name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,

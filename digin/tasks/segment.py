@@ -96,7 +96,8 @@ def run(cfg: Config):
     dev = pick_device(cfg)
     sd = load_sd_for(cfg, dev)
     summary = run_stage([images, invs], cfg.out, make_process(sd, cfg, images.classes), cfg.batch_size,
-                        stage_config_of(cfg, "segment", drop=("images", "inversions")), name="segment", resolution=cfg.resolution,
+                        stage_config_of(cfg, "segment", drop=("images", "inversions")), name="segment",
+                        resolution=cfg.resolution,
                         center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress)
