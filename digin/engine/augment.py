@@ -88,16 +88,18 @@ def augment(img_BCHW: torch.Tensor, seeds: list[int], size: int, num_cutouts: in
 
 
 def noise_scale_schedule(schedule: str, num_steps: int):
-    """Multiplier of noise_sd per augmented call, as a function of the guidance salt (iteration k, step i).
+    """Multiplier of noise_sd per augmented call (the `augmentation_noise_schedule` key), as a function of the
+    guidance salt (iteration k, step i); None for a constant scale.
 
-    'const' → 1. 'descending' → linspace(1, 0, num_steps)[k mod num_steps]: the reference walks
-    linspace(noise_sd → 0, n) once per augmented call; here the position is the SGD iteration k, so all loss
-    steps of one iteration share a scale and the result does not depend on call order.
+    'descending' → linspace(1, 0, num_steps)[k mod num_steps] with num_steps = sgd_steps: the noise falls from
+    noise_sd to 0 over the run and all loss steps of one iteration share it. (The reference advances its
+    linspace once per classifier call, checkpoint recomputations included, so it runs down and restarts every
+    few iterations; see README "Departures from the reference".)
     """
     if schedule in (None, "const", "constant"):
         return None
     if schedule != "descending":
-        raise ValueError(f"unknown augmentation noise schedule {schedule!r}; use 'const' or 'descending'")
+        raise ValueError(f"augmentation_noise_schedule must be const or descending, got {schedule!r}")
     n = max(int(num_steps), 1)
 
     def scale(salt: tuple[int, ...]) -> float:

@@ -121,7 +121,7 @@ def test_noise_scale_schedules():
     assert noise_scale_schedule("const", 10) is None
     f = noise_scale_schedule("descending", 5)
     assert [f((k, 17)) for k in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 1.0]
-    with pytest.raises(ValueError, match="bogus"):
+    with pytest.raises(ValueError, match="augmentation_noise_schedule.*bogus"):
         noise_scale_schedule("bogus", 3)
 
 
