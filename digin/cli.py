@@ -76,13 +76,22 @@ def build_config(config_cls, overrides: list[str]):
     return OmegaConf.to_object(merged)
 
 
-def config_help(config_cls, prefix: str = "") -> list[str]:
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
+
+
+def config_help(config, prefix: str = "") -> list[str]:
+    """`  key=default` lines of a config dataclass (or instance), nested configs flattened with dots.
+
+    A nested config's defaults are those of the instance its field's default_factory returns (e.g. UVCE's
+    background-pinning mask blend), which is what a run gets — not its class's own defaults."""
     lines = []
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+    for f in dataclasses.fields(config):
+        default = _field_default(f) if isinstance(config, type) else getattr(config, f.name)
         if dataclasses.is_dataclass(default):
-            lines += config_help(type(default), prefix + f.name + ".")
+            lines += config_help(default, prefix + f.name + ".")
         else:
             lines.append(f"  {prefix}{f.name}={default!r}")
     return lines

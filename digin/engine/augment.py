@@ -1,15 +1,16 @@
 """Cutout + noise augmentation for classifier guidance (eager reference of the fused kernel).
 
 The reference wrapper (REFERENCE §3.3) takes `num_cutouts` square crops of the image, side
-`int(u**cut_power · (S − size) + size)` with u ~ U(0,1) and S = min(H, W), at a uniform offset, average-pools
+`int(u**cut_power · (S − s) + s)` with u ~ U(0,1), S = min(H, W), s = min(S, size), at a uniform offset, average-pools
 each crop to `size` and adds `noise_sd · N(0,1)`. Here every random number of a sample comes from its own CPU
 `torch.Generator`, seeded from the sample key (`sample_seed`), so a sample's augmentation never depends on
 which batch it lands in, and CPU and GPU runs draw the very same boxes and noise.
 
 `make_cutouts` is a pure function of (image, boxes): crop + adaptive average pool, written as two batched
 matrix products (pool_y · crop · pool_xᵀ) so it runs at fixed shapes with no host syncs. It equals
-`F.adaptive_avg_pool2d` on each crop (bins [⌊i·L/s⌋, ⌈(i+1)·L/s⌉)) up to float rounding; see
-`make_cutouts_reference` for the literal loop.
+`F.adaptive_avg_pool2d` on each crop (bins [⌊i·L/s⌋, ⌈(i+1)·L/s⌉)) up to float rounding, as the reference's
+MakeCutouts (no antialiasing there: the area pool is its own filter); `kernels.cutouts_reference` is the literal
+loop (with noise and normalisation), `kernels.fused_cutouts` the fused op.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import hashlib
 import struct
 
 import torch
-import torch.nn.functional as F
+
+from digin.kernels.cutouts import boxes_from_uniforms, pool_matrix
 
 _MASK63 = (1 << 63) - 1
 
@@ -45,31 +47,12 @@ def _hw(image_size) -> tuple[int, int]:
 
 
 def cutout_boxes(seed: int, image_size, size: int, num_cutouts: int, cut_power: float) -> torch.Tensor:
-    """(N, 3) int64 boxes [side, y0, x0] on the CPU, drawn from `torch.Generator(seed)`.
-
-    image_size: S or (H, W). side = int(u**cut_power · (S_max − S_min) + S_min) with S_max = min(H, W),
-    S_min = min(S_max, size) (reference MakeCutouts); offsets uniform in [0, H − side] × [0, W − side].
-    """
+    """(N, 3) int64 boxes [side, y0, x0] on the CPU, the reference MakeCutouts rule (`boxes_from_uniforms`)
+    applied to uniforms from `torch.Generator(seed)`. image_size: S or (H, W)."""
     H, W = _hw(image_size)
-    max_size = min(H, W)
-    min_size = min(max_size, size)
     g = torch.Generator(device="cpu").manual_seed(_substream(seed, "boxes"))
     u_N3 = torch.rand(num_cutouts, 3, generator=g, dtype=torch.float64)
-    side_N = (u_N3[:, 0] ** cut_power * (max_size - min_size) + min_size).long().clamp_(min_size, max_size)
-    y0_N = (u_N3[:, 1] * (H - side_N + 1)).long().clamp_max_(H - side_N)
-    x0_N = (u_N3[:, 2] * (W - side_N + 1)).long().clamp_max_(W - side_N)
-    return torch.stack([side_N, y0_N, x0_N], dim=1)
-
-
-def _pool_matrix(offset_BN: torch.Tensor, side_BN: torch.Tensor, size: int, length: int, dtype) -> torch.Tensor:
-    """(B, N, size, length) rows that average input[offset + ⌊i·L/s⌋ : offset + ⌈(i+1)·L/s⌉] (L = side)."""
-    i = torch.arange(size, device=side_BN.device)
-    L = side_BN[..., None]
-    start = offset_BN[..., None] + torch.div(i * L, size, rounding_mode="floor")  # (B,N,size)
-    end = offset_BN[..., None] + torch.div((i + 1) * L + size - 1, size, rounding_mode="floor")
-    r = torch.arange(length, device=side_BN.device)
-    inside = (r >= start[..., None]) & (r < end[..., None])  # (B,N,size,length)
-    return inside.to(dtype) / (end - start)[..., None].to(dtype)
+    return boxes_from_uniforms(u_N3, H, W, size, cut_power)
 
 
 def make_cutouts(img_BCHW: torch.Tensor, boxes_BN3: torch.Tensor, size: int) -> torch.Tensor:
@@ -77,22 +60,10 @@ def make_cutouts(img_BCHW: torch.Tensor, boxes_BN3: torch.Tensor, size: int) -> 
     B, C, H, W = img_BCHW.shape
     boxes = boxes_BN3.to(img_BCHW.device)
     side, y0, x0 = boxes[..., 0], boxes[..., 1], boxes[..., 2]
-    pool_y_BNsH = _pool_matrix(y0, side, size, H, img_BCHW.dtype)
-    pool_x_BNsW = _pool_matrix(x0, side, size, W, img_BCHW.dtype)
+    pool_y_BNsH = pool_matrix(y0, side, size, H, img_BCHW.dtype)
+    pool_x_BNsW = pool_matrix(x0, side, size, W, img_BCHW.dtype)
     rows_BNCsW = torch.einsum("bnih,bchw->bnciw", pool_y_BNsH, img_BCHW)
     return torch.einsum("bnciw,bnjw->bncij", rows_BNCsW, pool_x_BNsW)
-
-
-def make_cutouts_reference(img_BCHW: torch.Tensor, boxes_BN3: torch.Tensor, size: int) -> torch.Tensor:
-    """Literal loop (crop, then `F.adaptive_avg_pool2d`), for checking `make_cutouts` and fused kernels."""
-    out = []
-    for b in range(img_BCHW.shape[0]):
-        crops = []
-        for side, y0, x0 in boxes_BN3[b].tolist():
-            crop = img_BCHW[b:b + 1, :, y0:y0 + side, x0:x0 + side]
-            crops.append(F.adaptive_avg_pool2d(crop, size)[0])
-        out.append(torch.stack(crops))
-    return torch.stack(out)
 
 
 def cutout_noise(seeds: list[int], shape, noise_sd: float, device, dtype=torch.float32,
@@ -122,16 +93,18 @@ def augment(img_BCHW: torch.Tensor, seeds: list[int], size: int, num_cutouts: in
 
 
 def noise_scale_schedule(schedule: str, num_steps: int):
-    """Multiplier of noise_sd per augmented call, as a function of the guidance salt (iteration k, step i).
+    """Multiplier of noise_sd per augmented call (the `augmentation_noise_schedule` key), as a function of the
+    guidance salt (iteration k, step i); None for a constant scale.
 
-    'const' → 1. 'descending' → linspace(1, 0, num_steps)[k mod num_steps]: the reference walks
-    linspace(noise_sd → 0, n) once per augmented call; here the position is the SGD iteration k, so all loss
-    steps of one iteration share a scale and the result does not depend on call order.
+    'descending' → linspace(1, 0, num_steps)[k mod num_steps] with num_steps = sgd_steps: the noise falls from
+    noise_sd to 0 over the run and all loss steps of one iteration share it. (The reference advances its
+    linspace once per classifier call, checkpoint recomputations included, so it runs down and restarts every
+    few iterations; see README "Departures from the reference".)
     """
     if schedule in (None, "const", "constant"):
         return None
     if schedule != "descending":
-        raise ValueError(f"unknown augmentation noise schedule {schedule!r}; use 'const' or 'descending'")
+        raise ValueError(f"augmentation_noise_schedule must be const or descending, got {schedule!r}")
     n = max(int(num_steps), 1)
 
     def scale(salt: tuple[int, ...]) -> float:

@@ -1,7 +1,8 @@
 """Image classifiers behind one registry, and the wrapper that the objectives talk to.
 
 `ImageClassifier` owns what the reference `NormalizationAndCutoutWrapper` did (REFERENCE §3.3): images come in
-as floats in [0,1]; without seeds they are bilinearly resized to the model size and normalised (one view), with
+as floats in [0,1]; without seeds they are resized to the model size as the reference's `TF.resize` does
+(antialiased bilinear, engine/resize.py) and normalised (one view), with
 per-sample seeds they are cut out + noised (`augment`) into `num_cutouts` views. Logits come back as
 (B, N, K) fp32 whatever the model dtype. `features` also returns the penultimate features (the input of the
 final linear layer, or the pooled output of a named module) for neuron losses.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from digin.engine.augment import augment
+from digin.engine.resize import tv_resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,11 +122,9 @@ class ImageClassifier(nn.Module):
             x_BNCss = augment(img_BCHW.float(), seeds, self.size, self.num_cutouts, self.cut_power,
                               self.noise_sd * noise_scale)
         else:
-            x = img_BCHW.float()
-            if x.shape[-2:] != (self.size, self.size):
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                  antialias=False)
-            x_BNCss = x[:, None]
+            # The reference's TF.resize (antialiased bilinear). A non-square image is squeezed to size×size
+            # (the reference keeps its aspect ratio, shorter side = size, which fixed-size ViTs reject).
+            x_BNCss = tv_resize(img_BCHW.float(), self.size)[:, None]
         x_BNCss = (x_BNCss - self.mean.float()) / self.std.float()
         return x_BNCss.to(self.dtype)
 

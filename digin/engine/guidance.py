@@ -103,12 +103,12 @@ class MaskedOptimizer:
         self.v = [torch.zeros_like(p) for p in params]
 
     @torch.no_grad()
-    def step(self, grads: list[torch.Tensor], active_B: torch.Tensor, lr_scale: float = 1.0):
+    def step(self, grads: list[torch.Tensor], active_B: torch.Tensor, lrs: list[float] | None = None):
+        """One update; `lrs`: this step's learning rate per variable (default: the base rates)."""
         self.steps += active_B.float()
         b1, b2 = self.betas
         t = self.steps.clamp(min=1)
-        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.base_lrs):
-            lr = lr * lr_scale
+        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.base_lrs if lrs is None else lrs):
             act = active_B.view(-1, *([1] * (p.dim() - 1)))
             g = torch.where(act, g, torch.zeros_like(g))
             if self.kind == "sgd":
@@ -129,9 +129,13 @@ class MaskedOptimizer:
             p.copy_(torch.where(act, new_p, p))
 
 
-def cosine_lr_scale(k: int, total: int, eta_min_ratio: float = 0.1) -> float:
-    """CosineAnnealingLR(T_max=total, eta_min=lr·ratio) as a factor of the base lr at scheduler step k."""
-    return eta_min_ratio + (1 - eta_min_ratio) * (1 + math.cos(math.pi * k / total)) / 2
+def cosine_lrs(base_lrs: list[float], k: int, total: int, eta_min: float) -> list[float]:
+    """The reference's one CosineAnnealingLR(T_max=total, eta_min) over all variable groups, at scheduler step k.
+
+    eta_min is absolute (the reference's sgd_stepsize/10) and shared, so each group anneals from its own base lr
+    to the same floor: z_T (factor 0.1 → base = eta_min) stays put, a group below the floor rises to it."""
+    w = (1 + math.cos(math.pi * k / total)) / 2
+    return [eta_min + (lr - eta_min) * w for lr in base_lrs]
 
 
 def _per_sample(fn, x: torch.Tensor) -> torch.Tensor:
@@ -385,8 +389,8 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
                 break
             grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
             grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
-            scale = cosine_lr_scale(k, K) if op.sgd_scheduler == "cosine" else 1.0
-            opt.step(grads, log.active, scale)
+            lrs = cosine_lrs(opt.base_lrs, k, K, op.sgd_stepsize / 10) if op.sgd_scheduler == "cosine" else None
+            opt.step(grads, log.active, lrs)
             if op.optimize_latents:
                 with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
                     z.copy_(_select_rows(log.active, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digin.engine.resize import tv_resize
+
 
 class MaskedCLIPDistance(nn.Module):
     def __init__(self, visual: nn.Module, size: int, mean, std):
@@ -28,11 +30,7 @@ class MaskedCLIPDistance(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def _resize(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        if x_BCHW.shape[-2:] == (self.size, self.size):
-            return x_BCHW
-        down = x_BCHW.shape[-1] > self.size  # antialias only when shrinking (512 → 336)
-        return F.interpolate(x_BCHW, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                             antialias=down)
+        return tv_resize(x_BCHW, self.size)  # the reference's TF.resize (512 → 336: antialiased)
 
     def patch_weights(self, mask_B1HW: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) mask → (B, L, 1) per-token weights: the mask averaged over each patch (row-major order)."""

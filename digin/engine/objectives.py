@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from digin.engine.augment import sample_seed
+from digin.engine.resize import tv_resize
 
 ONE_CLASSIFIER_LOSSES = ("CE", "log_conf", "NLL", "conf")
 TWO_CLASSIFIER_LOSSES = ("conf", "log_conf", "logits")
@@ -135,7 +136,8 @@ def build_lpips(device=None):
 
 def lpips_distance(net, x_BCHW, x0_BCHW, mask_B1HW=None):
     """LPIPS (inputs in [0,1]) → (B,). With a mask: per layer diff = (M⊙(f0 − f1))² on unit-normalised features,
-    M bilinearly resized to the layer's resolution, then the layer's linear head and spatial mean (MaskedLPIPS)."""
+    M resized to the layer's resolution as the reference's TF.resize (antialiased bilinear), then the layer's
+    linear head and spatial mean (MaskedLPIPS)."""
     import lpips
 
     in0 = net.scaling_layer(2 * x_BCHW.float() - 1)
@@ -145,8 +147,7 @@ def lpips_distance(net, x_BCHW, x0_BCHW, mask_B1HW=None):
     for kk in range(net.L):
         diff = lpips.normalize_tensor(outs0[kk]) - lpips.normalize_tensor(outs1[kk])
         if mask_B1HW is not None:
-            diff = diff * F.interpolate(mask_B1HW.float(), size=diff.shape[-2:], mode="bilinear",
-                                        align_corners=False)
+            diff = diff * tv_resize(mask_B1HW.float(), diff.shape[-2:])
         total = total + net.lins[kk](diff.pow(2)).mean(dim=(1, 2, 3))
     return total
 

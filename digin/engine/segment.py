@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from digin.engine.resize import tv_resize
+
 
 @dataclass
 class SegmentationConfig:
@@ -70,7 +72,8 @@ def token_map(maps_BNQK: torch.Tensor, weights_BK: torch.Tensor) -> torch.Tensor
 
 
 def _resize(m: torch.Tensor, hw) -> torch.Tensor:
-    return F.interpolate(m, size=tuple(hw), mode="bicubic", align_corners=False).clamp(0, 1)
+    # The reference's TF.resize(BICUBIC): antialiased, i.e. PIL's bicubic kernel (a = −0.5), also when upsampling.
+    return tv_resize(m, hw, mode="bicubic").clamp(0, 1)
 
 
 def foreground_mask_from_maps(maps_BNQK: torch.Tensor, weights_BK: torch.Tensor, latent_hw, pixel_hw,
@@ -286,5 +289,5 @@ def segment_foreground(maps_BNQK, weights_BK, latent_hw, pixel_hw, cfg: Segmenta
     if cfg.postprocessing:
         px = postprocess_mask(px, cfg.postprocessing)
     if sam_ok is not None or cfg.postprocessing:
-        lat = F.interpolate(px, size=tuple(latent_hw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        lat = tv_resize(px, latent_hw).clamp(0, 1)
     return {"px": px, "latent": lat, "xa": raw, "sam_ok": sam_ok}

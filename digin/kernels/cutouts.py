@@ -39,15 +39,38 @@ def cutouts_reference(img_BCHW: Tensor, boxes_BN3: Tensor, size: int, mean_C: Te
     return out.to(out_dtype or img_BCHW.dtype)
 
 
+def boxes_from_uniforms(u_N3: Tensor, H: int, W: int, size: int, cut_power: float) -> Tensor:
+    """(..., 3) uniforms in [0, 1) → long boxes (side, y0, x0) by the reference's MakeCutouts rule:
+    side = int(u^cut_power·(S_max − S_min) + S_min) with S_max = min(H, W), S_min = min(S_max, size) (an image
+    smaller than `size` gives whole-image crops that the pool upsamples), offsets uniform in [0, H − side] ×
+    [0, W − side]. Callers draw the uniforms (engine/augment.py: one stream per sample)."""
+    max_size = min(H, W)
+    min_size = min(max_size, size)
+    u = u_N3.double()
+    side = (u[..., 0] ** cut_power * (max_size - min_size) + min_size).long().clamp_(min_size, max_size)
+    y0 = (u[..., 1] * (H - side + 1)).long().clamp_max_(H - side)
+    x0 = (u[..., 2] * (W - side + 1)).long().clamp_max_(W - side)
+    return torch.stack([side, y0, x0], dim=-1)
+
+
 def random_boxes(B: int, N: int, image_size: int, size: int, cut_power: float = 0.3,
                  generator: torch.Generator | None = None, device=None) -> Tensor:
-    """(B, N, 3) long boxes (side, y0, x0) drawn like the reference: side = int(u^cut_power·(S−size)+size),
-    uniform offsets. For benchmarks and tests; the engine draws per-sample streams in engine/augment.py."""
-    u = torch.rand(B, N, generator=generator)
-    side = (u ** cut_power * (image_size - size) + size).long().clamp(max=image_size)
-    y0 = (torch.rand(B, N, generator=generator) * (image_size - side + 1)).long()
-    x0 = (torch.rand(B, N, generator=generator) * (image_size - side + 1)).long()
-    return torch.stack([side, y0, x0], dim=-1).to(device)
+    """(B, N, 3) long boxes (side, y0, x0) drawn like the reference from one generator. For benchmarks and tests;
+    the engine draws per-sample streams in engine/augment.py."""
+    u = torch.rand(B, N, 3, generator=generator, dtype=torch.float64)
+    return boxes_from_uniforms(u, image_size, image_size, size, cut_power).to(device)
+
+
+def pool_matrix(offset_BN: Tensor, side_BN: Tensor, size: int, length: int, dtype) -> Tensor:
+    """(B, N, size, length) rows that average input[offset + ⌊i·L/s⌋ : offset + ⌈(i+1)·L/s⌉] (L = side): the
+    windows of `F.adaptive_avg_pool2d` on a side-L crop, so crop + pool = pool_y · img · pool_xᵀ."""
+    i = torch.arange(size, device=side_BN.device)
+    L = side_BN[..., None]
+    start = offset_BN[..., None] + torch.div(i * L, size, rounding_mode="floor")  # (B,N,size)
+    end = offset_BN[..., None] + torch.div((i + 1) * L + size - 1, size, rounding_mode="floor")
+    r = torch.arange(length, device=side_BN.device)
+    inside = (r >= start[..., None]) & (r < end[..., None])  # (B,N,size,length)
+    return inside.to(dtype) / (end - start)[..., None].to(dtype)
 
 
 def _max_window(max_side: int, size: int) -> int:
@@ -103,14 +126,12 @@ def _(grad_BNCss, boxes_BN3, std_C, H, W, min_side, img_dtype):
 def _reference_backward(grad_BNCss, boxes_BN3, std_C, H, W, img_dtype):
     """VJP of crop + area-resize + normalise in closed form: the crop-pool is P_y·img·P_xᵀ per box, so its
     transpose is P_yᵀ·g·P_x (no autograd: custom-op implementations run below the autograd key)."""
-    from digin.engine.augment import _pool_matrix
-
     B, N, C, s, _ = grad_BNCss.shape
     g = grad_BNCss.float() / std_C.float().view(1, 1, C, 1, 1)
     boxes = boxes_BN3.to(grad_BNCss.device)
     side, y0, x0 = boxes[..., 0], boxes[..., 1], boxes[..., 2]
-    pool_y_BNsH = _pool_matrix(y0, side, s, H, torch.float32)
-    pool_x_BNsW = _pool_matrix(x0, side, s, W, torch.float32)
+    pool_y_BNsH = pool_matrix(y0, side, s, H, torch.float32)
+    pool_x_BNsW = pool_matrix(x0, side, s, W, torch.float32)
     rows_BNCsW = torch.einsum("bncij,bnjw->bnciw", g, pool_x_BNsW)
     return torch.einsum("bnciw,bnih->bchw", rows_BNCsW, pool_y_BNsH).to(img_dtype)
 

@@ -165,14 +165,10 @@ def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, c
 
 
 def noise_scale_fn(cfg):
-    """'descending': noise_sd·linspace(1 → 0) over the SGD steps (the reference's schedule), keyed by iteration."""
-    if cfg.augmentation_noise_schedule == "const":
-        return None
-    if cfg.augmentation_noise_schedule != "descending":
-        raise ValueError(f"augmentation_noise_schedule must be const or descending, got "
-                         f"{cfg.augmentation_noise_schedule!r}")
-    n = max(cfg.optim_params.sgd_steps, 1)
-    return lambda salt: 1.0 - min(salt[0], n - 1) / max(n - 1, 1)
+    """The cutout-noise multiplier per augmented call (engine.augment.noise_scale_schedule), or None."""
+    from digin.engine.augment import noise_scale_schedule
+
+    return noise_scale_schedule(cfg.augmentation_noise_schedule, cfg.optim_params.sgd_steps)
 
 
 def guidance_config(cfg) -> GuidanceConfig:

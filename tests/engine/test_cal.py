@@ -4,6 +4,7 @@ the raw tensors (output stride 16, attention pooling, signed sqrt + L2, fc on 10
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 
 from digin.engine.cal import NUM_CLASSES, WSDANCAL
 from digin.engine.classifiers import IMAGENET_MEAN, IMAGENET_STD, load_classifier
@@ -57,7 +58,7 @@ def test_cal_checkpoint_loads_and_matches_a_computation_from_raw_tensors(cal_che
     clf = load_classifier("cal:7", checkpoint=str(path), arch="resnet50", num_attentions=4, size=64)
     assert clf.num_classes == 7 and clf.size == 64
     img = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(2))
-    x = F.interpolate(img, size=(64, 64), mode="bilinear", align_corners=False)
+    x = TF.resize(img, 64, interpolation=TF.InterpolationMode.BILINEAR)  # the reference wrapper's resize
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         f = _trunk_by_hand(sd, x)

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from safetensors.torch import save_file
 
 from digin.engine.augment import augment
@@ -14,6 +15,11 @@ from digin.engine.classifiers import (IMAGENET_MEAN, IMAGENET_STD, IMAGENET_TEMP
 def _save_st(model, path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def reference_resize(x, size):
+    """The reference wrapper's non-augmented resize: torchvision TF.resize(x, size, BILINEAR)."""
+    return TF.resize(x, size, interpolation=TF.InterpolationMode.BILINEAR)
 
 
 def _norm(x, mean, std):
@@ -40,7 +46,7 @@ def test_spec_parsing():
 def test_resize_path_and_cutout_path_match_manual(img):
     clf = load_classifier("tiny", num_classes=5, size=16, num_cutouts=3, noise_sd=0.02, seed=3)
     net = build_tiny_net(5, 8, 3)
-    x = F.interpolate(img, size=(16, 16), mode="bilinear", align_corners=False, antialias=False)
+    x = reference_resize(img, 16)
     expect = net(_norm(x, IMAGENET_MEAN, IMAGENET_STD))
     out = clf(img)
     assert out.shape == (2, 1, 5) and out.dtype == torch.float32
@@ -51,6 +57,27 @@ def test_resize_path_and_cutout_path_match_manual(img):
     # No cutouts configured → seeds are ignored (reference NormalizationAndResizeWrapper).
     plain = load_classifier("tiny", num_classes=5, size=16, seed=3)
     torch.testing.assert_close(plain(img, [4, 9]), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("image_size", [64, 45])
+def test_non_augmented_logits_and_gradients_are_the_references_tf_resize(image_size):
+    """The non-augmented path resizes as the reference's wrapper (torchvision TF.resize, antialiased bilinear):
+    logits and image gradients of a 32-px classifier equal a literal recomputation on 64- and 45-px images."""
+    clf = load_classifier("tiny", num_classes=6, size=32, seed=1)
+    net = build_tiny_net(6, 8, 1)
+    x = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(image_size),
+                   requires_grad=True)
+    got = clf(x)[:, 0]
+    want = net(_norm(reference_resize(x, 32), IMAGENET_MEAN, IMAGENET_STD))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    w = torch.randn(got.shape, generator=torch.Generator().manual_seed(0))
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    (g_want,) = torch.autograd.grad((want * w).sum(), x)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-6, atol=1e-7)
+    # The check can tell: a plain (aliasing) bilinear resize gives other logits.
+    plain = net(_norm(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False), IMAGENET_MEAN,
+                      IMAGENET_STD))
+    assert (plain - want).abs().max() > 1e-3
 
 
 def test_features_final_linear_input_and_named_module(img):
@@ -98,7 +125,7 @@ def test_timm_round_trip(tmp_path, img):
     clf = load_classifier("timm:test_resnet", checkpoint=str(ckpt), num_classes=7, size=32)
     assert clf.feature_module == "fc" and clf.num_classes == 7 and clf.size == 32
     assert torch.allclose(clf.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))  # from the pretrained cfg
-    x = F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False)
+    x = reference_resize(img, 32)
     torch.testing.assert_close(clf(img)[:, 0], model(_norm(x, (0.5,) * 3, (0.5,) * 3)), rtol=1e-5, atol=1e-5)
     bare = load_classifier("test_resnet", num_classes=7, size=32)  # bare name = timm, random init
     assert not torch.allclose(bare(img), clf(img))
@@ -111,7 +138,7 @@ def test_torchvision_round_trip_with_weights_only_pth(tmp_path, img):
     ckpt = tmp_path / "rn18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     clf = load_classifier("torchvision:resnet18", checkpoint=str(ckpt), num_classes=5, size=32)
-    x = F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False)
+    x = reference_resize(img, 32)
     torch.testing.assert_close(clf(img)[:, 0], model(_norm(x, IMAGENET_MEAN, IMAGENET_STD)), rtol=1e-5, atol=1e-5)
     _, feats = clf.features(img)
     assert clf.feature_module == "fc" and feats.shape == (2, 1, 512)
@@ -130,7 +157,7 @@ def test_madry_checkpoint_with_prefixes(tmp_path, img):
     ckpt = tmp_path / "madry_l2.pt"
     torch.save({"model": sd, "epoch": 90}, ckpt)
     clf = load_classifier(f"madry:{ckpt}", arch="resnet18", num_classes=4, size=32)
-    x = F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False)
+    x = reference_resize(img, 32)
     torch.testing.assert_close(clf(img)[:, 0], model(_norm(x, IMAGENET_MEAN, IMAGENET_STD)), rtol=1e-5, atol=1e-5)
     # Stylized-ImageNet style: {'state_dict': {'module.<key>'}}, via the reference alias + checkpoint=.
     sin = tmp_path / "sin.pth.tar"
@@ -153,7 +180,7 @@ def test_hf_vit_round_trip(tmp_path, img):
                       image_std=[0.2, 0.3, 0.4]).save_pretrained(tmp_path / "vit")
     clf = load_classifier(f"hf:{tmp_path / 'vit'}")
     assert clf.size == 32 and clf.num_classes == 7 and clf.feature_module == "classifier"
-    x = _norm(F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False), (0.4, 0.5, 0.6),
+    x = _norm(reference_resize(img, 32), (0.4, 0.5, 0.6),
               (0.2, 0.3, 0.4))
     with torch.no_grad():
         out = model(x, output_hidden_states=True)
@@ -182,7 +209,7 @@ def test_clip_zero_shot_round_trip(tmp_path, img):
     with torch.no_grad():
         cls = torch.stack([F.normalize(F.normalize(model.encode_text(tok([t.format(n) for t in templates])),
                                                    dim=-1).mean(0), dim=0) for n in names])
-        x = _norm(F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False),
+        x = _norm(reference_resize(img, 32),
                   open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
         e = F.normalize(model.encode_image(x), dim=-1)
     logits, feats = clf.features(img)
@@ -285,7 +312,7 @@ def test_wrapper_accepts_hf_style_outputs(img):
 
     clf = ImageClassifier(HFish(), size=8, mean=(0, 0, 0), std=(1, 1, 1))
     logits, feats = clf.features(img)
-    x = F.interpolate(img, size=(8, 8), mode="bilinear", align_corners=False).mean(dim=(2, 3))
+    x = reference_resize(img, 8).mean(dim=(2, 3))
     torch.testing.assert_close(feats[:, 0], x)
     torch.testing.assert_close(logits[:, 0], clf.model.classifier(x))
 
@@ -303,7 +330,7 @@ def test_mae_checkpoint_is_a_global_pool_vit_with_imagenet_normalisation(tmp_pat
     clf = load_classifier("mae:5", checkpoint=str(path), arch="vit_tiny_patch16_224")
     assert clf.size == 224 and clf.num_classes == 5
     with torch.no_grad():
-        x = _norm(F.interpolate(img, size=(224, 224), mode="bilinear", align_corners=False), IMAGENET_MEAN,
+        x = _norm(reference_resize(img, 224), IMAGENET_MEAN,
                   IMAGENET_STD)
         torch.testing.assert_close(clf(img)[:, 0], ref(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="checkpoint"):

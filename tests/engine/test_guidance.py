@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from digin.engine.guidance import (GuidanceConfig, MaskedOptimizer, OptimParams, augmented_loss, chain_images,
-                                   cosine_lr_scale, optimise)
+                                   cosine_lrs, optimise)
 from digin.engine.schedule import loss_step_weights, make_ddim_schedule
 
 T = 4  # DDIM steps in these tests
@@ -253,11 +253,56 @@ def test_masked_adam_matches_torch_adam_and_respects_mask():
     assert torch.equal(mine.params[0][1], frozen)
 
 
-def test_cosine_schedule_matches_torch():
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.01)
-    sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0.001)
-    for k in range(10):
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * cosine_lr_scale(k, 10), rel=1e-6)
-        opt.step()
+def _reference_groups(factors, stepsize=0.01, K=10):
+    """The reference's optimiser: one Adam over the [z_T, ΔC, Δ∅] groups (lr = stepsize·factor) and one
+    CosineAnnealingLR(T_max=sgd_steps, eta_min=stepsize/10) over all of them."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(2, 3, generator=g), torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)]
+    ref = [p.clone().requires_grad_(True) for p in params]
+    opt = torch.optim.Adam([{"params": [p], "lr": stepsize * f} for p, f in zip(ref, factors)], lr=stepsize)
+    return params, ref, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=K, eta_min=stepsize / 10)
+
+
+@pytest.mark.parametrize("factors", [(0.1, 1.0, 1.0), (0.05, 1.0, 0.5)])
+def test_cosine_learning_rates_are_the_references_per_group(factors):
+    """Per-group lrs equal torch's CosineAnnealingLR at every step; the absolute floor eta_min = stepsize/10 is
+    shared, so z_T (factor 0.1: base lr = floor) stays at 1e-3 and a group below the floor rises to it. Adam
+    driven by these lrs follows torch's Adam + scheduler."""
+    K, stepsize = 10, 0.01
+    params, ref, opt_ref, sch = _reference_groups(factors, stepsize, K)
+    mine = MaskedOptimizer("adam", params, [stepsize * f for f in factors])
+    active = torch.ones(2, dtype=torch.bool)
+    g = torch.Generator().manual_seed(1)
+    for k in range(K):
+        lrs = cosine_lrs(mine.base_lrs, k, K, stepsize / 10)
+        assert lrs == pytest.approx([grp["lr"] for grp in opt_ref.param_groups], rel=1e-12, abs=1e-15)
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        for p, gr in zip(ref, grads):
+            p.grad = gr.clone()
+        opt_ref.step()
         sch.step()
+        mine.step(grads, active, lrs)
+    for p, r in zip(mine.params, ref):
+        torch.testing.assert_close(p, r.detach(), rtol=1e-4, atol=1e-5)  # fp32 vs fp64 bias terms
+    if factors[0] == 0.1:
+        assert all(lr == pytest.approx(1e-3) for lr in (cosine_lrs(mine.base_lrs, k, K, 1e-3)[0] for k in range(K)))
+    else:
+        assert cosine_lrs(mine.base_lrs, K - 1, K, 1e-3)[0] > mine.base_lrs[0]
+
+
+def test_optimise_steps_with_the_per_group_cosine_rates(tiny_sd, monkeypatch):
+    """optimise hands the optimiser the reference's per-group cosine lrs (z_T, ΔC, Δ∅) at each SGD step."""
+    seen = []
+    step = MaskedOptimizer.step
+
+    def spy(self, grads, active_B, lrs=None):
+        seen.append(list(self.base_lrs if lrs is None else lrs))
+        return step(self, grads, active_B, lrs)
+
+    monkeypatch.setattr(MaskedOptimizer, "step", spy)
+    z, cond, uncond = _inputs(tiny_sd, 1)
+    cfg = _cfg(K=3, sgd_scheduler="cosine", sgd_stepsize=0.01, uncond_lr_factor=0.5)
+    optimise(tiny_sd, NoiseCE(tiny_net(), torch.tensor([1]), ["a"]), z_T=z, cond=cond, uncond=uncond, cfg=cfg)
+    base = [0.001, 0.01, 0.005]
+    assert seen == [pytest.approx(cosine_lrs(base, k, 3, 0.001), rel=1e-12) for k in range(3)]
+    assert [lrs[0] for lrs in seen] == pytest.approx([0.001] * 3)

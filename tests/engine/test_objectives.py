@@ -159,6 +159,49 @@ def test_masked_lpips_ignores_changes_outside_the_mask(lpips_net):
     assert lpips_distance(lpips_net, img, img0, 1 - fg) > 10 * lpips_distance(lpips_net, img, img0, fg)
 
 
+def test_masked_lpips_is_the_references_masked_lpips(lpips_net):
+    """The reference's MaskedLPIPS, recomputed literally: per layer the mask is TF.resize'd (antialiased
+    bilinear) to the feature grid, diff = (M⊙(f0 − f1))² of unit-normalised features, lin layer, spatial mean."""
+    import lpips
+    import torchvision.transforms.functional as TF
+
+    g = torch.Generator().manual_seed(5)
+    img, img0 = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    mask = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float().repeat_interleave(8, 2).repeat_interleave(8, 3)
+    with torch.no_grad():
+        f0 = lpips_net.net.forward(lpips_net.scaling_layer(2 * img - 1))
+        f1 = lpips_net.net.forward(lpips_net.scaling_layer(2 * img0 - 1))
+        want = 0
+        for kk in range(lpips_net.L):
+            m = TF.resize(mask, list(f0[kk].shape[2:]))
+            d = (m * (lpips.normalize_tensor(f0[kk]) - lpips.normalize_tensor(f1[kk]))) ** 2
+            want = want + lpips_net.lins[kk](d).mean(dim=(1, 2, 3))
+        close(lpips_distance(lpips_net, img, img0, mask), want)
+
+
+def test_logits_loss_is_the_intended_margin_not_the_references_constant():
+    """Two-classifier 'logits' = −(z1_y − max_{k≠y} z1_k) + (z2_y − max_{k≠y} z2_k), gradient ±1 on the two logits
+    that set each margin. (The reference masks the target with +1e12 instead of −inf, so its max is the target
+    itself: loss 0, gradient 0 — recomputed literally below; digin keeps the intended margin.)"""
+    z1 = torch.tensor([[[2.0, 5.0, 1.0, 4.5]]], requires_grad=True)  # (B=1, N=1, K=4), y = 1
+    z2 = torch.tensor([[[3.0, 0.5, 1.0, -2.0]]], requires_grad=True)
+    y = torch.tensor([1])
+    loss = logits_diff_loss(z1, z2, y)
+    assert loss.item() == pytest.approx(-(5.0 - 4.5) + (0.5 - 3.0))
+    g1, g2 = torch.autograd.grad(loss.sum(), (z1, z2))
+    assert g1.flatten().tolist() == [0.0, -1.0, 0.0, 1.0] and g2.flatten().tolist() == [-1.0, 1.0, 0.0, 0.0]
+
+    def reference_literal(o1, o2, t):  # the reference's loss_functions.py 'logits' branch, one cutout batch
+        target_mask = torch.zeros_like(o1)
+        target_mask[:, t] = -1e12
+        m1, m2 = torch.max(o1 - target_mask, dim=1)[0], torch.max(o2 - target_mask, dim=1)[0]
+        return -(o1[:, t] - m1).mean() + (o2[:, t] - m2).mean()
+
+    ref = reference_literal(z1[0], z2[0], 1)
+    assert ref.item() == 0.0
+    assert all(g.abs().max() == 0 for g in torch.autograd.grad(ref, (z1, z2)))
+
+
 def test_two_classifier_losses_share_cutouts(clf):
     img = _batch()[0]
     twin = load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=0)

@@ -55,6 +55,26 @@ def test_foreground_mask_from_maps_matches_a_loop_and_finds_the_object():
     assert words[0]["dog"].max() <= 1 and words[0]["dog"].min() >= 0
 
 
+def test_masks_are_resized_as_the_references_tf_resize():
+    """The reference resizes the 16² map to the latent and pixel grids with TF.resize(BICUBIC) (antialiased: PIL's
+    bicubic kernel, also when upsampling), clamps, squashes; post-processed pixel masks go to the latent grid with
+    TF.resize (bilinear)."""
+    import torchvision.transforms.functional as TF
+
+    maps, _ = _maps()
+    w = torch.zeros(2, 77)
+    w[:, [5, 6]] = 1
+    px, lat, raw = foreground_mask_from_maps(maps, w, (64, 64), (128, 128), "sqrt_0.3")
+    bicubic = TF.InterpolationMode.BICUBIC
+    for got, hw in ((px, [128, 128]), (lat, [64, 64])):
+        want = squash(TF.resize(raw, hw, interpolation=bicubic).clamp(0, 1), "sqrt_0.3")
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    plain = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert (squash(plain, "sqrt_0.3") - lat).abs().max() > 1e-2  # the non-antialiased kernel is another mask
+    out = segment_foreground(maps, w, (16, 16), (128, 128), SegmentationConfig(sam_segmentation=False))
+    torch.testing.assert_close(out["latent"], TF.resize(out["px"], [16, 16]).clamp(0, 1), rtol=0, atol=1e-6)
+
+
 def test_postprocess_equals_kornia():
     kornia = pytest.importorskip("kornia")
     g = torch.Generator().manual_seed(0)
