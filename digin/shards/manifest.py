@@ -6,6 +6,8 @@ Layout of a shard set folder:
                            config_hash. Written last (temp -> fsync -> rename -> fsync dir): the commit point.
   <name>-NNNNNN.tar        the shard itself
 A converted dataset also lists its records under manifest["shards"]. A shard without a record does not exist.
+An indexed webdataset set (`digin shard source=webdataset`, manifest["webdataset"]) has no tars of its own: each
+record's `url` names a foreign tar, `source_keys` the tar's own sample keys, `keys` digin's.
 """
 from __future__ import annotations
 

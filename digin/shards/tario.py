@@ -52,12 +52,13 @@ def read_url(url: str) -> bytes:
 
 
 def expand_urls(urls) -> list[str]:
-    """A brace pattern (`/data/x-{0000..0063}.tar`) or a list of them -> the URLs, in order."""
-    import braceexpand
+    """A brace pattern (`/data/x-{0000..0063}.tar`, `a.tar::b.tar`) or a list of them -> the URLs, in order, as
+    webdataset.WebDataset expands them."""
+    from webdataset.shardlists import expand_urls as wds_expand
 
     out = []
     for u in [urls] if isinstance(urls, str) else list(urls):
-        out += list(braceexpand.braceexpand(str(u)))
+        out += wds_expand(str(u))
     return out
 
 
@@ -74,12 +75,12 @@ def _members(data: bytes):
         yield m["fname"], m["data"]
 
 
-def _split_digin(name: str):
+def split_digin_name(name: str):
     key, field, ext = parse_member_name(name)
     return key, f"{field}.{ext}"
 
 
-def _split_foreign(name: str):
+def split_foreign_name(name: str):
     """webdataset's rule (key = everything before the first '.' of the base name), plus digin's name checks."""
     from webdataset.tariterators import base_plus_ext
 
@@ -128,7 +129,7 @@ def group_members(data: bytes, naming: str = "digin") -> list[list]:
     Raises TarFormatError for bytes that are not a readable plain tar."""
     from webdataset.tariterators import group_by_keys
 
-    split = _split_digin if naming == "digin" else _split_foreign
+    split = split_digin_name if naming == "digin" else split_foreign_name
     groups, seen = [], set()
     try:
         for s in group_by_keys(_named(data, split), keys=_presplit, lcase=False):
@@ -142,6 +143,6 @@ def group_members(data: bytes, naming: str = "digin") -> list[list]:
             else:
                 seen.add(key)
                 groups.append([key, markers[0] if markers else members])
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # webdataset re-raises the tarfile error
+    except (tarfile.TarError, EOFError, OSError) as e:  # webdataset re-raises the tarfile error
         raise TarFormatError(f"unreadable tar ({str(e).split(' @ ')[0]})") from None
     return groups

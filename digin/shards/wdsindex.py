@@ -53,7 +53,7 @@ class FieldMap:
     image: str = "auto"              # auto: first of jpg, jpeg, png, webp present in the sample
     label: str = "auto"              # auto: cls when the first sample has one, else none. An integer.
     caption: str = "auto"            # auto: txt when the first sample has one, else none
-    filename: str = "none"           # original file name (key=imagenet_val needs it: e.g. json:filename)
+    filename: str = "none"           # original file name (key_scheme=imagenet_val needs it: json:filename)
 
     def check(self):
         for k, v in asdict(self).items():
@@ -201,7 +201,7 @@ def first_sample_suffixes(url: str) -> set[str]:
     from webdataset.gopen import gopen
     from webdataset.tariterators import tar_file_iterator
 
-    from digin.shards.tario import _split_foreign
+    from digin.shards.tario import split_foreign_name
 
     first, suffixes = None, set()
     try:
@@ -211,7 +211,7 @@ def first_sample_suffixes(url: str) -> set[str]:
     try:
         for m in tar_file_iterator(stream, skip_meta=None):
             try:
-                key, suffix = _split_foreign(m["fname"])
+                key, suffix = split_foreign_name(m["fname"])
             except BadName:
                 continue
             if first is not None and key != first:
@@ -264,10 +264,13 @@ def load_classes(spec) -> list[str] | None:
     if not p.is_file():
         raise WebdatasetError(f"classes={spec!r}: not a list, a table ({', '.join(sorted(NAMED_CLASSES))}) "
                               "or a file")
-    if p.suffix == ".json":
-        obj = json.loads(p.read_text())
-        return [str(c) for c in (obj if isinstance(obj, list) else [obj[str(i)] for i in range(len(obj))])]
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        if p.suffix == ".json":
+            obj = json.loads(p.read_text())
+            return [str(c) for c in (obj if isinstance(obj, list) else [obj[str(i)] for i in range(len(obj))])]
+        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise WebdatasetError(f"classes={spec}: not a JSON list / {{\"0\": name}} table or a text file ({e})") from None
 
 
 def _check_labels(scans: list[dict], classes: list[str] | None, fm: FieldMap) -> list[str]:
@@ -299,13 +302,13 @@ def _index_keys(scans, name, split, scheme) -> list[list[str]]:
                 if "reject" in s:
                     continue
                 if s["label"] is None or s["filename"] is None:
-                    raise WebdatasetError(f"tar {sc['url']}: sample {s['key']!r}: key=imagenet_val needs a label "
-                                          "and the original file name (label_member=, filename_member=)")
+                    raise WebdatasetError(f"tar {sc['url']}: sample {s['key']!r}: key_scheme=imagenet_val needs a "
+                                          "label and the original file name (label_member=, filename_member=)")
                 by_class.setdefault(s["label"], []).append((s["filename"], i, pos))
         for label, files in sorted(by_class.items()):
             files.sort()
             if len(files) > IMAGENET_VAL_PER_CLASS:
-                raise WebdatasetError(f"key=imagenet_val: class {label} has {len(files)} images, ImageNet val has "
+                raise WebdatasetError(f"key_scheme=imagenet_val: class {label} has {len(files)} images, ImageNet val has "
                                       f"{IMAGENET_VAL_PER_CLASS} per class")
             for k, (fname, i, pos) in enumerate(files):
                 if k and files[k - 1][0] == fname:
@@ -314,7 +317,7 @@ def _index_keys(scans, name, split, scheme) -> list[list[str]]:
                 index_of[(i, pos)] = label * IMAGENET_VAL_PER_CLASS + k
         partial = [c for c, f in by_class.items() if len(f) < IMAGENET_VAL_PER_CLASS]
         if partial:
-            print(f"[shard] key=imagenet_val: {len(partial)} class(es) have fewer than {IMAGENET_VAL_PER_CLASS} "
+            print(f"[shard] key_scheme=imagenet_val: {len(partial)} class(es) have fewer than {IMAGENET_VAL_PER_CLASS} "
                   "images; their indices count only the images present", flush=True)
         width = 5
     keys, n, first_tar = [], 0, {}
@@ -333,7 +336,7 @@ def _index_keys(scans, name, split, scheme) -> list[list[str]]:
                     check_key(key)
                 except BadName:
                     raise WebdatasetError(f"tar {sc['url']}: sample {s['key']!r}: not usable in a digin key "
-                                          "(key=source); use key=index") from None
+                                          "(key_scheme=source); use key_scheme=index") from None
             if key in first_tar:
                 raise WebdatasetError(f"tar {sc['url']}: sample {s['key']!r}: key {key} is also in tar "
                                       f"{scans[first_tar[key]]['url']}")
@@ -360,7 +363,7 @@ def index_webdataset(urls, out, name: str | None = None, split: str = "val", fie
     fm = fields or FieldMap()
     fm.check()
     if key_scheme not in KEY_SCHEMES:
-        raise WebdatasetError(f"key={key_scheme!r}: one of {', '.join(KEY_SCHEMES)}")
+        raise WebdatasetError(f"key_scheme={key_scheme!r}: one of {', '.join(KEY_SCHEMES)}")
     if key_scheme == "imagenet_val" and fm.filename == "none":
         fm = FieldMap(fm.image, fm.label, fm.caption, "json:filename")
     dataset = dataset or ("imagenet" if key_scheme == "imagenet_val" else "webdataset")
@@ -379,6 +382,8 @@ def index_webdataset(urls, out, name: str | None = None, split: str = "val", fie
         scans.append(sc)
         bar.update(1)
     bar.close()
+    if all("reject" in s for sc in scans for s in sc["samples"]):
+        raise WebdatasetError(f"urls={urls!r}: every sample is refused (see the rejects of tar {url_list[0]})")
     class_names = _check_labels(scans, class_names, fm)
     keys = _index_keys(scans, name, split, key_scheme)
     listing = hashlib.sha256("\n".join(f"{sc['url']}\t{sc['sha256']}" for sc in scans).encode()).hexdigest()[:16]
@@ -397,7 +402,7 @@ def index_webdataset(urls, out, name: str | None = None, split: str = "val", fie
     labels = _file_labels(url_list)
     records = [_record(i, sc, keys[i], labels[i], chash) for i, sc in enumerate(scans)]
     if copy:
-        _copy(out, name, split, scans, records, fm, class_names, chash, workers, progress)
+        _copy(out, name, split, records, fm, class_names, chash, workers, progress)
     else:
         for rec in records:
             write_commit(out, rec)
@@ -435,7 +440,7 @@ def _copy_tar(job) -> dict:
                        {"config_hash": chash}, [{k: r[k] for k in ("key", "reason", "pos")} for r in rec["rejects"]])
 
 
-def _copy(out, name, split, scans, records, fm, classes, chash, workers, progress):
+def _copy(out, name, split, records, fm, classes, chash, workers, progress):
     from digin.shards.convert import is_done, pool_map, shard_file
     from digin.shards.progress import Progress
     from digin.shards.writer import PARTIAL
