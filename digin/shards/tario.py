@@ -47,8 +47,18 @@ def read_url(url: str) -> bytes:
     a failing command raises OSError)."""
     from webdataset.gopen import gopen
 
-    with gopen(url, "rb") as f:
-        return f.read()
+    try:
+        with gopen(url, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise OSError(read_error(e)) from None
+
+
+def read_error(e: BaseException) -> str:
+    """A short reason for a failed read (webdataset's pipe errors carry the whole Popen call)."""
+    text = str(e).split(" @ ")[0]
+    status = re.search(r": exit (-?\d+) \(read\)", text)
+    return f"the command exited with status {status.group(1)}" if status else text[:200]
 
 
 def expand_urls(urls) -> list[str]:

@@ -201,7 +201,7 @@ def first_sample_suffixes(url: str) -> set[str]:
     from webdataset.gopen import gopen
     from webdataset.tariterators import tar_file_iterator
 
-    from digin.shards.tario import split_foreign_name
+    from digin.shards.tario import read_error, split_foreign_name
 
     first, suffixes = None, set()
     try:
@@ -219,7 +219,7 @@ def first_sample_suffixes(url: str) -> set[str]:
             first = key
             suffixes.add(suffix)
     except Exception as e:  # noqa: BLE001 — any failure here is the tar's; it is reported with its name
-        raise WebdatasetError(f"tar {url}: unreadable ({str(e).split(' @ ')[0][:200]})") from None
+        raise WebdatasetError(f"tar {url}: unreadable ({read_error(e)})") from None
     finally:
         try:
             stream.close()
@@ -308,8 +308,8 @@ def _index_keys(scans, name, split, scheme) -> list[list[str]]:
         for label, files in sorted(by_class.items()):
             files.sort()
             if len(files) > IMAGENET_VAL_PER_CLASS:
-                raise WebdatasetError(f"key_scheme=imagenet_val: class {label} has {len(files)} images, ImageNet val has "
-                                      f"{IMAGENET_VAL_PER_CLASS} per class")
+                raise WebdatasetError(f"key_scheme=imagenet_val: class {label} has {len(files)} images, ImageNet "
+                                      f"val has {IMAGENET_VAL_PER_CLASS} per class")
             for k, (fname, i, pos) in enumerate(files):
                 if k and files[k - 1][0] == fname:
                     raise WebdatasetError(f"tar {scans[i]['url']}: sample {scans[i]['samples'][pos]['key']!r}: "

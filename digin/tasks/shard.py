@@ -63,6 +63,8 @@ def run(cfg: Config):
 
     if cfg.source == "webdataset":
         ss = _webdataset(cfg)
+    elif cfg.urls is not None:
+        raise SystemExit(f"digin shard: urls= is for source=webdataset (source={cfg.source} reads root=)")
     elif cfg.root is None:
         raise SystemExit(f"digin shard: source={cfg.source} needs root=<dataset folder>")
     else:

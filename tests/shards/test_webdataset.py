@@ -128,31 +128,36 @@ def _tar(path, members):
     return path
 
 
-@pytest.mark.parametrize("case", ["no_match", "no_image", "label_range", "json_field", "filename_field"])
+@pytest.mark.parametrize("case", ["no_match", "pipe_fails", "no_image", "label_range", "json_field",
+                                  "filename_field", "urls_elsewhere"])
 def test_bad_input_one_line_before_anything_is_written(sets, tmp_path, case):
     net, web = sets["imagenet"], sets["img2dataset"]
-    jpg = net["samples"][0]["jpg"]
+    no_image = [("a.jpg", net["samples"][0]["jpg"]), ("a.cls", b"1"), ("b.cls", b"2")]  # b has no image
     args = {
         "no_match": [f"urls={tmp_path / 'nothing-{0000..0003}.tar'}"],
-        "no_image": [f"urls=[{net['tars'][0]},{_tar(tmp_path / 'x.tar', [('a.jpg', jpg), ('a.cls', b'1'), ('b.cls', b'2')])}]",
+        "pipe_fails": [f"urls=[{net['tars'][0]},pipe:cat {tmp_path / 'gone.tar'}]", f"classes={CLASSES}"],
+        "no_image": [f"urls=[{net['tars'][0]},{_tar(tmp_path / 'x.tar', no_image)}]",
                      f"classes={CLASSES}"],
         "label_range": [f"urls={net['pattern']}", "classes=[circle,cross]"],
         "json_field": [f"urls={net['pattern']}", "label_member=json:label"],
         "filename_field": [f"urls={web['pattern']}", "key_scheme=imagenet_val", "label_member=json:label",
                            f"classes={CLASSES}"],
+        "urls_elsewhere": [f"urls={net['pattern']}"],
     }[case]
     wrong = next(s for s in net["samples"] if s["label"] >= 2)
     want = {
         "no_match": "matches no file",
+        "pipe_fails": f"tar pipe:cat {tmp_path / 'gone.tar'}: cannot read it (the command exited with status 1)",
         "no_image": f"tar {tmp_path / 'x.tar'}: sample 'b': no image member (looked for jpg, jpeg, png, webp)",
         "label_range": f"sample {wrong['key']!r}: label {wrong['label']} is outside the 2 class names",
         "json_field": f"tar {net['tars'][0]}: sample 'ima000000': json field 'label' (the label) is missing",
         "filename_field": f"tar {web['tars'][0]}: sample 'img000000': json field 'filename' (the file name) is "
                           "missing",
+        "urls_elsewhere": "urls= is for source=webdataset",
     }[case]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        main(["shard", "source=webdataset", f"out={out}", *args])
+        main(["shard", f"source={'imagefolder' if case == 'urls_elsewhere' else 'webdataset'}", f"out={out}", *args])
     msg = str(e.value)
     assert msg.startswith("digin shard: ") and want in msg and "\n" not in msg, msg
     assert not out.exists()
