@@ -13,7 +13,7 @@ from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardSet, c
                                    write_json)
 from digin.shards.progress import Progress
 from digin.shards.sources import SOURCES
-from digin.shards.writer import PARTIAL, ShardWriter
+from digin.shards.writer import PARTIAL, write_shard
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -30,18 +30,58 @@ def _image_ext(path: Path) -> str:
 def _write_shard(job) -> dict:
     """One conversion job = one shard: read the original files, write, commit. Runs in a pool worker."""
     out, name, split, index, entries, root, classes, extra = job
-    w = ShardWriter(out, index, shard_file(name, split, index), extra)
-    try:
+
+    def samples():
         for key, path, label in entries:
             path = Path(path)
             meta = {"label": label, "label_name": classes[label] if 0 <= label < len(classes) else str(label),
                     "source": os.path.relpath(path, root)}
-            w.add(key, {"image": (_image_ext(path), path.read_bytes()),
-                        "meta": ("json", json.dumps(meta, sort_keys=True, allow_nan=False).encode())})
-        return w.commit()
-    except BaseException:
-        w.discard()
-        raise
+            yield key, {"image": (_image_ext(path), path.read_bytes()),
+                        "meta": ("json", json.dumps(meta, sort_keys=True, allow_nan=False).encode())}
+
+    return write_shard(out, index, shard_file(name, split, index), samples(), extra)
+
+
+def pool_map(fn, jobs: list, workers: int, ordered: bool = False):
+    """fn over jobs in `workers` forked processes (in this process when workers <= 1 or one job); results are
+    yielded as they finish, or in job order when `ordered`."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            yield from (pool.imap if ordered else pool.imap_unordered)(fn, jobs)
+    else:
+        yield from map(fn, jobs)
+
+
+def start_dataset(out: Path, meta: dict, force: bool):
+    """Write the manifest of a dataset conversion into `out`; a folder holding another conversion is refused
+    (ConfigMismatch naming the differing keys) unless forced, which drops its commit records."""
+    out.mkdir(parents=True, exist_ok=True)
+    mpath = out / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old.get("config_hash") != meta["config_hash"] and not force:
+            changed = "; ".join(config_differences(old.get("config"), meta["config"]))
+            raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != "
+                                 f"{meta['config_hash']}: {changed}); use another folder or force=True")
+        if old.get("config_hash") != meta["config_hash"]:  # forced: start over
+            for p in (out / "commits").glob("*.json"):
+                p.unlink()
+    write_json(mpath, {k: v for k, v in meta.items() if k != "shards"})
+
+
+def finish_dataset(out: Path, meta: dict) -> ShardSet:
+    """List every committed record in the manifest too (a converted set's manifest is self-contained)."""
+    meta["shards"] = [dict(r) for r in ShardSet.load(out).records.values()]
+    write_json(out / MANIFEST, meta)
+    return ShardSet.load(out)
+
+
+def is_done(out: Path, rec: dict | None, chash: str) -> bool:
+    """A shard committed under this conversion whose tar still has its recorded size."""
+    p = out / rec["file"] if rec else None
+    return bool(rec) and rec.get("config_hash") == chash and p.exists() and p.stat().st_size == rec["bytes"]
 
 
 def convert(source: str, root, split: str, out, name: str | None = None, samples_per_shard: int = 1000,
@@ -51,8 +91,7 @@ def convert(source: str, root, split: str, out, name: str | None = None, samples
         raise ValueError(f"unknown source {source!r}; one of {sorted(SOURCES)}")
     root, out = Path(root), Path(out)
     name = name or (source if source != "imagefolder" else re.sub(r"[^A-Za-z0-9_-]", "_", root.name) or "images")
-    if not NAME_RE.match(name) or not NAME_RE.match(split):
-        raise ValueError(f"name {name!r} and split {split!r} must match {NAME_RE.pattern}")
+    check_names(name, split)
     items, classes = SOURCES[source](root, split)
     if limit is not None:
         items = items[:limit]
@@ -69,45 +108,28 @@ def convert(source: str, root, split: str, out, name: str | None = None, samples
     meta = {"format": FORMAT, "kind": "dataset", "name": name, "split": split, "source": source, "root": str(root),
             "classes": classes, "config": config, "config_hash": chash, "num_shards": len(chunks),
             "num_samples": len(keyed), "image_policy": IMAGE_POLICY, "key_format": f"{name}/{split}/<index>"}
-    out.mkdir(parents=True, exist_ok=True)
-    mpath = out / MANIFEST
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        if old.get("config_hash") != chash and not force:
-            changed = "; ".join(config_differences(old.get("config"), config))
-            raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != {chash}: "
-                                 f"{changed}); use another folder or force=True")
-        if old.get("config_hash") != chash:  # forced: start over
-            for p in (out / "commits").glob("*.json"):
-                p.unlink()
-    write_json(mpath, {k: v for k, v in meta.items()})
+    start_dataset(out, meta, force)
     done = ShardSet.load(out)
     jobs = []
     for i, entries in enumerate(chunks):
-        rec = done.records.get(i)
-        p = out / shard_file(name, split, i)
-        if rec and rec.get("config_hash") == chash and p.exists() and p.stat().st_size == rec["bytes"]:
+        if is_done(out, done.records.get(i), chash):
             continue
         (out / (shard_file(name, split, i) + PARTIAL)).unlink(missing_ok=True)
         jobs.append((str(out), name, split, i, entries, str(root), classes, {"config_hash": chash}))
     bar = Progress(sum(len(j[4]) for j in jobs), f"shard {name}-{split}", enabled=progress)
     t0 = time.monotonic()
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            for rec in pool.imap_unordered(_write_shard, jobs):
-                bar.update(rec["count"])
-    else:
-        for job in jobs:
-            bar.update(_write_shard(job)["count"])
+    for rec in pool_map(_write_shard, jobs, workers):
+        bar.update(rec["count"])
     bar.close()
     elapsed = time.monotonic() - t0
-    ss = ShardSet.load(out)
-    meta["shards"] = [{k: v for k, v in r.items()} for r in ss.records.values()]
-    write_json(mpath, meta)
+    ss = finish_dataset(out, meta)
     n_new = sum(len(j[4]) for j in jobs)
     print(f"[shard] {name}-{split}: {len(keyed)} samples in {len(chunks)} shards -> {out} "
           f"({n_new} written in {elapsed:.1f}s, {n_new / max(elapsed, 1e-9):.0f} img/s; "
           f"{len(chunks) - len(jobs)} shards already done)", flush=True)
-    return ShardSet.load(out)
+    return ss
+
+
+def check_names(name: str, split: str):
+    if not NAME_RE.match(name) or not NAME_RE.match(split):
+        raise ValueError(f"name {name!r} and split {split!r} must match {NAME_RE.pattern}")

@@ -6,6 +6,8 @@ Layout of a shard set folder:
                            config_hash. Written last (temp -> fsync -> rename -> fsync dir): the commit point.
   <name>-NNNNNN.tar        the shard itself
 A converted dataset also lists its records under manifest["shards"]. A shard without a record does not exist.
+An indexed webdataset set (`digin shard source=webdataset`, manifest["webdataset"]) has no tars of its own: each
+record's `url` names a foreign tar, `source_keys` the tar's own sample keys, `keys` digin's.
 """
 from __future__ import annotations
 
@@ -144,12 +146,19 @@ class ShardSet:
     def num_samples(self) -> int:
         return sum(r["count"] for r in self.records.values())
 
+    def where(self, index: int) -> str:
+        """The shard's location for messages: its path, or the URL of an indexed foreign webdataset tar."""
+        return self.records[index].get("url") or str(self.path(index))
+
     def read_verified(self, index: int, check_hash: bool = True) -> bytes:
-        """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard)."""
+        """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard).
+        A record with a `url` (digin shard source=webdataset) is read from there through webdataset's gopen."""
+        from digin.shards.tario import read_url
+
         rec = self.records[index]
-        p = self.path(index)
+        p = self.where(index)
         try:
-            data = p.read_bytes()
+            data = read_url(rec["url"]) if rec.get("url") else self.path(index).read_bytes()
         except OSError as e:
             raise ShardError(f"shard {p}: cannot read ({e})") from None
         if len(data) != rec["bytes"]:

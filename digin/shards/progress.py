@@ -6,7 +6,8 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, enabled: bool = True, every_s: float = 30.0, file=None):
+    def __init__(self, total: int, desc: str, enabled: bool = True, every_s: float = 30.0, file=None,
+                 unit: str = "img"):
         self.total, self.desc, self.enabled, self.every_s = total, desc, enabled, every_s
         self.file = file or sys.stderr
         self.n, self.t0, self.t_last = 0, time.monotonic(), 0.0
@@ -15,7 +16,7 @@ class Progress:
         if enabled and hasattr(self.file, "isatty") and self.file.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, file=self.file, unit="img", dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, file=self.file, unit=unit, dynamic_ncols=True)
 
     def update(self, n: int):
         self.n += n

@@ -8,12 +8,11 @@ A sample that cannot be decoded is a reject: `{"__key__", "__shard__", "__pos__"
 """
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 from digin.shards.decode import DecodeError, decode_member
 from digin.shards.manifest import ShardError, ShardSet
-from digin.shards.tario import iter_members
+from digin.shards.tario import TarFormatError, group_members
 
 
 def assign_shards(indices, rank: int = 0, world: int = 1, worker: int = 0, num_workers: int = 1) -> list[int]:
@@ -26,47 +25,41 @@ def assign_shards(indices, rank: int = 0, world: int = 1, worker: int = 0, num_w
     return [i for i in sorted(indices) if i % world == rank and (i // world) % num_workers == worker]
 
 
-def _group_members(data: bytes, where: str):
-    """Tar bytes -> list of (key, {field: (ext, bytes)} | reject reason). Structural problems -> ShardError."""
-    groups: list[list] = []
-    seen: set[str] = set()
+def _group_members(data: bytes, where: str, naming: str = "digin"):
+    """Tar bytes -> list of [key, {field: (ext, bytes)} | reject reason] (webdataset's iteration and grouping with
+    digin's name checks, see tario.group_members). Structural problems -> ShardError naming the shard.
+    naming="webdataset" (an indexed foreign tar): [source key, {suffix: bytes} | reason]."""
     try:
-        for key, field, ext, payload in iter_members(data):
-            if key == "!bad":
-                groups.append([f"!bad:{field!r}", ext])  # field holds the raw member name, ext the reason
-                continue
-            if groups and groups[-1][0] == key:
-                fields = groups[-1][1]
-                if isinstance(fields, str):
-                    continue
-                if field in fields:
-                    groups[-1][1] = "duplicate_field"
-                    continue
-                fields[field] = (ext, payload)
-                continue
-            if key in seen:
-                groups.append([key, "duplicate_key"])
-                continue
-            seen.add(key)
-            groups.append([key, {field: (ext, payload)}])
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardError(f"shard {where}: unreadable tar ({e})") from None
+        groups = group_members(data, naming)
+    except TarFormatError as e:
+        raise ShardError(f"shard {where}: {e}") from None
+    if naming != "digin":
+        return groups
+    for g in groups:
+        if isinstance(g[1], dict):
+            g[1] = {suffix.split(".", 1)[0]: (suffix.split(".", 1)[1], payload) for suffix, payload in g[1].items()}
     return groups
 
 
 def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True,
                center_crop: bool = True):
     """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
-    and keys against the shard's record before yielding anything."""
+    and keys against the shard's record before yielding anything. A shard of an indexed webdataset set (a
+    foreign tar) is checked against its record's `source_keys` and its samples mapped to digin's fields."""
+    from digin.shards.wdsindex import foreign_sample
+
     rec = ss.records[index]
-    where = str(ss.path(index))
-    groups = _group_members(ss.read_verified(index, check_hash), where)
+    where = ss.where(index)
+    foreign = "webdataset" in ss.meta
+    groups = _group_members(ss.read_verified(index, check_hash), where, "webdataset" if foreign else "digin")
     if len(groups) != rec["count"]:
         raise ShardError(f"shard {where}: {len(groups)} samples, manifest says {rec['count']}")
-    keys = rec.get("keys")
+    keys = rec.get("source_keys" if foreign else "keys")
     if keys is not None and [g[0] for g in groups] != keys:
         raise ShardError(f"shard {where}: keys differ from the manifest")
     for pos, (key, fields) in enumerate(groups):
+        if foreign:
+            key, fields = rec["keys"][pos], foreign_sample(ss, index, key, fields)
         base = {"__key__": key, "__shard__": index, "__pos__": pos}
         if isinstance(fields, str):
             yield {**base, "__reject__": fields}

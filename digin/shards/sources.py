@@ -24,6 +24,25 @@ def _indexed(table: dict) -> list[str]:
     return [table[str(i)] for i in range(len(table))]
 
 
+# Class-name tables shipped with digin, in label order (the names the converters record).
+NAMED_CLASSES = {"imagenet": "imagenet_classes", "cub": "cub_classes", "cars": "cars_classes",
+                 "food101": "food101_classes", "flowers102": "flowers_classes"}
+
+
+def named_classes(name: str) -> list[str]:
+    """A shipped class-name table: ImageNet names are the first synonym, Food-101 names have '_' -> ' '."""
+    if name not in NAMED_CLASSES:
+        raise ValueError(f"no class-name table {name!r}; one of {sorted(NAMED_CLASSES)}")
+    names = _indexed(class_table(NAMED_CLASSES[name]))
+    if name == "imagenet":
+        return [n.split(",")[0].strip() for n in names]
+    return [n.replace("_", " ") for n in names] if name == "food101" else names
+
+
+# ImageNet val in the reference's order: index = class·IMAGENET_VAL_PER_CLASS + rank of the file name in its class.
+IMAGENET_VAL_PER_CLASS = 50
+
+
 def _image_files(folder: Path) -> list[Path]:
     out = []
     for dirpath, _, fnames in sorted(os.walk(folder, followlinks=True)):
@@ -48,7 +67,7 @@ def list_imagenet(root, split):
     (root/<wnid>/...). Labels come from the wnid table, names = first synonym."""
     folder = _split_dir(Path(root), split)
     wnids = class_table("imagenet_wnids")
-    classes = [n.split(",")[0].strip() for n in _indexed(class_table("imagenet_classes"))]
+    classes = named_classes("imagenet")
     dirs = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     unknown = [d for d in dirs if d not in wnids]
     if unknown:
@@ -67,7 +86,7 @@ def list_cub(root, split):
     want = {"train": "1", "test": "0"}[split]
     ids = sorted((i for i in paths if train[i] == want), key=int)
     items = [(root / "images" / paths[i].strip(), int(labels[i]) - 1) for i in ids]
-    return items, _indexed(class_table("cub_classes"))
+    return items, named_classes("cub")
 
 
 def list_cars(root, split):
@@ -81,7 +100,7 @@ def list_cars(root, split):
     ann = loadmat(ann_path, squeeze_me=True)["annotations"]
     img_dir = root / f"cars_{split}"
     items = [(img_dir / str(a["fname"]), int(a["class"]) - 1) for a in ann]
-    return items, _indexed(class_table("cars_classes"))
+    return items, named_classes("cars")
 
 
 def list_food101(root, split):
@@ -106,7 +125,7 @@ def list_flowers102(root, split):
     ids = loadmat(root / "setid.mat", squeeze_me=True)[key].tolist()
     labels = loadmat(root / "imagelabels.mat", squeeze_me=True)["labels"].tolist()
     items = [(root / "jpg" / f"image_{i:05d}.jpg", int(labels[i - 1]) - 1) for i in ids]
-    return items, _indexed(class_table("flowers_classes"))
+    return items, named_classes("flowers102")
 
 
 SOURCES = {"imagefolder": list_imagefolder, "imagenet": list_imagenet, "cub": list_cub, "cars": list_cars,

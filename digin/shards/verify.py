@@ -242,6 +242,10 @@ def _check_duplicate_keys(ld: _Loaded, report: VerifyReport):
 def _check_shard(ss: ShardSet, index: int, check_hash: bool, deep: bool, report: VerifyReport) -> int:
     """Size, sha256 and (deep) contents of one committed tar; returns the bytes read."""
     rec, p = ss.records[index], ss.path(index)
+    if rec.get("url"):  # an indexed foreign webdataset tar (digin shard source=webdataset)
+        from digin.shards.wdsindex import verify_foreign_shard
+
+        return verify_foreign_shard(ss, index, check_hash, deep, report.add)
     if not p.is_file():
         report.add("missing", p, f"shard {index} is committed but its tar file is missing")
         return 0

@@ -1,4 +1,7 @@
-"""Atomic shard writer: stream to `<file>.partial`, fsync, rename, fsync dir, then write the commit record."""
+"""Atomic shard writer: stream to `<file>.partial`, fsync, rename, fsync dir, then write the commit record.
+
+The tar itself is written by webdataset's TarWriter (digin.shards.tario) on a file object that hashes and counts
+the bytes on their way to disk; the commit protocol around it is digin's."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +10,8 @@ from pathlib import Path
 
 from digin.shards.encode import encode_value
 from digin.shards.manifest import fsync_dir, write_commit
-from digin.shards.naming import check_key, member_name
+from digin.shards.naming import check_key, encode_key, member_name
+from digin.shards.tario import open_tar_writer, write_sample
 
 PARTIAL = ".partial"
 
@@ -19,6 +23,8 @@ class _HashingFile:
         self.f, self.h, self.n = f, hashlib.sha256(), 0
 
     def write(self, b):
+        if self.f is None:  # discarded: the tar stream's last flush goes nowhere
+            return len(b)
         self.h.update(b)
         self.n += len(b)
         return self.f.write(b)
@@ -27,21 +33,24 @@ class _HashingFile:
         return self.n
 
 
+def _open_partial(path: Path):
+    """The one place the partial file is created."""
+    return open(path, "wb")
+
+
 class ShardWriter:
     """Writes shard `index` of a shard set; nothing is visible to readers until `commit()` returns."""
 
     def __init__(self, folder, index: int, file_name: str, extra: dict | None = None):
-        from digin.shards.tario import TarStreamWriter
-
         self.folder, self.index, self.file_name = Path(folder), index, file_name
         self.final = self.folder / file_name
         self.partial = self.folder / (file_name + PARTIAL)
         self.extra = dict(extra or {})
         self.keys: list[str] = []
         self._seen: set[str] = set()
-        self._raw = open(self.partial, "wb")
+        self._raw = _open_partial(self.partial)
         self._hf = _HashingFile(self._raw)
-        self._tar = TarStreamWriter(self._hf)
+        self._tar = open_tar_writer(self._hf)
 
     def add(self, key: str, fields: dict):
         """fields: name -> value (PIL.Image/uint8 array -> png, dict -> json, str -> txt, tensor dict ->
@@ -49,13 +58,12 @@ class ShardWriter:
         check_key(key)
         if key in self._seen:
             raise ValueError(f"duplicate key {key!r} in shard {self.index}")
-        encoded = []
-        for name in sorted(fields):  # sorted: member order does not depend on dict order
-            v = fields[name]
+        members = {}
+        for name, v in fields.items():
             ext, data = v if isinstance(v, tuple) else encode_value(v)
-            encoded.append((member_name(key, name, ext), data))
-        for mname, data in encoded:
-            self._tar.add(mname, data)
+            member_name(key, name, ext)  # checks the field name and extension
+            members[f"{name}.{ext}"] = data
+        write_sample(self._tar, encode_key(key), members)  # members in sorted order: independent of dict order
         self.keys.append(key)
         self._seen.add(key)
 
@@ -76,7 +84,23 @@ class ShardWriter:
         return record
 
     def discard(self):
+        self._hf.f = None  # what the tar stream still flushes on close goes nowhere
         try:
-            self._raw.close()
+            self._tar.close()
         finally:
-            self.partial.unlink(missing_ok=True)
+            try:
+                self._raw.close()
+            finally:
+                self.partial.unlink(missing_ok=True)
+
+
+def write_shard(folder, index: int, file_name: str, samples, extra: dict | None = None, rejects=()) -> dict:
+    """Write and commit one whole shard from (key, fields) pairs; a failure leaves nothing behind."""
+    w = ShardWriter(folder, index, file_name, extra)
+    try:
+        for key, fields in samples:
+            w.add(key, fields)
+        return w.commit(list(rejects))
+    except BaseException:
+        w.discard()
+        raise

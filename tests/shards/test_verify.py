@@ -137,13 +137,15 @@ def test_bad_and_incomplete_commit_records(toy_shards, copy_of):
 
 def _rewrite_members(path, edit):
     """Rewrite a tar from `edit(members)` (deterministic writer: untouched members stay byte-identical)."""
-    from digin.shards.naming import member_name
-    from digin.shards.tario import TarStreamWriter, iter_members
+    from digin.shards.naming import encode_key
+    from digin.shards.tario import group_members, open_tar_writer, write_sample
 
+    members = [(key, *suffix.split(".", 1), payload)
+               for key, fields in group_members(path.read_bytes()) for suffix, payload in fields.items()]
     buf = io.BytesIO()
-    w = TarStreamWriter(buf)
-    for key, fld, ext, payload in edit(list(iter_members(path.read_bytes()))):
-        w.add(member_name(key, fld, ext), payload)
+    w = open_tar_writer(buf)
+    for key, fld, ext, payload in edit(members):
+        write_sample(w, encode_key(key), {f"{fld}.{ext}": payload})
     w.close()
     path.write_bytes(buf.getvalue())
     return buf.getvalue()
