@@ -88,13 +88,36 @@ def config_help(config, prefix: str = "") -> list[str]:
     A nested config's defaults are those of the instance its field's default_factory returns (e.g. UVCE's
     background-pinning mask blend), which is what a run gets — not its class's own defaults."""
     lines = []
+    here = _compute_here(config) if not prefix else None
     for f in dataclasses.fields(config):
         default = _field_default(f) if isinstance(config, type) else getattr(config, f.name)
         if dataclasses.is_dataclass(default):
             lines += config_help(default, prefix + f.name + ".")
-        else:
-            lines.append(f"  {prefix}{f.name}={default!r}")
+            continue
+        if here is not None and default is None and f.name in here:
+            default = here[f.name]  # what the compute preset resolves to on this machine
+        lines.append(f"  {prefix}{f.name}={default!r}")
     return lines
+
+
+def preset_note(config) -> str | None:
+    """One help line on the compute preset of a model stage (None for other tasks)."""
+    here = _compute_here(config)
+    if here is None:
+        return None
+    return (f"compute preset: auto → {here['preset']} here (the dtype … kernels values above); fast on CUDA: bf16, "
+            f"compiled, batch 8; reference: fp32, eager, batch 1, block checkpointing. Any single key overrides it.")
+
+
+def _compute_here(config) -> dict | None:
+    """The compute keys' values the default preset resolves to on this machine (None: not a model stage)."""
+    names = {f.name: f for f in dataclasses.fields(config)}
+    if "preset" not in names:
+        return None
+    from digin.engine.presets import resolve_compute
+
+    preset = _field_default(names["preset"]) if isinstance(config, type) else config.preset
+    return resolve_compute(preset or "auto").as_dict()
 
 
 def main(argv: list[str] | None = None):
@@ -110,6 +133,9 @@ def main(argv: list[str] | None = None):
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: digin {task} key=value ...\n\n{(mod.__doc__ or '').strip()}\n\nkeys (defaults):")
         print("\n".join(config_help(mod.Config)))
+        note = preset_note(mod.Config)
+        if note:
+            print(f"\n{note}")
         return 0
     cfg = build_config(mod.Config, argv)
     from digin.shards.manifest import ConfigMismatch

@@ -18,8 +18,9 @@ ABSENT = object()
 
 def help_defaults(task: str, capsys) -> dict:
     assert main([task, "--help"]) == 0
-    lines = capsys.readouterr().out.split("keys (defaults):", 1)[1].strip().splitlines()
-    return {k: ast.literal_eval(v) for k, v in (line.strip().split("=", 1) for line in lines)}
+    lines = capsys.readouterr().out.split("keys (defaults):", 1)[1].splitlines()
+    keys = [line for line in lines if line.startswith("  ")]  # notes after the key list are not keys
+    return {k: ast.literal_eval(v) for k, v in (line.strip().split("=", 1) for line in keys)}
 
 
 def flatten(cfg, prefix: str = "") -> dict:

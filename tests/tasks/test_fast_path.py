@@ -1,0 +1,214 @@
+"""The fast path at the stage level: compute presets and overrides (resolved, recorded, refused when bad), compiled
+stage runs equal eager ones with no recompile (padded tail batches, P2P controllers attached per edit chunk), and a
+CUDA out-of-memory error halves the engine batch of the edit stages."""
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+import torch._dynamo
+
+from digin.cli import TASKS, build_config
+from digin.engine.presets import COMPUTE_KEYS, resolve_compute
+from digin.gallery.records import records_from_shards
+from digin.shards.manifest import ShardSet
+from digin.tasks import common, invert, neurons, uvce
+
+MODEL_TASKS = ("invert", "segment", "uvce", "diff", "neurons", "eval")
+
+
+@contextlib.contextmanager
+def no_recompiles():
+    old = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        yield
+    finally:
+        torch._dynamo.config.error_on_recompile = old
+
+
+@pytest.fixture(autouse=True)
+def fresh_models():
+    common._SD_CACHE.clear()  # every test loads (and prepares) its own model
+    yield
+    common._SD_CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+def test_presets_and_single_key_overrides():
+    fast, ref = resolve_compute("fast", "cuda"), resolve_compute("reference", "cuda")
+    assert (fast.dtype, fast.compile, fast.batch_size, fast.checkpoint, fast.cudagraphs, fast.kernels) == \
+        ("bf16", True, 8, "step", True, True)
+    assert (ref.dtype, ref.compile, ref.batch_size, ref.checkpoint, ref.kernels) == ("fp32", False, 1, "block", False)
+    assert resolve_compute("auto", "cuda").preset == "fast"
+    cpu = resolve_compute("auto", "cpu")  # on a CPU the default stays eager fp32
+    assert (cpu.preset, cpu.dtype, cpu.compile) == ("eager", "fp32", False)
+    over = resolve_compute("fast", "cuda", batch_size=16, dtype="fp16", cudagraphs=False, checkpoint=None)
+    assert (over.batch_size, over.dtype, over.cudagraphs, over.checkpoint) == (16, "fp16", False, "step")
+
+
+@pytest.mark.parametrize("key,value,allowed", [("preset", "turbo", "fast, reference, eager"),
+                                               ("attention", "flash", "sdpa, xformers"),
+                                               ("dtype", "fp8", "fp32, bf16, fp16"),
+                                               ("checkpoint", "layer", "step, none, block")])
+def test_bad_compute_names_are_refused_before_anything_is_written(small_pipeline, tmp_path, key, value, allowed):
+    p = small_pipeline
+    cfg = build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'inv'}", f"model_path={p['sd']}",
+                                       f"{key}={value}", "device=cpu"])
+    with pytest.raises(SystemExit) as e:
+        invert.run(cfg)
+    msg = str(e.value)
+    assert f"{key}={value!r}" in msg and allowed in msg and "\n" not in msg
+    assert not (tmp_path / "inv").exists()
+    with pytest.raises(SystemExit, match="attention=xformers: xformers needs a CUDA device"):
+        invert.run(build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'x'}",
+                                                f"model_path={p['sd']}", "attention=xformers", "device=cpu"]))
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_model_stage_accepts_the_preset_and_override_keys():
+    import importlib
+
+    for task in MODEL_TASKS:
+        cfg_cls = importlib.import_module(TASKS[task]).Config
+        names = {f.name for f in dataclasses.fields(cfg_cls)}
+        assert {"preset", *COMPUTE_KEYS} <= names, (task, {"preset", *COMPUTE_KEYS} - names)
+
+
+def test_the_manifest_records_the_resolved_compute_values(small_pipeline, tmp_path):
+    p = small_pipeline
+    cfg = build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'inv'}", f"model_path={p['sd']}",
+                                       "resolution=32", "num_ddim_steps=3", "method=negative_prompt",
+                                       "preset=reference", "batch_size=2", "device=cpu"])
+    assert invert.run(cfg) == 0
+    rec = ShardSet.load(tmp_path / "inv").meta["config"]
+    assert {k: rec[k] for k in ("preset", "dtype", "compile", "batch_size", "checkpoint", "attention", "kernels")} == \
+        dict(preset="reference", dtype="fp32", compile=False, batch_size=2, checkpoint="block", attention="sdpa",
+             kernels=False)
+
+
+def test_help_shows_the_compute_values_a_run_resolves_here(capsys):
+    from digin.cli import main
+
+    assert main(["uvce", "--help"]) == 0
+    out = capsys.readouterr().out
+    here = resolve_compute("auto")
+    assert "preset='auto'" in out and f"auto → {here.preset} here" in out
+    assert f"batch_size={here.batch_size!r}" in out and f"dtype={here.dtype!r}" in out
+
+
+# ------------------------------------------------------------------------------------------ compiled stages
+
+def _uvce_args(p, out, *extra):
+    return [f"images={p['images']}", f"inversions={p['inv']}", f"out={out}", f"model_path={p['sd']}",
+            f"classifier=tiny:{p['clf']}", "resolution=32", "num_ddim_steps=4", "optim_params.sgd_steps=2",
+            "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2", "device=cpu", "pairs=all_classes",
+            "progress=false", "p2p.xa_interpolation_schedule=[threshold_0.0_0.3]",
+            "mask_blend.initial_mask_blend_schedule=[threshold_0.3]", *extra]
+
+
+def _metrics(folder):
+    return {r.key: r.metrics for r in records_from_shards(folder)}
+
+
+def test_compiled_uvce_equals_eager_with_no_recompile(small_pipeline, tmp_path):
+    """batch 4 over shards of 3 images × 2 targets: edit chunks of 4 + a padded tail of 2, a P2P controller attached
+    and detached per chunk; every UNet/decoder/classifier call site compiles once per (grad mode, shape)."""
+    p = small_pipeline
+    assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "eager", "batch_size=4"))) == 0
+    common._SD_CACHE.clear()
+    torch._dynamo.reset()
+    cfg = build_config(uvce.Config, _uvce_args(p, tmp_path / "comp", "batch_size=4", "compile=true",
+                                               "compile_backend=aot_eager"))
+    with no_recompiles():
+        assert uvce.run(cfg) == 0
+    sd = next(iter(common._SD_CACHE.values()))
+    graphs = sd.runtime.compiled()
+    assert not sd.runtime.fell_back(), (sd.runtime.unet.error, sd.runtime.decode.error)
+    # UNet: the no-grad chain (initial pass + forward + last iterate) and the per-step recompute with grad, on the
+    # 2·4-row CFG batch; the decoder: no-grad and with grad on 4 rows
+    assert sorted((grad, sig[0][0][0]) for grad, sig in graphs["unet"]) == [(False, 8), (True, 8)], graphs
+    assert len(graphs["vae_decode"]) == 2 and not sd.runtime.fell_back()
+    eager, comp = _metrics(tmp_path / "eager"), _metrics(tmp_path / "comp")
+    assert eager.keys() == comp.keys() and len(eager) == 12
+    for k in eager:
+        assert comp[k]["loss"] == pytest.approx(eager[k]["loss"], rel=1e-4, abs=1e-6)
+        assert comp[k]["best_iter"] == eager[k]["best_iter"]
+
+
+def test_compiled_invert_equals_eager(small_pipeline, tmp_path):
+    p = small_pipeline
+    base = [f"inputs={p['images']}", f"model_path={p['sd']}", "resolution=32", "num_ddim_steps=3",
+            "num_inner_steps=2", "batch_size=4", "device=cpu"]
+    assert invert.run(build_config(invert.Config, base + [f"out={tmp_path / 'eager'}"])) == 0
+    common._SD_CACHE.clear()
+    torch._dynamo.reset()
+    with no_recompiles():
+        assert invert.run(build_config(invert.Config, base + [f"out={tmp_path / 'comp'}", "compile=true",
+                                                              "compile_backend=aot_eager"])) == 0
+    sd = next(iter(common._SD_CACHE.values()))
+    # B-row calls without grad (DDIM inversion, ε_c, the advance) and with grad (inner steps); the 2B-row CFG chain of
+    # the plain-DDIM reconstruction metric
+    assert sorted((k[0], k[1][0][0][0]) for k in sd.runtime.compiled()["unet"]) == [(False, 4), (False, 8), (True, 4)]
+    from digin.shards.reader import iter_samples
+
+    want = {s["__key__"]: s for s in iter_samples(ShardSet.load(tmp_path / "eager"))}
+    got = {s["__key__"]: s for s in iter_samples(ShardSet.load(tmp_path / "comp"))}
+    assert want.keys() == got.keys() and len(want) == 6
+    for k in want:
+        torch.testing.assert_close(got[k]["inversion"]["null_texts"], want[k]["inversion"]["null_texts"],
+                                   rtol=1e-4, atol=1e-5)
+        assert got[k]["metrics"]["psnr_inv_vs_vae"] == pytest.approx(want[k]["metrics"]["psnr_inv_vs_vae"], abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ OOM
+
+def _oom_above(monkeypatch, module, limit: int, seen: list):
+    """The engine's optimise raises a CUDA OOM for engine batches above `limit` (once per call site)."""
+    real = module.optimise
+
+    def optimise(sd, objective, *, z_T, **kw):
+        seen.append(z_T.shape[0])
+        if z_T.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(sd, objective, z_T=z_T, **kw)
+
+    monkeypatch.setattr(module, "optimise", optimise)
+
+
+def test_oom_halves_the_uvce_engine_batch_and_results_equal_an_unhalved_run(small_pipeline, tmp_path, monkeypatch):
+    import digin.engine.guidance as guidance
+
+    p = small_pipeline
+    assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "small", "batch_size=2"))) == 0
+    seen = []
+    _oom_above(monkeypatch, guidance, 2, seen)
+    assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "big", "batch_size=4"))) == 0
+    assert seen[0] == 4 and set(seen[1:]) == {2}  # one OOM at 4 rows, then every edit chunk at 2
+    a, b = _metrics(tmp_path / "small"), _metrics(tmp_path / "big")
+    assert a.keys() == b.keys() and len(a) == 12
+    for k in a:
+        assert b[k]["loss"] == pytest.approx(a[k]["loss"], rel=1e-5, abs=1e-6)
+    log = (tmp_path / "big" / "logs").glob("*.jsonl")
+    assert any('"oom_retry"' in f.read_text() for f in log)
+
+
+def test_oom_halves_the_neuron_counterfactual_engine_batch(small_pipeline, tmp_path, monkeypatch):
+    import digin.engine.guidance as guidance
+
+    p = small_pipeline
+    args = ["mode=counterfactuals", "device=cpu", "progress=false", f"images={p['images']}",
+            f"inversions={p['inv']}", f"model_path={p['sd']}", f"classifier=tiny:{p['clf']}", "resolution=32",
+            "num_ddim_steps=4", "optim_params.sgd_steps=1", "augmentation_num_cutouts=0",
+            "pairs=[[0,3],[0,7],[2,1]]"]
+    assert neurons.run(build_config(neurons.Config, args + [f"out={tmp_path / 'small'}", "batch_size=1"])) == 0
+    seen = []
+    _oom_above(monkeypatch, guidance, 1, seen)
+    assert neurons.run(build_config(neurons.Config, args + [f"out={tmp_path / 'big'}", "batch_size=2"])) == 0
+    assert seen[0] == 2 and set(seen[1:]) == {1}
+    a = _metrics(tmp_path / "small" / "counterfactuals")
+    b = _metrics(tmp_path / "big" / "counterfactuals")
+    assert a.keys() == b.keys() and len(a) == 6
+    for k in a:
+        assert b[k]["loss"] == pytest.approx(a[k]["loss"], rel=1e-5, abs=1e-6)
