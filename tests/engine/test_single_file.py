@@ -103,8 +103,10 @@ def check_outputs_match(folder, file):
     close = dict(rtol=0, atol=1e-5)
     cond, uncond = folder.encode_text(PROMPTS), folder.encode_text(["", ""])
     torch.testing.assert_close(file.encode_text(PROMPTS), cond, **close)
-    torch.testing.assert_close(file.unet_cfg(x, t, uncond, cond, 3.0), folder.unet_cfg(x, t, uncond, cond, 3.0),
-                               **close)
+    from digin.engine.sampling import call_unet
+
+    both = torch.cat([x, x]), t, torch.cat([uncond, cond])  # the CFG batch
+    torch.testing.assert_close(call_unet(file, *both), call_unet(folder, *both), **close)
     torch.testing.assert_close(file.decode(x), folder.decode(x), **close)
     torch.testing.assert_close(file.encode_image(img), folder.encode_image(img), **close)
     assert file.encode_text(PROMPTS).abs().max() > 0.1  # the outputs compared are not trivially zero
