@@ -18,13 +18,15 @@ class Stack:
 STACKS = {
     "triton": Stack("Triton", "triton", ("triton",), "pip install triton (CUDA builds of torch on Linux bring it)",
                     "the fused CFG+DDIM and cutout kernels (CUDA)"),
-    "xformers": Stack("xformers", "xformers", ("xformers.ops",), "pip install 'digin[xformers]'", "attention=xformers (CUDA)"),
+    "xformers": Stack("xformers", "xformers", ("xformers.ops",), "pip install 'digin[xformers]'",
+                      "attention=xformers (CUDA)"),
     "sam": Stack("SAM-HQ", "segment-anything-hq", ("segment_anything_hq",), "pip install 'digin[sam]'",
                  "SAM-HQ mask refinement (segmentation.sam_segmentation=true)"),
     "flamingo": Stack("open_flamingo", "open-flamingo", ("open_flamingo", "einops", "einops_exts"),
                       "pip install --no-deps open-flamingo==2.0.1 einops einops-exts sentencepiece (the `flamingo` "
                       "extra; --no-deps: it pins an old torch)", "digin caption backend=open_flamingo"),
-    "lpips": Stack("LPIPS", "lpips", ("lpips",), "pip install 'digin[lpips]'", "the px_lpips regulariser and eval's LPIPS"),
+    "lpips": Stack("LPIPS", "lpips", ("lpips",), "pip install 'digin[lpips]'",
+                   "the px_lpips regulariser and eval's LPIPS"),
     "clip": Stack("open_clip", "open_clip_torch", ("open_clip",), "pip install 'digin[clip]'",
                   "clip: classifiers and the px_*_clip regularisers"),
     "wandb": Stack("wandb", "wandb", ("wandb",), "pip install 'digin[wandb]'", "wandb_project= tracking"),

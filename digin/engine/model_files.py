@@ -97,7 +97,8 @@ def _component_weights(folder: Path, stem: str, report: ModelReport):
             if (folder / name).is_file():
                 _add_weights(folder / name, report)
             else:
-                report.problems.append(f"weight shard {name} missing: {index.name} lists it, looked for {folder / name}")
+                report.problems.append(f"weight shard {name} missing: {index.name} lists it, "
+                                       f"looked for {folder / name}")
         return
     others = sorted(p.name for p in folder.glob(f"{stem}*") if p.suffix in (".bin", ".ckpt", ".pt", ".safetensors"))
     hint = (f"; found {', '.join(others)}: digin loads .safetensors only (convert with "
