@@ -74,6 +74,21 @@ def test_third_party_messages_wait_for_the_log_then_go_there_once(capsys, caplog
         own.removeHandler(handler)
 
 
+def test_torch_and_transformers_loggers_are_diverted(capsys):
+    """torch.compile (torch._dynamo) and transformers print through their own stderr handlers: diverted too."""
+    from transformers.utils import logging as tlog
+
+    events = []
+    with quiet.third_party_to_log():
+        quiet.attach_log(lambda kind, **f: events.append(f["message"]))
+        logging.getLogger("torch._dynamo.convert_frame").warning("torch._dynamo hit config.recompile_limit (8)")
+        tlog.get_logger("transformers.modeling_utils").warning("Some weights were not initialized")
+    assert capsys.readouterr().err == ""
+    assert events == ["torch._dynamo hit config.recompile_limit (8)", "Some weights were not initialized"]
+    logging.getLogger("torch._dynamo.convert_frame").warning("outside: printed")
+    assert "outside: printed" in capsys.readouterr().err
+
+
 def test_messages_no_log_received_are_counted_at_the_end(capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("always")

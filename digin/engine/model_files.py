@@ -17,6 +17,7 @@ from pathlib import Path
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 SDXL_WEIGHTS = {**WEIGHTS, "text_encoder_2": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+FAST_TOKENIZER = "tokenizer.json"
 MAX_HEADER = 100 * 2**20  # a safetensors header is JSON; anything this large is garbage
 
 
@@ -107,12 +108,13 @@ def _component_weights(folder: Path, stem: str, report: ModelReport):
 
 
 def _check_tokenizer(folder: Path, report: ModelReport):
-    if not folder.is_dir():
-        report.problems.append(f"{folder.name}/ missing: looked for {folder}")
+    """A fast tokenizer (tokenizer.json) or the CLIP BPE files (vocab.json + merges.txt)."""
+    if (folder / FAST_TOKENIZER).is_file():
         return
-    for name in TOKENIZER_FILES:
-        if not (folder / name).is_file():
-            report.problems.append(f"{folder.name}/{name} missing: looked for {folder / name}")
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        report.problems.append(f"{folder.name} files missing: looked for {folder / FAST_TOKENIZER} or "
+                               f"{' + '.join(TOKENIZER_FILES)} there ({', '.join(missing)} absent)")
 
 
 def _check_configs(folder: Path, components, report: ModelReport, weights: bool):

@@ -26,10 +26,23 @@ def test_complete_folder(tiny_sd_dir):
 def test_missing_weights_name_the_file_and_what_was_found(sd_copy):
     (sd_copy / UNET_WEIGHTS).rename(sd_copy / "unet" / "diffusion_pytorch_model.bin")
     (sd_copy / "tokenizer" / "merges.txt").unlink()
+    assert check_model(str(sd_copy)).problems == [
+        f"unet weights missing: looked for {sd_copy / UNET_WEIGHTS} (or a sharded "
+        "diffusion_pytorch_model.safetensors.index.json); found diffusion_pytorch_model.bin: digin loads "
+        ".safetensors only (convert with save_pretrained(..., safe_serialization=True))"]  # tokenizer.json serves
+    (sd_copy / "tokenizer" / "tokenizer.json").unlink()
     problems = check_model(str(sd_copy)).problems
-    assert len(problems) == 2
-    assert f"looked for {sd_copy / UNET_WEIGHTS}" in problems[0] and "digin loads .safetensors only" in problems[0]
-    assert f"looked for {sd_copy / 'tokenizer' / 'merges.txt'}" in problems[1]
+    assert len(problems) == 2 and f"looked for {sd_copy / 'tokenizer' / 'tokenizer.json'} or" in problems[1]
+    assert "merges.txt absent" in problems[1]
+
+
+def test_the_bundled_toy_model_is_complete():
+    from digin import toy
+
+    if not toy.available():
+        pytest.skip("toy models not bundled here")
+    report = check_model(str(toy.paths()["sd"]))
+    assert report.ok, report.problems
 
 
 def test_cut_short_weights_are_found_from_the_header(sd_copy):
