@@ -210,7 +210,7 @@ def _weights_probe(path: str | None, key: str) -> tuple[str, str]:
     return ("FAIL", problem) if problem else ("ok", f"weights {path} found and whole")
 
 
-def _probe_lpips(dev) -> tuple[str, str]:
+def _probe_lpips() -> tuple[str, str]:
     import lpips
 
     from digin.engine.objectives import lpips_trunk_file
@@ -244,7 +244,7 @@ def check_stack(key: str, dev, needed: bool, cfg: Config) -> Check:
     probe = {"triton": lambda: _probe_triton(dev), "xformers": lambda: _probe_xformers(dev),
              "sam": lambda: _weights_probe(cfg.sam_checkpoint, "sam_checkpoint"),
              "flamingo": lambda: _weights_probe(cfg.flamingo_checkpoint, "flamingo_checkpoint"),
-             "lpips": lambda: _probe_lpips(dev)}.get(key, lambda: ("ok", "imports"))
+             "lpips": _probe_lpips}.get(key, lambda: ("ok", "imports"))
     try:
         status, detail = probe()
     except Exception as e:  # noqa: BLE001 — the probe failing is the finding
