@@ -1,10 +1,12 @@
 """`digin <task> key=value ...` — one entry point for every stage.
 
 Each task is a module `digin.tasks.<name>` exposing `Config` (a dataclass) and `run(cfg)`. The config is
-built from the dataclass defaults, optionally a YAML preset (`preset=<name or path>`), then the key=value
-overrides (OmegaConf dotlist: nested `optim_params.sgd_steps=30`, lists `regularizers=[a,b]`). Unknown keys
-are an error that names the key. `verbose=true` (any task) lets third-party warnings reach the terminal; by default
-they go to the rank's log (digin.quiet).
+built from the dataclass defaults, optionally a YAML model-family config (`config=<name or path>`, e.g.
+`config=sdxl_turbo`), then the key=value overrides (OmegaConf dotlist: nested `optim_params.sgd_steps=30`, lists
+`regularizers=[a,b]`). Unknown keys are an error that names the key. `preset=fast|reference|eager|auto` is an
+ordinary key of the model-running tasks (the compute preset, see digin/engine/presets.py).
+`verbose=true` (any task) lets third-party warnings reach the terminal; by default they go to the rank's log
+(digin.quiet).
 """
 from __future__ import annotations
 
@@ -118,14 +120,20 @@ def build_config(config_cls, overrides: list[str]):
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     base = OmegaConf.structured(config_cls)
-    preset = [o for o in overrides if o.startswith("preset=")]
-    rest = [o for o in overrides if not o.startswith("preset=")]
+    family = [o for o in overrides if o.startswith("config=")]
+    rest = [o for o in overrides if not o.startswith("config=")]
+    for o in rest:
+        value = o.split("=", 1)[1] if o.startswith("preset=") else None
+        if value and (value.endswith((".yaml", ".yml")) or (PRESET_DIR / f"{value}.yaml").exists()):
+            raise SystemExit(f"digin: preset={value} names a model-family config file; use config={value} "
+                             f"(preset= is the compute preset: fast, reference, eager or auto)")
     layers = [base]
-    if preset:
-        name = preset[-1].split("=", 1)[1]
+    if family:
+        name = family[-1].split("=", 1)[1]
         path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
         if not path.exists():
-            raise SystemExit(f"digin: preset {name!r} not found ({path})")
+            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+            raise SystemExit(f"digin: config {name!r} not found ({path}); bundled: {known}")
         layers.append(OmegaConf.load(path))
     for o in rest:
         if "=" not in o:

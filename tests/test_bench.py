@@ -1,5 +1,5 @@
-"""The benchmark program on tiny shapes (CPU): rows parse as JSON and carry the documented fields.
-No timing assertions."""
+"""The benchmark program on tiny shapes (CPU): rows parse as JSON and carry the documented fields, the modes are
+the compute presets the stages use, and the device-independent cost rows come out. No timing assertions."""
 import json
 
 import pytest
@@ -8,7 +8,7 @@ from digin.tasks.bench import Config, make_workload, run, workload_flops
 
 FIELDS = {"device", "torch", "diffusers", "triton", "models", "settings", "workload", "mode", "batch", "attention",
           "dtype", "checkpoint", "kernels", "compiled", "status", "s_per_image", "images_per_hour", "peak_gib",
-          "compile_s", "flop_per_image", "tflops"}
+          "compile_s", "flop_per_image", "tflops", "recompiles", "graphs"}
 
 
 def _rows(out: str) -> list[dict]:
@@ -28,8 +28,9 @@ def test_bench_guidance_and_inversion_reference_vs_fast(capsys, tmp_path):
     for r in measured:
         assert FIELDS <= r.keys(), FIELDS - r.keys()
         assert r["s_per_image"] > 0 and r["images_per_hour"] > 0 and r["flop_per_image"] > 0
-        assert r["batch"] == (1 if r["mode"] == "reference" else 2)
-        assert r["dtype"] == ("float32" if r["mode"] == "reference" else "bfloat16")
+        # the modes are the stage presets: reference = fp32, batch 1, block checkpointing; fast = bf16, step
+        want = (1, "float32", "block") if r["mode"] == "reference" else (2, "bfloat16", "step")
+        assert (r["batch"], r["dtype"], r["checkpoint"]) == want
     skipped = [r for r in rows if r["attention"] == "xformers"]
     assert skipped and all(r["status"].startswith("skipped") for r in skipped)  # CPU: no xformers
     speedups = {r["workload"]: r for r in rows if r["mode"] == "speedup"}
@@ -45,18 +46,37 @@ def test_bench_compiled_generation_through_the_cli(capsys):
     (row,) = _rows(capsys.readouterr().out)
     assert row["compiled"] and row["compile_backend"] == "aot_eager" and row["status"] == "ok"
     assert row["compile_s"] >= 0 and row["tflops"] > 0
+    assert row["recompiles"] == 0 and row["graphs"] == {"unet": 1, "vae_decode": 1, "classifier": 0}
 
 
 def test_guidance_flops_extrapolate_linearly_in_sgd_steps():
     """The K = 1, 2 extrapolation equals a direct count at K = 3 (flops are deterministic)."""
+    import torch
+
     from digin.engine.models import build_tiny_sd
     from digin.tasks.bench import PRESETS, build_classifier, count_flops
 
     sd = build_tiny_sd(seed=0)
-    clf = build_classifier("tiny", "cpu", sd.dtype)
+    clf = build_classifier("tiny", "cpu", torch.float32, 2)
     settings = {**PRESETS["tiny"], "ddim_steps": 2, "loss_steps": 1, "sgd_steps": 3}
     direct = count_flops(make_workload("guidance", sd, clf, settings, 1, "none", 0))
     assert workload_flops("guidance", sd, clf, settings, "none", 0) == direct
+
+
+def test_cost_rows_tiny_fast_within_target_of_the_floor(capsys):
+    """Device-independent cost rows (meta tensors) on the tiny models, counted as for SD-1.5: the fast path's
+    per-step recompute costs at most 1.4× the no-recompute floor; it saves far less per sample than one graph
+    over the chain, so its largest batch is larger; the reference preset runs fp32 weights."""
+    assert run(Config(models="tiny", workloads=["cost"])) == 0
+    rows = {(r["workload"], r["mode"]): r for r in _rows(capsys.readouterr().out)}
+    assert set(rows) == {(w, m) for w in ("guidance", "inversion") for m in ("reference", "fast", "floor")}
+    g = {m: rows[("guidance", m)] for m in ("reference", "fast", "floor")}
+    assert g["floor"]["ratio_to_floor"] == 1.0 and 1.0 < g["fast"]["ratio_to_floor"] <= 1.4
+    assert g["reference"]["ratio_to_floor"] > 1.0
+    assert g["fast"]["saved_gib_per_sample"] < g["floor"]["saved_gib_per_sample"] / 2
+    assert g["fast"]["max_batch"] > g["floor"]["max_batch"]
+    assert g["reference"]["weights_gib"] == pytest.approx(2 * g["fast"]["weights_gib"])
+    assert rows[("inversion", "fast")]["ratio_to_floor"] == 1.0
 
 
 def test_bad_models_name():

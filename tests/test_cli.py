@@ -29,16 +29,18 @@ def test_errors_name_the_problem():
         build_config(uvce.Config, ["guidance_scale"])
     with pytest.raises(SystemExit, match="guidance_scale"):
         build_config(uvce.Config, ["guidance_scale=high"])
-    with pytest.raises(SystemExit, match="preset 'nope'"):
-        build_config(uvce.Config, ["preset=nope"])
+    with pytest.raises(SystemExit, match="config 'nope'"):
+        build_config(uvce.Config, ["config=nope"])
+    with pytest.raises(SystemExit, match="use config=sdxl_turbo"):
+        build_config(uvce.Config, ["preset=sdxl_turbo"])
 
 
 def test_preset_then_overrides():
     from digin.tasks import diff
 
     with pytest.raises(SystemExit, match="missing required key.*model_path"):
-        build_config(diff.Config, ["preset=sdxl_turbo", "out=o"])
-    cfg = build_config(diff.Config, ["preset=sdxl_turbo", "num_ddim_steps=2", "out=o", "model_path=/m"])
+        build_config(diff.Config, ["config=sdxl_turbo", "out=o"])
+    cfg = build_config(diff.Config, ["config=sdxl_turbo", "num_ddim_steps=2", "out=o", "model_path=/m"])
     assert cfg.solver == "euler" and cfg.num_ddim_steps == 2
 
 

@@ -156,6 +156,15 @@ class AttentionController:
                    for per_step in d.values() for t in per_step.values())
 
     # ---- hot path (called by the processors)
+    def acts_at(self, step: int | None) -> bool:
+        """Whether this controller captures or injects anything at `step` (else the UNet call needs no hooks and
+        may run compiled)."""
+        if step is None:
+            return False
+        return (step in self._xa_steps or step in self._self_steps
+                or any(step in steps for _, steps in self._cross_rules)
+                or (self._self_rule is not None and step in self._self_rule[1]))
+
     def _wants_cross(self, Q: int, step: int) -> bool:
         return any(step in steps and (qs is None or Q in qs) for qs, steps in self._cross_rules)
 
@@ -248,28 +257,44 @@ def attention_layers(unet) -> dict[str, bool]:
     return {f"{n}.processor": bool(m.is_cross_attention) for n, m in unet.named_modules() if isinstance(m, Attention)}
 
 
-def install_attention(unet, controller: AttentionController | None = None, backend: str = "sdpa"):
-    """Put a DiginAttnProcessor on every attention layer (fused kernel + controller hooks)."""
-    procs = {key: DiginAttnProcessor(controller, key.removesuffix(".processor"), cross, backend)
+def _digin_processors(unet) -> list[DiginAttnProcessor] | None:
+    procs = list(unet.attn_processors.values())
+    return procs if procs and all(isinstance(p, DiginAttnProcessor) for p in procs) else None
+
+
+def install_attention(unet, controller: AttentionController | None = None, backend: str | None = None):
+    """Attach `controller` to every attention layer. A prepared UNet keeps its DiginAttnProcessor instances (only
+    their controller changes, so a compiled UNet's graph stays valid); otherwise new ones are installed."""
+    procs = _digin_processors(unet)
+    if procs is not None and (backend is None or all(p.backend == backend for p in procs)):
+        for p in procs:
+            p.controller = controller
+        return unet
+    procs = {key: DiginAttnProcessor(controller, key.removesuffix(".processor"), cross, backend or "sdpa")
              for key, cross in attention_layers(unet).items()}
     unet.set_attn_processor(procs)
     return unet
 
 
 def restore_attention(unet):
-    """Back to diffusers' AttnProcessor2_0 (SDPA) on every layer."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    unet.set_attn_processor(AttnProcessor2_0())
-    return unet
+    """Detach any controller: plain fused attention on every layer (the processors are kept)."""
+    return install_attention(unet, None)
 
 
 def use_backend(unet, backend: str = "sdpa"):
-    """Common path without a controller: SDPA (default) or xformers' memory-efficient kernel."""
-    if backend == "xformers":
-        unet.enable_xformers_memory_efficient_attention()
-    elif backend == "sdpa":
-        restore_attention(unet)
-    else:
+    """Fused attention without a controller on every layer: SDPA (default) or xformers' memory-efficient kernel."""
+    if backend not in ("sdpa", "xformers"):
         raise ValueError(f"attention backend {backend!r}: choose sdpa or xformers")
-    return unet
+    return install_attention(unet, None, backend)
+
+
+def attached_controller(unet):
+    """The controller attached to the UNet's attention layers (None: plain fused attention)."""
+    procs = _digin_processors(unet)
+    return procs[0].controller if procs else None
+
+
+def attention_backend(unet) -> str | None:
+    """The backend of the installed DiginAttnProcessors (None: diffusers' own processors)."""
+    procs = _digin_processors(unet)
+    return procs[0].backend if procs else None

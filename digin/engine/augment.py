@@ -95,10 +95,15 @@ def make_cutouts_reference(img_BCHW: torch.Tensor, boxes_BN3: torch.Tensor, size
     return torch.stack(out)
 
 
-def cutout_noise(seeds: list[int], shape, noise_sd: float, device, dtype=torch.float32) -> torch.Tensor:
-    """(B, *shape) noise_sd·N(0,1), one CPU generator per sample (bitwise the same on every device)."""
+def cutout_noise(seeds: list[int], shape, noise_sd: float, device, dtype=torch.float32,
+                 on_device: bool = False) -> torch.Tensor:
+    """(B, *shape) noise_sd·N(0,1), one generator per sample: on the CPU (bitwise the same on every device), or,
+    with `on_device`, a generator on `device` itself (per sample and batch-independent as well, but CUDA's draws
+    differ from the CPU's; used by the fused CUDA path, where CPU draws at 16×3×384² per sample would dominate)."""
+    gen_device = torch.device(device) if on_device else torch.device("cpu")
     noise = torch.stack([
-        torch.randn(tuple(shape), generator=torch.Generator(device="cpu").manual_seed(_substream(s, "noise")))
+        torch.randn(tuple(shape), generator=torch.Generator(device=gen_device).manual_seed(_substream(s, "noise")),
+                    device=gen_device)
         for s in seeds])
     return (noise * noise_sd).to(device=device, dtype=dtype, non_blocking=True)
 

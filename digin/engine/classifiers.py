@@ -100,6 +100,8 @@ class ImageClassifier(nn.Module):
             num_classes = getattr(head, "out_features", None)
         self.num_classes = num_classes
         self.label_index: torch.Tensor | None = None
+        self.model_call = None  # the compiled forward on views, set by engine.prepare.prepare_classifier
+        self.fused_cutouts = False  # cutouts through the fused Triton op (CUDA), set by prepare_classifier
 
     @property
     def dtype(self) -> torch.dtype:
@@ -113,6 +115,8 @@ class ImageClassifier(nn.Module):
               noise_scale: float = 1.0) -> torch.Tensor:
         """Normalised model inputs (B, N, C, size, size) in the model dtype."""
         if seeds is not None and self.num_cutouts > 0:
+            if self.fused_cutouts and img_BCHW.is_cuda:
+                return self._fused_views(img_BCHW, seeds, noise_scale)
             x_BNCss = augment(img_BCHW.float(), seeds, self.size, self.num_cutouts, self.cut_power,
                               self.noise_sd * noise_scale)
         else:
@@ -124,9 +128,25 @@ class ImageClassifier(nn.Module):
         x_BNCss = (x_BNCss - self.mean.float()) / self.std.float()
         return x_BNCss.to(self.dtype)
 
-    def _run(self, x_BNCss: torch.Tensor) -> torch.Tensor:
+    def _fused_views(self, img_BCHW: torch.Tensor, seeds: list[int], noise_scale: float) -> torch.Tensor:
+        """The same cutouts and noise as `augment` (per-sample streams; noise drawn on the device) through the fused
+        crop + area-resize + noise + normalise op: one kernel each way instead of B·N crops and pools."""
+        from digin.kernels import fused_cutouts
+
+        from .augment import cutout_boxes, cutout_noise
+
+        B, C, H, W = img_BCHW.shape
+        boxes_BN3 = torch.stack([cutout_boxes(s, (H, W), self.size, self.num_cutouts, self.cut_power) for s in seeds])
+        sd = self.noise_sd * noise_scale
+        noise = (cutout_noise(seeds, (self.num_cutouts, C, self.size, self.size), sd, img_BCHW.device,
+                              on_device=True) if sd else None)
+        return fused_cutouts(img_BCHW.float(), boxes_BN3.to(img_BCHW.device, non_blocking=True), self.size,
+                             self.mean.flatten(), self.std.flatten(), noise, out_dtype=self.dtype)
+
+    def _run(self, x_BNCss: torch.Tensor, eager: bool = False) -> torch.Tensor:
         B, N = x_BNCss.shape[:2]
-        logits = _model_output_logits(self.model(x_BNCss.flatten(0, 1)))
+        call = self.model if (eager or self.model_call is None) else self.model_call
+        logits = _model_output_logits(call(x_BNCss.flatten(0, 1)))
         if self.label_index is not None:  # the dataset's class k is the model's label label_index[k]
             logits = logits.index_select(-1, self.label_index)
         return logits.float().view(B, N, -1)
@@ -154,7 +174,7 @@ class ImageClassifier(nn.Module):
         handle = module.register_forward_hook(hook)
         try:
             x_BNCss = self.views(img_BCHW, seeds, noise_scale)
-            logits_BNK = self._run(x_BNCss)
+            logits_BNK = self._run(x_BNCss, eager=True)  # the hook needs the module's own forward
         finally:
             handle.remove()
         if not captured:

@@ -15,7 +15,7 @@ import torch
 from .attention import AttentionController, install_attention, restore_attention
 from .p2p import (expand_candidates, make_blend, replacement_matrix, schedule_grid, search_schedules, take_best,
                   token_mean_embedder, token_weights, word_token_positions)
-from .sampling import run_chain
+from .sampling import decode_latents, run_chain
 from .schedule import make_schedule
 from .segment import SegmentationConfig, mask_steps, segment_foreground
 
@@ -110,7 +110,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
         init = run_chain(sd, sched, z_T, cond0, uncond, guidance_scale, controller=controller,
                          guidance_rescale=guidance_rescale,
                          record_latents=blend.do_mask_blend)
-        initial_images = sd.decode(init.x0_last)
+        initial_images = decode_latents(sd, init.x0_last)
         img0 = images.to(dev).float() if images is not None else initial_images
         z0 = sd.encode_image(img0) if images is not None else init.x0_last
         if hasattr(objective, "set_reference"):
@@ -156,7 +156,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
                                 expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller,
                                 guidance_rescale=guidance_rescale)
                 obj = objective.select(torch.arange(B).repeat(n))
-                total, _ = obj(sd.decode(out.x0_last), out.x0_last, None)
+                total, _ = obj(decode_latents(sd, out.x0_last), out.x0_last, None)
                 return torch.nan_to_num(total, nan=float("inf"))
 
             best, losses_NB = search_schedules(evaluate, grid, B, search_chunk)

@@ -6,9 +6,18 @@ early stopping and NaN handling are all masked per sample, so a sample's result 
 it lands in. Optimised variables (z_T, per-step conditioning deltas ΔC, per-step null-text deltas Δ∅) and the
 latent chain are fp32 whatever the weight dtype.
 
-Per SGD iteration k (k = 0..K): one forward chain with grad → decode the x̂0 of the last `loss_steps` steps →
-log the non-augmented loss of the last x̂0 (the reported image) → augmented multi-step loss → backward →
-masked optimiser step. Iteration K only evaluates. Result: iterate 0 (`sd`) and the logged argmin (`ours`).
+Per SGD iteration k (k = 0..K): forward chain → decode the x̂0 of the last `loss_steps` steps → log the
+non-augmented loss of the last x̂0 (the reported image) → augmented multi-step loss → gradient → masked optimiser
+step. Iteration K only evaluates. Result: iterate 0 (`sd`) and the logged argmin (`ours`).
+
+Gradient paths (`checkpoint`):
+- `step` (default): the forward chain runs without grad and keeps each step's input latent; each loss step's image
+  is decoded with grad and its loss pulled back to x̂0 at once; then the steps are walked in reverse, each
+  recomputed with grad and pulled back (`sampling.step_vjp`). The same FLOPs as per-step checkpointing, but every
+  UNet call is a fixed-shape call of its own (compiled no-grad forward graph, compiled recompute graph), no autograd
+  graph spans steps, and only one decoder graph is alive at a time.
+- `none`: one autograd graph over the whole chain (every activation kept); `block`: the same with diffusers'
+  UNet/VAE gradient checkpointing (the reference's compute path).
 The only host sync is the per-iteration "every sample stopped → leave the loop" check (the reference's break).
 """
 from __future__ import annotations
@@ -17,9 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint as _checkpoint
-
-from .sampling import Blend, run_chain
+from .sampling import Blend, decode_latents, run_chain, step_embedding, step_vjp
 from .schedule import loss_step_weights, make_schedule
 
 
@@ -146,26 +153,25 @@ def condition_grads(grads: list[torch.Tensor], clip: float | None, normalize: bo
 
 # ------------------------------------------------------------------------------------- main loop
 
-def _decode(sd, x0, use_checkpoint: bool):
-    if use_checkpoint and torch.is_grad_enabled():
-        return _checkpoint(sd.decode, x0, use_reentrant=False)
-    return sd.decode(x0)
-
-
 def _select_rows(mask_B: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(mask_B.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
-def chain_images(sd, sched, z, dC, dU, cond_BLD, uncond, cfg: GuidanceConfig, loss_steps, blend=None, controller=None):
-    """Forward DDIM chain with the deltas applied, then decode the x̂0 of every loss step."""
-    T = sched.num_steps
+def chain_conditioning(cond_BLD, uncond, dC, dU, T: int):
+    """Per-step conditioning with the optimised deltas: (B, T, L, D) each."""
     cond_TBLD = (cond_BLD.unsqueeze(1) + dC).expand(-1, T, -1, -1)
     base_u = uncond if uncond.dim() == 4 else uncond.unsqueeze(1)
-    uncond_TBLD = (base_u + dU).expand(-1, T, -1, -1)
+    return cond_TBLD, (base_u + dU).expand(-1, T, -1, -1)
+
+
+def chain_images(sd, sched, z, dC, dU, cond_BLD, uncond, cfg: GuidanceConfig, loss_steps, blend=None, controller=None):
+    """Forward DDIM chain with the deltas applied (with grad when enabled: one autograd graph, or per-step
+    torch.utils.checkpoint for checkpoint="step"), then decode the x̂0 of every loss step."""
+    cond_TBLD, uncond_TBLD = chain_conditioning(cond_BLD, uncond, dC, dU, sched.num_steps)
     out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, keep_x0=set(loss_steps), blend=blend,
                     controller=controller, checkpoint="step" if cfg.checkpoint == "step" else "none",
                     guidance_rescale=cfg.guidance_rescale)
-    imgs = {i: _decode(sd, out.x0_kept[i], cfg.checkpoint != "none") for i in loss_steps}
+    imgs = {i: decode_latents(sd, out.x0_kept[i]) for i in loss_steps}
     return out, imgs
 
 
@@ -176,6 +182,143 @@ def augmented_loss(objective, imgs: dict, x0s: dict, weights: list[float], k: in
         t_loss, _ = objective(img, x0s[i], (k, i))
         total = total + weights[i] * t_loss
     return total
+
+
+class IterateLog:
+    """Per-iterate non-augmented logs and the best iterate so far (per sample, masked)."""
+
+    def __init__(self, K: int, B: int, dev, keep_trajectory: bool):
+        nan = float("nan")
+        self.K, self.dev = K, dev
+        self.losses = torch.full((K + 1, B), nan, device=dev)
+        self.aug_losses = torch.full((max(K, 1), B), nan, device=dev)
+        self.parts, self.confs = {}, {}
+        self.active = torch.ones(B, dtype=torch.bool, device=dev)
+        self.stopped_early = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.num_logged = torch.zeros(B, dtype=torch.long, device=dev)
+        self.best_loss = torch.full((B,), float("inf"), device=dev)
+        self.best_iter = torch.zeros(B, dtype=torch.long, device=dev)
+        self.best_img = self.sd_img = None
+        self.best_vars = None
+        self.trajectory = [] if keep_trajectory else None
+
+    def _put(self, log: dict, name: str, k: int, val, logged):
+        nan = torch.full_like(val.float(), float("nan"))
+        log.setdefault(name, torch.full((self.K + 1, logged.shape[0]), float("nan"), device=self.dev))[k] = \
+            torch.where(logged, val.float(), nan)
+
+    @torch.no_grad()
+    def record(self, k: int, objective, img_final, x0_final, variables):
+        """Log iterate k's non-augmented objective on the reported image; update the best iterate."""
+        if k == 0 and getattr(objective, "needs_reference", False):
+            objective.set_reference(img_final, x0_final)
+        total, parts = objective(img_final, x0_final, None)
+        confs = objective.confidences(img_final) if hasattr(objective, "confidences") else {}
+        logged = self.active.clone()
+        finite = torch.isfinite(total)
+        self.nonfinite |= logged & ~finite
+        logged &= finite
+        self.losses[k] = torch.where(logged, total, torch.full_like(total, float("nan")))
+        for name, val in parts.items():
+            self._put(self.parts, name, k, val, logged)
+        for name, val in confs.items():
+            self._put(self.confs, name, k, val, logged)
+        self.num_logged += logged.long()
+        if k == 0:
+            self.sd_img, self.best_img = img_final.clone(), img_final.clone()
+            self.best_vars = [v.detach().clone() for v in variables]
+        better = logged & (total < self.best_loss)
+        self.best_loss = torch.where(better, total, self.best_loss)
+        self.best_iter = torch.where(better, torch.full_like(self.best_iter, k), self.best_iter)
+        self.best_img = _select_rows(better, img_final, self.best_img)
+        self.best_vars = [_select_rows(better, v.detach(), bv) for v, bv in zip(variables, self.best_vars)]
+        if self.trajectory is not None:
+            self.trajectory.append(img_final.cpu())
+        self.active &= logged
+
+    @torch.no_grad()
+    def record_augmented(self, k: int, aug_total, early_stopping_loss):
+        """Flag non-finite augmented losses and early stops; returns the samples still optimised."""
+        self.aug_losses[k] = torch.where(self.active, aug_total.detach(), torch.full_like(self.best_loss, float("nan")))
+        aug_finite = torch.isfinite(aug_total)
+        self.nonfinite |= self.active & ~aug_finite
+        self.active &= aug_finite
+        if early_stopping_loss is not None:
+            stop = self.active & (aug_total < early_stopping_loss)
+            self.stopped_early |= stop
+            self.active &= ~stop
+        return self.active
+
+
+def _grads_autograd(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
+                    variables, blend, controller):
+    """One iterate with a single autograd graph over the chain (checkpoint none | block). → grads or None."""
+    T = sched.num_steps
+    with torch.enable_grad():
+        out, imgs = chain_images(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, blend, controller)
+    log.record(k, objective, imgs[T - 1].detach(), out.x0_kept[T - 1].detach(), (z, dC, dU))
+    with torch.enable_grad():
+        aug_total = augmented_loss(objective, imgs, out.x0_kept, weights, k)
+    active = log.record_augmented(k, aug_total, cfg.optim_params.early_stopping_loss)
+    if not bool(active.any()):  # the loop's one host sync per iteration
+        return None
+    masked = torch.where(active, aug_total, torch.zeros_like(aug_total)).sum()
+    grads = torch.autograd.grad(masked, variables, allow_unused=True)
+    return [torch.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+
+
+def _grads_adjoint(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
+                   blend, controller):
+    """One iterate by the per-step adjoint (checkpoint step). → (g_z, g_dC, g_dU) or None when all stopped."""
+    T = sched.num_steps
+    op = cfg.optim_params
+    cond_TBLD, uncond_TBLD = chain_conditioning(cond_f, uncond_f, dC, dU, T)
+    with torch.no_grad():
+        out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, keep_x0=set(loss_steps),
+                        blend=blend, controller=controller, record_inputs=True, guidance_rescale=cfg.guidance_rescale)
+    g_x0, aug_total = {}, 0
+    for i in sorted(loss_steps, reverse=True):  # the final step first: its image is also the logged one
+        x0 = out.x0_kept[i].detach().requires_grad_(True)
+        with torch.enable_grad():
+            img = decode_latents(sd, x0)
+            if i == T - 1:
+                log.record(k, objective, img.detach(), x0.detach(), (z, dC, dU))
+            loss_B, _ = objective(img, x0, (k, i))
+            loss_B = weights[i] * loss_B
+            masked = torch.where(log.active, loss_B, torch.zeros_like(loss_B)).sum()
+            (g_x0[i],) = torch.autograd.grad(masked, x0)
+        aug_total = aug_total + loss_B.detach()
+        del img, loss_B, masked
+    active = log.record_augmented(k, aug_total, op.early_stopping_loss)
+    if not bool(active.any()):  # the loop's one host sync per iteration
+        return None
+    g_x0 = {i: _select_rows(active, g, torch.zeros_like(g)) for i, g in g_x0.items()}
+    wrt_c, wrt_u = op.optimize_conditioning, op.optimize_uncond
+    g_dC, g_dU = torch.zeros_like(dC), torch.zeros_like(dU)
+    g_x = None
+    for i in reversed(range(T)):
+        g0 = g_x0.get(i)
+        if g_x is None and g0 is None:
+            continue
+        g_x, g_c, g_u = step_vjp(sd, sched, i, out.inputs[i], step_embedding(cond_TBLD, i),
+                                 step_embedding(uncond_TBLD, i), cfg.guidance_scale, g_x, g0, wrt_cond=wrt_c,
+                                 wrt_uncond=wrt_u, controller=controller, guidance_rescale=cfg.guidance_rescale,
+                                 blend=blend)
+        for g_all, g_i in ((g_dC, g_c), (g_dU, g_u)):
+            if g_i is not None:
+                g_all[:, i if g_all.shape[1] == T else 0] += g_i
+    return g_x, g_dC, g_dU
+
+
+@torch.no_grad()
+def _evaluate(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, k, log, blend, controller):
+    """The last iterate: forward chain and the reported image only."""
+    T = sched.num_steps
+    cond_TBLD, uncond_TBLD = chain_conditioning(cond_f, uncond_f, dC, dU, T)
+    out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, blend=blend, controller=controller,
+                    guidance_rescale=cfg.guidance_rescale)
+    log.record(k, objective, decode_latents(sd, out.x0_last), out.x0_last, (z, dC, dU))
 
 
 def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
@@ -192,6 +335,8 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
         raise ValueError("only first-order DDIM (solver_order=1) is supported")
     if cfg.checkpoint not in ("step", "none", "block"):
         raise ValueError(f"checkpoint must be step, none or block, got {cfg.checkpoint!r}")
+    if op.sgd_scheduler not in (None, "cosine", "none"):
+        raise ValueError(f"optim_params.sgd_scheduler must be None or cosine, got {op.sgd_scheduler!r}")
     dev = z_T.device
     T, K = cfg.num_ddim_steps, op.sgd_steps
     sched = make_schedule(sd.scheduler_config, T, cfg.solver).to(dev)
@@ -219,99 +364,46 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
 
     cond_f, uncond_f = cond.float(), uncond.float()
     block_ckpt = cfg.checkpoint == "block"
-    if block_ckpt:
+    if block_ckpt:  # the reference's compute path: diffusers' block checkpointing in the UNet and the VAE
         sd.unet.enable_gradient_checkpointing()
-
-    nan = float("nan")
-    losses = torch.full((K + 1, B), nan, device=dev)
-    aug_losses = torch.full((max(K, 1), B), nan, device=dev)
-    parts_log, conf_log = {}, {}
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    stopped_early = torch.zeros(B, dtype=torch.bool, device=dev)
-    nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
-    num_logged = torch.zeros(B, dtype=torch.long, device=dev)
-    best_loss = torch.full((B,), float("inf"), device=dev)
-    best_iter = torch.zeros(B, dtype=torch.long, device=dev)
-    best_img = sd_img = None
-    best_vars = [z.detach().clone(), dC.detach().clone(), dU.detach().clone()]
-    trajectory = [] if cfg.keep_trajectory else None
-
+        sd.vae.enable_gradient_checkpointing()
+    log = IterateLog(K, B, dev, cfg.keep_trajectory)
+    chain = dict(blend=blend, controller=controller)
     try:
         for k in range(K + 1):
-            last = k == K
-            with torch.set_grad_enabled(not last and opt is not None):
-                out, imgs = chain_images(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, blend, controller)
-            final_i = T - 1
-            img_final = imgs[final_i].detach()
-            x0_final = out.x0_kept[final_i].detach()
-            with torch.no_grad():
-                if k == 0 and getattr(objective, "needs_reference", False):
-                    objective.set_reference(img_final, x0_final)
-                total, parts = objective(img_final, x0_final, None)
-                confs = objective.confidences(img_final) if hasattr(objective, "confidences") else {}
-                logged = active.clone()
-                finite = torch.isfinite(total)
-                nonfinite |= logged & ~finite
-                logged &= finite
-                losses[k] = torch.where(logged, total, torch.full_like(total, nan))
-                for name, val in list(parts.items()) + [("conf:" + n, v) for n, v in confs.items()]:
-                    log = parts_log if not name.startswith("conf:") else conf_log
-                    key = name if not name.startswith("conf:") else name[5:]
-                    log.setdefault(key, torch.full((K + 1, B), nan, device=dev))[k] = torch.where(
-                        logged, val.float(), torch.full_like(val.float(), nan))
-                num_logged += logged.long()
-                if k == 0:
-                    sd_img = img_final.clone()
-                    best_img = img_final.clone()
-                better = logged & (total < best_loss)
-                best_loss = torch.where(better, total, best_loss)
-                best_iter = torch.where(better, torch.full_like(best_iter, k), best_iter)
-                best_img = _select_rows(better, img_final, best_img)
-                best_vars = [_select_rows(better, v.detach(), bv) for v, bv in zip((z, dC, dU), best_vars)]
-                if trajectory is not None:
-                    trajectory.append(img_final.cpu())
-                active &= logged
-            if last or opt is None:
+            if k == K or opt is None:
+                _evaluate(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, k, log, **chain)
                 break
-
-            aug_total = augmented_loss(objective, imgs, out.x0_kept, weights, k)
-            with torch.no_grad():
-                aug_losses[k] = torch.where(active, aug_total.detach(), torch.full_like(best_loss, nan))
-                aug_finite = torch.isfinite(aug_total)
-                nonfinite |= active & ~aug_finite
-                active &= aug_finite
-                if op.early_stopping_loss is not None:
-                    stop = active & (aug_total < op.early_stopping_loss)
-                    stopped_early |= stop
-                    active &= ~stop
-            # The loop's one host sync per iteration: once every sample has stopped, the remaining iterations
-            # (updates and logs are masked per sample) would change nothing, so their backward and chains are skipped.
-            if not bool(active.any()):
+            args = (sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log)
+            if cfg.checkpoint == "step":
+                all_grads = _grads_adjoint(*args, **chain)
+                grads = None if all_grads is None else [g for g, on in zip(all_grads, (
+                    op.optimize_latents, op.optimize_conditioning, op.optimize_uncond)) if on]
+            else:
+                grads = _grads_autograd(*args, variables, **chain)
+            if grads is None:  # every sample has stopped: the remaining iterations would change nothing
                 break
-            masked = torch.where(active, aug_total, torch.zeros_like(aug_total)).sum()
-            grads = torch.autograd.grad(masked, variables, allow_unused=True)
-            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
             grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
             grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
             scale = cosine_lr_scale(k, K) if op.sgd_scheduler == "cosine" else 1.0
-            if op.sgd_scheduler not in (None, "cosine", "none"):
-                raise ValueError(f"optim_params.sgd_scheduler must be None or cosine, got {op.sgd_scheduler!r}")
-            opt.step(grads, active, scale)
+            opt.step(grads, log.active, scale)
             if op.optimize_latents:
                 with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
-                    z.copy_(_select_rows(active, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
+                    z.copy_(_select_rows(log.active, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
             if progress is not None:
-                progress(k, losses[k])
+                progress(k, log.losses[k])
     finally:
         if block_ckpt:
             sd.unet.disable_gradient_checkpointing()
+            sd.vae.disable_gradient_checkpointing()
+    trajectory = log.trajectory
     if trajectory:  # after an all-stopped break the later iterates equal the last one
         trajectory += [trajectory[-1]] * (K + 1 - len(trajectory))
-
+    best = log.best_vars
     return GuidanceResult(
-        sd_images=sd_img, ours_images=best_img, best_iter=best_iter, losses=losses, parts=parts_log,
-        confidences=conf_log, aug_losses=aug_losses[:K], num_logged=num_logged, stopped_early=stopped_early,
-        nonfinite=nonfinite, z_T=best_vars[0],
-        cond_delta=best_vars[1] if op.optimize_conditioning else None,
-        uncond_delta=best_vars[2] if op.optimize_uncond else None,
+        sd_images=log.sd_img, ours_images=log.best_img, best_iter=log.best_iter, losses=log.losses,
+        parts=log.parts, confidences=log.confs, aug_losses=log.aug_losses[:K], num_logged=log.num_logged,
+        stopped_early=log.stopped_early, nonfinite=log.nonfinite, z_T=best[0],
+        cond_delta=best[1] if op.optimize_conditioning else None,
+        uncond_delta=best[2] if op.optimize_uncond else None,
         trajectory=torch.stack(trajectory) if trajectory else None)

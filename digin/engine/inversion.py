@@ -11,9 +11,8 @@ Semantics follow REFERENCE §4 (prompt-to-prompt's null-text inversion), done fo
    with CFG using the optimised ∅_i.
 
 Batching: early stopping is a per-sample mask (a stopped sample's embedding and Adam moments stay frozen while
-the rest of the batch continues), the loss for backward is the sum of per-sample MSE means, so each sample's
-gradient equals its gradient when inverted alone. Active samples all have the same Adam step count (a sample
-never re-activates within a timestep), so the bias corrections are plain Python floats, exactly as torch.optim.Adam.
+the rest of the batch continues; the engine's per-sample masked Adam, as in guidance), the loss for backward is the
+sum of per-sample MSE means, so each sample's gradient equals its gradient when inverted alone.
 The only host sync is the optional "every sample stopped → leave the inner loop" check (the reference's break).
 
 Negative-prompt inversion (Miyake et al. 2023, arXiv 2305.16807): no inner optimisation; the null text of
@@ -26,8 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sampling import denoise
-from .schedule import DDIMSchedule, cfg_combine, ddim_invert_step, ddim_step, make_ddim_schedule
+from .guidance import MaskedOptimizer
+from .sampling import call_unet, cfg_ddim_update, decode_latents, denoise
+from .schedule import DDIMSchedule, ddim_invert_step, make_ddim_schedule
 
 METHODS = ("null_text", "negative_prompt")
 
@@ -45,6 +45,11 @@ class InversionResult:
 
 # ------------------------------------------------------------------------------------ DDIM inversion
 
+def _unet_eps(sd, x_BCHW, t, emb_BLD) -> torch.Tensor:
+    """One B-row UNet call (the inversion's calls are single halves of the CFG batch) → fp32."""
+    return call_unet(sd, x_BCHW, t, emb_BLD).float()
+
+
 @torch.no_grad()
 def ddim_inversion(sd, sched: DDIMSchedule, z0_BCHW: torch.Tensor, cond_BLD: torch.Tensor) -> list[torch.Tensor]:
     """Deterministic DDIM inversion with the conditional prediction: returns [z_0, z_1, …, z_T]."""
@@ -52,41 +57,9 @@ def ddim_inversion(sd, sched: DDIMSchedule, z0_BCHW: torch.Tensor, cond_BLD: tor
     z = z0_BCHW.float()
     latents = [z]
     for j in range(T):
-        t = sched.timesteps[T - 1 - j].to(z.device)
-        z = ddim_invert_step(sched, j, sd.unet_out(z, t, cond_BLD), z)
+        z = ddim_invert_step(sched, j, _unet_eps(sd, z, sched.timesteps[T - 1 - j], cond_BLD), z)
         latents.append(z)
     return latents
-
-
-# ------------------------------------------------------------------------------------ masked Adam
-
-class MaskedAdam:
-    """torch.optim.Adam (no weight decay, no amsgrad) on a batch-first tensor, updated only where active (B,).
-
-    All active samples share one step count (samples only ever drop out), so the bias corrections are scalars;
-    the update is elementwise and written in torch's single-tensor order, so a sample matches torch.optim.Adam.
-    """
-
-    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.step_count = 0
-
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor, active_B: torch.Tensor):
-        b1, b2 = self.betas
-        self.step_count += 1
-        act = active_B.view(-1, *([1] * (grad.dim() - 1)))
-        m_new = torch.lerp(self.m, grad, 1 - b1)
-        v_new = self.v * b2 + (1 - b2) * grad * grad
-        bc1 = 1 - b1 ** self.step_count
-        bc2_sqrt = (1 - b2 ** self.step_count) ** 0.5
-        denom = v_new.sqrt() / bc2_sqrt + self.eps
-        p_new = torch.addcdiv(self.param, m_new, denom, value=-self.lr / bc1)
-        self.m = torch.where(act, m_new, self.m)
-        self.v = torch.where(act, v_new, self.v)
-        self.param.copy_(torch.where(act, p_new, self.param))
 
 
 # ------------------------------------------------------------------------------ null-text optimisation
@@ -105,7 +78,10 @@ class NullTextTrace:
 def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor], cond_BLD: torch.Tensor,
                            uncond_BLD: torch.Tensor, guidance_scale: float, num_inner_steps: int = 10,
                            epsilon: float = 1e-5, early_exit: bool = True) -> NullTextTrace:
-    """Per-timestep null-text optimisation for a batch (see module doc). `latents` = [z_0..z_T]."""
+    """Per-timestep null-text optimisation for a batch (see module doc). `latents` = [z_0..z_T].
+
+    Every step goes through the engine's one step function: the B-row UNet call (compiled: one no-grad graph for
+    ε_c and the advance, one graph with grad for the inner iterations) and the CFG + DDIM update."""
     T = sched.num_steps
     B = cond_BLD.shape[0]
     dev = cond_BLD.device
@@ -118,19 +94,20 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
     x0 = z_BCHW
     calls = grads = 0
     for i in range(T):
-        t = sched.timesteps[i].to(dev)
+        t = sched.timesteps[i]
         target_BCHW = latents[T - i - 1]
         with torch.no_grad():
-            eps_c = sd.unet_out(z_BCHW, t, cond_BLD)
+            eps_c = _unet_eps(sd, z_BCHW, t, cond_BLD)
         calls += 1
-        opt = MaskedAdam(emb_BLD, lr=1e-2 * (1.0 - i / 100.0))
+        # fresh Adam state per timestep (the reference builds a new optimiser for each step)
+        opt = MaskedOptimizer("adam", [emb_BLD], [1e-2 * (1.0 - i / 100.0)])
         active_B = ~nonfinite_B
         threshold = epsilon + i * 2e-5
         for _ in range(num_inner_steps):
             emb = emb_BLD.detach().requires_grad_(True)
             with torch.enable_grad():
-                eps_u = sd.unet_out(z_BCHW, t, emb)
-                x_prev, _ = ddim_step(sched, i, cfg_combine(eps_u, eps_c, guidance_scale), z_BCHW)
+                eps_u = _unet_eps(sd, z_BCHW, t, emb)
+                x_prev, _ = cfg_ddim_update(sched, i, eps_u, eps_c, z_BCHW, guidance_scale)
                 loss_B = (x_prev - target_BCHW).pow(2).flatten(1).mean(1)
                 # Sum of per-sample means: each sample's gradient is its gradient when alone.
                 (grad,) = torch.autograd.grad(loss_B.sum(), emb)
@@ -140,7 +117,7 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
                 finite_B = torch.isfinite(loss_B) & torch.isfinite(grad).flatten(1).all(1)
                 nonfinite_B |= active_B & ~finite_B
                 active_B = active_B & finite_B
-                opt.step(torch.nan_to_num(grad), active_B)
+                opt.step([torch.nan_to_num(grad)], active_B)
                 inner_BT[:, i] += active_B.long()
                 loss_BT[:, i] = torch.where(active_B, loss_B, loss_BT[:, i])
                 active_B = active_B & ~(loss_B < threshold)
@@ -148,8 +125,8 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
                 break
         null_BTLD[:, i] = emb_BLD
         with torch.no_grad():
-            eps_u = sd.unet_out(z_BCHW, t, emb_BLD)
-            z_BCHW, x0 = ddim_step(sched, i, cfg_combine(eps_u, eps_c, guidance_scale), z_BCHW)
+            eps_u = _unet_eps(sd, z_BCHW, t, emb_BLD)
+            z_BCHW, x0 = cfg_ddim_update(sched, i, eps_u, eps_c, z_BCHW, guidance_scale)
         calls += 1
     return NullTextTrace(null_BTLD, inner_BT, loss_BT, nonfinite_B, x0, calls, grads)
 
@@ -225,13 +202,13 @@ def invert(sd, images_B3HW: torch.Tensor, prompts: list[str], num_steps: int = 2
         return result
 
     with torch.no_grad():
-        vae_rec = sd.decode(z0)
+        vae_rec = decode_latents(sd, z0)
         if trace is not None:
             x0_inv = trace.x0_last
         else:
             _, x0_inv = denoise(sd, sched, z_T, cond, null_texts, guidance_scale)
         _, x0_ddim = denoise(sd, sched, z_T, cond, empty, guidance_scale)
-        rec_inv, rec_ddim = sd.decode(x0_inv), sd.decode(x0_ddim)
+        rec_inv, rec_ddim = decode_latents(sd, x0_inv), decode_latents(sd, x0_ddim)
         rows = {
             "psnr_inv_vs_vae": psnr_B(rec_inv, vae_rec), "l2_inv_vs_vae": l2_B(rec_inv, vae_rec),
             "psnr_inv_vs_orig": psnr_B(rec_inv, images), "l2_inv_vs_orig": l2_B(rec_inv, images),

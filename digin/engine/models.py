@@ -1,7 +1,8 @@
 """Load Stable Diffusion components (local folder or single file, offline) and the tiny preset.
 
 `SDModel` bundles tokenizer, text encoder, UNet and VAE with the few operations the engine needs:
-text encoding, the UNet ε/v call with CFG batching, VAE encode (posterior mean × scaling) and decode.
+text encoding, VAE encode (posterior mean × scaling) and decode; the UNet is called through
+`engine.sampling.call_unet` (compiled once `engine.prepare.prepare_sd` has run).
 Weights live in `dtype` (bf16/fp16/fp32); everything that comes out of these helpers is fp32 so the
 optimised variables and the DDIM latent chain stay fp32.
 """
@@ -35,6 +36,8 @@ class SDModel:
     vae: torch.nn.Module
     scheduler_config: dict = field(default_factory=dict)
     source: str = ""
+    # compiled call sites + compute settings, set by engine.prepare.prepare_sd (None: plain eager calls)
+    runtime: object = field(default=None, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -88,19 +91,6 @@ class SDModel:
         """(B, L, D) fp32 hidden states of the text encoder's last layer (SD-1.x conditioning)."""
         ids = self.tokenize(prompts).to(self.device)
         return self.text_encoder(ids)[0].float()
-
-    def unet_out(self, x_BCHW: torch.Tensor, t: torch.Tensor, emb_BLD: torch.Tensor) -> torch.Tensor:
-        """UNet prediction in fp32 (inputs cast to the weight dtype)."""
-        dt = self.dtype
-        out = self.unet(x_BCHW.to(dt), t, encoder_hidden_states=emb_BLD.to(dt), return_dict=False)[0]
-        return out.float()
-
-    def unet_cfg(self, x_BCHW, t, uncond_BLD, cond_BLD, guidance_scale: float) -> torch.Tensor:
-        """Classifier-free guided prediction: one UNet call on [x, x] with [∅, C]."""
-        B = x_BCHW.shape[0]
-        out = self.unet_out(torch.cat([x_BCHW, x_BCHW]), t, torch.cat([uncond_BLD, cond_BLD]))
-        eps_u, eps_c = out[:B], out[B:]
-        return eps_u + guidance_scale * (eps_c - eps_u)
 
     def decode(self, z_BCHW: torch.Tensor) -> torch.Tensor:
         """x̂0 latent → image in [0, 1], fp32."""

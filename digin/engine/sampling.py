@@ -1,10 +1,13 @@
-"""The DDIM sampling chain with classifier-free guidance — one function for generation, reconstruction,
-the initial (no-grad) pass and the differentiable DiG-IN forward pass.
+"""The one step function and the DDIM sampling chain with classifier-free guidance — for generation,
+reconstruction, the initial (no-grad) pass, the DiG-IN forward pass and its per-step recompute, and inversion.
 
-Conditioning may be shared over steps (B, L, D) or per step (B, T, L, D). Optional per-step pieces:
-latent mask blending (x_t ← m_i·template_i + (1−m_i)·x_t) and an attention controller (capture / P2P
-injection), whose processors learn the step index through `cross_attention_kwargs["digin_step"]` so that a
-recomputed step (checkpointing) sees the same index.
+A step is: (latent blending) → one UNet call on [x, x] with [∅, C] → CFG combine + DDIM update. The UNet call goes
+through the model's prepared runtime (compiled per call site, see engine/prepare.py) unless an attention controller
+acts at that step (capture / Prompt-to-Prompt injection: per-layer Python logic, run eagerly with the step index in
+`cross_attention_kwargs["digin_step"]`, so a recomputed step sees the same index). The CFG + DDIM update is the fused
+Triton op on CUDA (its eager reference elsewhere, and on CUDA with kernels off).
+
+Conditioning may be shared over steps (B, L, D) or per step (B, T, L, D).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .schedule import DDIMSchedule, ddim_step, rescale_noise_cfg
+from .schedule import DDIMSchedule, rescale_noise_cfg
 
 
 @dataclass
@@ -34,57 +37,62 @@ def step_embedding(emb: torch.Tensor, i: int) -> torch.Tensor:
     return emb[:, i] if emb.dim() == 4 else emb
 
 
-def unet_halves(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, controller=None):
-    """One UNet call on [x, x] with [∅, C] → (ε_uncond, ε_cond) in the weight dtype."""
-    t = sched.timesteps[i].to(x_BCHW.device)
-    B = x_BCHW.shape[0]
-    kwargs = {"digin_step": i} if controller is not None else None
+# ------------------------------------------------------------------------------------------ model calls
+
+def call_unet(sd, x_NCHW: torch.Tensor, t: torch.Tensor, emb_NLD: torch.Tensor, controller=None,
+              step: int | None = None) -> torch.Tensor:
+    """One UNet call on N rows → prediction in the weight dtype (inputs cast to it)."""
     dt = sd.dtype
-    out = sd.unet(torch.cat([x_BCHW, x_BCHW]).to(dt), t, encoder_hidden_states=torch.cat([uncond_BLD, cond_BLD]).to(dt),
-                  cross_attention_kwargs=kwargs, return_dict=False)[0]
-    return out[:B], out[B:]
+    x, emb = x_NCHW.to(dt), emb_NLD.to(dt)
+    if controller is not None and controller.acts_at(step):
+        return sd.unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs={"digin_step": step},
+                       return_dict=False)[0]
+    runtime = getattr(sd, "runtime", None)
+    if runtime is not None:
+        return runtime.unet(x, t, emb)
+    return sd.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0]
 
 
-def unet_cond(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD):
-    """One UNet call on x with C only → ε_cond in the weight dtype."""
-    t = sched.timesteps[i].to(x_BCHW.device)
-    dt = sd.dtype
-    return sd.unet(x_BCHW.to(dt), t, encoder_hidden_states=cond_BLD.to(dt), return_dict=False)[0]
+def decode_latents(sd, z_BCHW: torch.Tensor) -> torch.Tensor:
+    """x̂0 latent → image in [0, 1] fp32, through the prepared (compiled) decoder when there is one."""
+    runtime = getattr(sd, "runtime", None)
+    return runtime.decode(z_BCHW) if runtime is not None else sd.decode(z_BCHW)
 
 
-def guided_eps(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, guidance_scale: float,
-               controller=None) -> torch.Tensor:
-    eps_u, eps_c = (e.float() for e in unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller))
-    return eps_u + guidance_scale * (eps_c - eps_u)
+def cfg_ddim_update(sched: DDIMSchedule, i: int, eps_u: torch.Tensor, eps_c: torch.Tensor, x_BCHW: torch.Tensor,
+                    guidance_scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CFG combine + DDIM update → (x_prev, x̂0) fp32: the fused op on CUDA, its eager reference elsewhere."""
+    from digin.kernels import cfg_ddim_reference, fused_cfg_ddim
+
+    update = fused_cfg_ddim if x_BCHW.is_cuda else cfg_ddim_reference
+    return update(eps_u, eps_c, x_BCHW, guidance_scale, sched.alpha_t[i], sched.alpha_prev[i], sched.prediction_type)
 
 
-def denoise_step(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller=None,
-                 guidance_rescale: float = 0.0):
-    """One guided DDIM step → (x_prev, x̂0). On CUDA the CFG combine and the DDIM update run as one fused
-    Triton kernel (digin.kernels, DIGIN_KERNELS=0 falls back); elsewhere the eager formulas. guidance_rescale > 0
-    (SDXL's rescale_noise_cfg) takes the eager path. At guidance 1 (SDXL-Turbo) ε = ε_cond exactly in
-    exact arithmetic, so without an attention controller (which reads the [∅, C] batch layout) only the conditional
-    half is run: half the UNet work; the unconditional embedding then gets no gradient, as its weight 1 − g is 0."""
+def denoise_step(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, guidance_scale, controller=None,
+                 guidance_rescale: float = 0.0, blend: Blend | None = None):
+    """One guided DDIM step → (x_prev, x̂0), blending first when given. guidance_rescale > 0 (SDXL's
+    rescale_noise_cfg) takes the eager formulas. At guidance 1 (SDXL-Turbo) ε = ε_cond in exact arithmetic, so
+    without an attention controller (which reads the [∅, C] batch layout) only the conditional half is run: half
+    the UNet work; the unconditional embedding then gets no gradient, as its weight 1 − g is 0."""
+    if blend is not None:
+        x_BCHW = blend.apply(i, x_BCHW)
+    t = sched.timesteps[i]
     if guidance_scale == 1.0 and controller is None:
-        eps_c = unet_cond(sd, sched, i, x_BCHW, cond_BLD)
-        if x_BCHW.is_cuda:
-            from digin.kernels import fused_cfg_ddim
-
-            return fused_cfg_ddim(eps_c, eps_c, x_BCHW, 1.0, sched.alpha_t[i], sched.alpha_prev[i],
-                                  sched.prediction_type)
-        return ddim_step(sched, i, eps_c.float(), x_BCHW)
-    eps_u, eps_c = unet_halves(sd, sched, i, x_BCHW, cond_BLD, uncond_BLD, controller)
-    if x_BCHW.is_cuda and not guidance_rescale:
-        from digin.kernels import fused_cfg_ddim
-
-        return fused_cfg_ddim(eps_u, eps_c, x_BCHW, guidance_scale, sched.alpha_t[i], sched.alpha_prev[i],
-                              sched.prediction_type)
-    eps_u, eps_c = eps_u.float(), eps_c.float()
-    eps = eps_u + guidance_scale * (eps_c - eps_u)
+        eps_c = call_unet(sd, x_BCHW, t, cond_BLD)
+        return cfg_ddim_update(sched, i, eps_c, eps_c, x_BCHW, 1.0)
+    B = x_BCHW.shape[0]
+    out = call_unet(sd, torch.cat([x_BCHW, x_BCHW]), t, torch.cat([uncond_BLD, cond_BLD]), controller, i)
+    eps_u, eps_c = out[:B], out[B:]
     if guidance_rescale:
-        eps = rescale_noise_cfg(eps, eps_c, guidance_rescale)
-    return ddim_step(sched, i, eps, x_BCHW)
+        from .schedule import ddim_step
 
+        eps_u, eps_c = eps_u.float(), eps_c.float()
+        eps = rescale_noise_cfg(eps_u + guidance_scale * (eps_c - eps_u), eps_c, guidance_rescale)
+        return ddim_step(sched, i, eps, x_BCHW)
+    return cfg_ddim_update(sched, i, eps_u, eps_c, x_BCHW, guidance_scale)
+
+
+# ------------------------------------------------------------------------------------------ the chain
 
 @dataclass
 class ChainOutput:
@@ -92,31 +100,34 @@ class ChainOutput:
     x0_last: torch.Tensor  # x̂0 of the last step (the image that is reported)
     x0_kept: dict  # step index → x̂0 (for loss steps)
     latents: list | None  # x_t before each step (after blending), when requested
+    inputs: list | None = None  # x_t entering each step (before blending): what a per-step recompute starts from
 
 
 def run_chain(sd, sched: DDIMSchedule, z_T_BCHW: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
               guidance_scale: float, *, keep_x0: set | None = None, blend: Blend | None = None, controller=None,
-              checkpoint: str = "none", record_latents: bool = False, guidance_rescale: float = 0.0) -> ChainOutput:
-    """Run all T steps. `checkpoint="step"` stores only per-step latents and recomputes each UNet call in
-    backward (torch.utils.checkpoint, non-reentrant); "none" keeps every activation."""
+              checkpoint: str = "none", record_latents: bool = False, record_inputs: bool = False,
+              guidance_rescale: float = 0.0) -> ChainOutput:
+    """Run all T steps. With grad enabled, `checkpoint="step"` stores only per-step latents and recomputes each
+    UNet call in backward (torch.utils.checkpoint, non-reentrant); "none" keeps every activation."""
     x = z_T_BCHW
     kept, lat = {}, ([] if record_latents else None)
+    ins = [] if record_inputs else None
     keep_x0 = keep_x0 or set()
     x0 = None
     for i in range(sched.num_steps):
-        if blend is not None:
-            x = blend.apply(i, x)
+        if record_inputs:
+            ins.append(x)
         if record_latents:
-            lat.append(x.detach())
+            lat.append((blend.apply(i, x) if blend is not None else x).detach())
         c, u = step_embedding(cond, i), step_embedding(uncond, i)
         if checkpoint == "step" and torch.is_grad_enabled():
             x, x0 = _checkpoint(denoise_step, sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale,
-                                use_reentrant=False)
+                                blend, use_reentrant=False)
         else:
-            x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale)
+            x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale, blend)
         if i in keep_x0:
             kept[i] = x0
-    return ChainOutput(x, x0, kept, lat)
+    return ChainOutput(x, x0, kept, lat, ins)
 
 
 @torch.no_grad()
@@ -124,3 +135,30 @@ def denoise(sd, sched, z_T_BCHW, cond, uncond, guidance_scale, **kw):
     """No-grad sampling: returns (z_final, x̂0 of the last step)."""
     out = run_chain(sd, sched, z_T_BCHW, cond, uncond, guidance_scale, **kw)
     return out.z_final, out.x0_last
+
+
+def step_vjp(sd, sched: DDIMSchedule, i: int, x_in: torch.Tensor, cond_BLD: torch.Tensor, uncond_BLD: torch.Tensor,
+             guidance_scale: float, g_xprev: torch.Tensor | None, g_x0: torch.Tensor | None, *, wrt_cond: bool,
+             wrt_uncond: bool, controller=None, guidance_rescale: float = 0.0, blend: Blend | None = None):
+    """Recompute step i with grad and pull (g_xprev, g_x0) back → (g_x_in, g_cond | None, g_uncond | None).
+
+    The per-step adjoint of the DiG-IN chain: the forward pass runs without grad and keeps only each step's input
+    latent; the backward walks the steps in reverse, one recompute + one VJP each (what per-step checkpointing
+    computes, with every UNet call at a fixed shape and no autograd graph spanning steps)."""
+    with torch.enable_grad():
+        x = x_in.detach().requires_grad_(True)
+        c = cond_BLD.detach().requires_grad_(wrt_cond)
+        u = uncond_BLD.detach().requires_grad_(wrt_uncond)
+        x_prev, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale, blend)
+        outs, grads = [], []
+        for o, g in ((x_prev, g_xprev), (x0, g_x0)):
+            if g is not None:
+                outs.append(o)
+                grads.append(g)
+        wrt = [x] + ([c] if wrt_cond else []) + ([u] if wrt_uncond else [])
+        got = list(torch.autograd.grad(outs, wrt, grads, allow_unused=True))
+    got = [torch.zeros_like(v) if g is None else g for g, v in zip(got, wrt)]
+    g_x = got.pop(0)
+    g_c = got.pop(0) if wrt_cond else None
+    g_u = got.pop(0) if wrt_uncond else None
+    return g_x, g_c, g_u

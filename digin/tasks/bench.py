@@ -1,17 +1,21 @@
 """Throughput benchmark: `digin bench` (or `python bench/bench.py`) — one JSON row per measurement.
 
-Builds SD-1.5-shaped UNet/VAE/text encoder and a ViT-B/16-384 classifier with random weights (weights do not
-change speed; on CPU the tiny preset), then times after warm-up, through the public engine functions:
-  guidance   — engine.guidance.optimise with UVCE settings (20 DDIM × 20 SGD steps, loss on the last 3 x̂0,
-               classifier on 16 cutouts of the decoded image);
+Builds a model set with random weights (weights do not change speed) — SD-1.5-shaped (`sd15`, the default on
+CUDA), SDXL-base at 512 px (`sdxl512`), or the tiny test models (`tiny`, `tiny-sdxl`; the default on a CPU) — with a
+ViT-B/16-384 classifier (tiny ViT for tiny sets), prepares them through the same path every stage uses
+(engine/prepare.py with the `reference` or `fast` compute preset, engine/presets.py) and times, after warm-up:
+  guidance   — engine.guidance.optimise with UVCE settings (20 DDIM × 20 SGD steps, CE over the last 3 x̂0,
+               classifier on 16 cutouts), the objective the uvce stage builds (engine.objectives.Objective);
   inversion  — engine.inversion.invert, null-text (20 steps × 10 inner Adam steps, no early exit);
   generation — engine.sampling.denoise + VAE decode (20 steps, CFG, no grad).
-Modes: `reference` = the reference's compute path (fp32, batch 1, UNet/VAE block checkpointing, eager,
-kernels off); `fast` = ours (bf16 weights, batch `batch`, per-step checkpointing, torch.compile of UNet /
-VAE decoder / classifier, fused kernels). Fast mode runs once per attention backend (sdpa, xformers).
-Each row: device, versions, workload, mode, batch, s/image, images/hour, peak GiB, compile time, FLOPs per
-image (torch.utils.flop_counter, eager, same settings) and achieved TFLOP/s; then one `speedup` row per
-workload (fast images/hour ÷ reference images/hour). Tests never assert timings.
+Modes: `reference` = the reference's compute path (fp32, batch 1, UNet/VAE block checkpointing, eager, kernels
+off); `fast` = the fast preset (bf16, batch 8, per-step recompute, torch.compile, CUDA graphs for the no-grad
+calls, fused kernels), with any single key overridden here; it runs once per attention backend.
+Each row: device, versions, workload, mode, batch, s/image, images/hour, peak GiB, compile time, recompiles,
+FLOPs per image (eager count at batch 1, same settings) and achieved TFLOP/s; then one `speedup` row per workload.
+`workloads=[cost]` (on by default) adds device-independent cost rows (engine/costs.py: FLOPs per image with and
+without recompute, saved bytes per sample, largest batch in `capacity_gib`) for sd15, sdxl512 or tiny.
+Tests never assert timings.
 """
 from __future__ import annotations
 
@@ -20,63 +24,47 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
-# SD-1.5 architecture (diffusers defaults of the runwayml/stable-diffusion-v1-5 configs), written out so that
-# no hub access is needed.
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                   "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                 cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu",
-                 center_input_sample=False, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
-                 mid_block_scale_factor=1, norm_eps=1e-5)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                act_fn="silu", norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
-SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-SD15_SCHEDULER = dict(_class_name="DDIMScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                      beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                      timestep_spacing="leading", prediction_type="epsilon")
-
-# Workload settings per preset: UVCE guidance and DiG-IN null-text inversion on sd15, a few steps on tiny.
-PRESETS = {
-    "sd15": dict(ddim_steps=20, sgd_steps=20, loss_steps=3, num_cutouts=16, inner_steps=10, guidance_scale=3.0),
-    "tiny": dict(ddim_steps=3, sgd_steps=1, loss_steps=2, num_cutouts=2, inner_steps=1, guidance_scale=3.0),
-}
-WORKLOADS = ("guidance", "inversion", "generation")
+# Workload settings per model set: UVCE guidance and DiG-IN null-text inversion; a few steps on the tiny sets.
+_FULL = dict(ddim_steps=20, sgd_steps=20, loss_steps=3, num_cutouts=16, inner_steps=10, guidance_scale=3.0)
+_TINY = dict(ddim_steps=3, sgd_steps=1, loss_steps=2, num_cutouts=2, inner_steps=1, guidance_scale=3.0)
+PRESETS = {"sd15": _FULL, "sdxl512": _FULL, "tiny": _TINY, "tiny-sdxl": _TINY}
+WORKLOADS = ("guidance", "inversion", "generation", "cost")
 MODES = ("reference", "fast")
 
 
 @dataclass
 class Config:
-    models: str = "auto"  # auto (sd15 on CUDA, tiny on CPU) | sd15 | tiny  (`preset=` is the CLI's YAML preset)
+    models: str = "auto"  # auto (sd15 on CUDA, tiny on CPU) | sd15 | sdxl512 | tiny | tiny-sdxl
     workloads: list = field(default_factory=lambda: list(WORKLOADS))
     modes: list = field(default_factory=lambda: list(MODES))
-    batch: int = 8  # fast mode's batch (reference mode is always batch 1)
     attention: list = field(default_factory=lambda: ["sdpa", "xformers"])  # fast mode backends compared
-    dtype: str = "bf16"  # fast mode weight dtype
-    checkpoint: str = "step"  # fast mode guidance checkpointing: step | none
-    compile: bool = True
-    compile_backend: str = "inductor"  # aot_eager for quick CPU runs
-    cudagraphs: bool = False  # reduce-overhead CUDA graph trees for the compiled modules (try on GPU)
+    # fast-mode overrides of the `fast` compute preset (None: the preset's value)
+    batch: Optional[int] = None
+    dtype: Optional[str] = None
+    checkpoint: Optional[str] = None
+    compile: Optional[bool] = None
+    compile_backend: Optional[str] = None  # aot_eager for quick CPU runs
+    cudagraphs: Optional[bool] = None
+    kernels: Optional[bool] = None
     warmup: int = 1
     iters: int = 2
     count_flops: bool = True
+    cost_models: Optional[str] = None  # model set of the cost rows (default: sd15, or tiny for the tiny sets)
+    capacity_gib: float = 139.0  # GPU memory for the cost rows' largest batch (H200: 139 GiB usable)
     device: str = "auto"
     seed: int = 0
-    out: str | None = None  # append the JSON rows to this file too
-    # overrides of the preset's workload settings (None: preset value)
-    ddim_steps: int | None = None
-    sgd_steps: int | None = None
-    loss_steps: int | None = None
-    num_cutouts: int | None = None
-    inner_steps: int | None = None
+    out: Optional[str] = None  # append the JSON rows to this file too
+    # overrides of the model set's workload settings (None: preset value)
+    ddim_steps: Optional[int] = None
+    sgd_steps: Optional[int] = None
+    loss_steps: Optional[int] = None
+    num_cutouts: Optional[int] = None
+    inner_steps: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -89,6 +77,7 @@ def build_sd15(device, dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from digin.engine.models import SDModel, write_tiny_tokenizer
+    from digin.engine.shapes import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = write_tiny_tokenizer(tmp)
@@ -100,83 +89,56 @@ def build_sd15(device, dtype):
     return SDModel(tok, te, unet, vae, dict(SD15_SCHEDULER), source="bench:sd15").to(dtype=dtype).freeze()
 
 
-def build_classifier(preset: str, device, dtype):
-    """ViT-B/16-384 (timm, pretrained=False) or a tiny ViT → (model, input size, mean, std)."""
-    import timm
+def build_sd(models: str, device, dtype):
+    from digin.engine.models import build_tiny_sd
+    from digin.engine.sdxl import build_sdxl_shaped, build_tiny_sdxl
 
-    if preset == "sd15":
-        with torch.device(device):
-            model = timm.create_model("vit_base_patch16_384", pretrained=False)
-        size = 384
-    else:
-        from timm.models.vision_transformer import VisionTransformer
-
-        with torch.device(device):
-            model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-        size = 16
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return model.to(dtype=dtype).eval().requires_grad_(False), size, mean, std
+    if models == "sd15":
+        return build_sd15(device, dtype)
+    if models == "sdxl512":
+        return build_sdxl_shaped(device, dtype, resolution=512)
+    if models == "tiny-sdxl":
+        return build_tiny_sdxl(seed=0).to(device=device, dtype=dtype).freeze()
+    return build_tiny_sd(seed=0).to(device=device, dtype=dtype).freeze()
 
 
-class CutoutCE:
-    """Cross-entropy of a target class, averaged over cutouts (augmented) or on the resized image (not).
+def build_classifier(models: str, device, dtype, num_cutouts: int):
+    """The engine's ImageClassifier around ViT-B/16-384 (timm, pretrained=False) or a tiny ViT."""
+    from digin.engine.classifiers import ImageClassifier
 
-    The engine's objective interface: `obj(img, z, salt) -> (total_B, parts)`, `obj.confidences(img)`.
-    Cutouts go through kernels.fused_cutouts (the eager reference when kernels are off)."""
+    tiny = models.startswith("tiny")
+    with torch.device(device):
+        if tiny:
+            from timm.models.vision_transformer import VisionTransformer
 
-    def __init__(self, classifier, size, mean, std, num_cutouts, target_B, noise_sd=0.005, cut_power=0.3):
-        self.classifier, self.size, self.num_cutouts = classifier, size, num_cutouts
-        self.mean, self.std, self.target_B = mean, std, target_B
-        self.noise_sd, self.cut_power = noise_sd, cut_power
-        self.dtype = next(classifier.parameters()).dtype
+            model, size = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                            num_classes=10), 16
+        else:
+            import timm
 
-    def _logits(self, img_BCHW, salt):
-        import torch.nn.functional as F
-
-        from digin.kernels import fused_cutouts, random_boxes
-
-        B, dev = img_BCHW.shape[0], img_BCHW.device
-        if salt is None:
-            x = F.interpolate(img_BCHW, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            m = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
-            s = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
-            return self.classifier(((x - m) / s).to(self.dtype)).float().unsqueeze(1)
-        gen = torch.Generator().manual_seed(hash(tuple(salt)) % (2 ** 31))
-        boxes = random_boxes(B, self.num_cutouts, img_BCHW.shape[-1], self.size, self.cut_power, gen, dev)
-        noise = self.noise_sd * torch.randn(B, self.num_cutouts, 3, self.size, self.size, generator=gen).to(dev)
-        cut = fused_cutouts(img_BCHW, boxes, self.size, self.mean, self.std, noise, out_dtype=self.dtype)
-        return self.classifier(cut.flatten(0, 1)).float().view(B, self.num_cutouts, -1)
-
-    def __call__(self, img_BCHW, z, salt):
-        logp = self._logits(img_BCHW, salt).log_softmax(-1)
-        ce_B = -logp.gather(-1, self.target_B.view(-1, 1, 1).expand(-1, logp.shape[1], 1)).mean((1, 2))
-        return ce_B, {"ce": ce_B}
-
-    @torch.no_grad()
-    def confidences(self, img_BCHW):
-        p = self._logits(img_BCHW, None).softmax(-1)[:, 0]
-        return {"target": p.gather(1, self.target_B.view(-1, 1))[:, 0]}
+            model, size = timm.create_model("vit_base_patch16_384", pretrained=False), 384
+    return ImageClassifier(model.to(dtype=dtype), size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                           num_cutouts=num_cutouts, noise_sd=0.005, name="bench").to(device)
 
 
 # ---------------------------------------------------------------------------------------- workloads
 
-def make_workload(name: str, sd, clf_parts, settings: dict, batch: int, checkpoint: str, seed: int):
+def make_workload(name: str, sd, clf, settings: dict, batch: int, checkpoint: str, seed: int):
     """→ a no-argument function running the workload once on `batch` samples (inputs built here, fixed)."""
     dev = sd.device
     gen = torch.Generator().manual_seed(seed)
     lat = sd.unet.config.sample_size
     res = lat * sd.latent_factor
     z_T = torch.randn(batch, sd.latent_channels, lat, lat, generator=gen).to(dev)
-    cond = sd.encode_text(["a photograph of a bench"] * batch)
-    uncond = sd.encode_text([""] * batch)
+    prompts = ["a photograph of a bench"] * batch
+    cond, uncond = sd.encode_text(prompts), sd.encode_text([""] * batch)
     T = settings["ddim_steps"]
-
     if name == "guidance":
         from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
+        from digin.engine.objectives import Objective
 
-        clf, size, mean, std = clf_parts
-        objective = CutoutCE(clf, size, mean, std, settings["num_cutouts"],
-                             torch.randint(0, 10, (batch,), generator=gen).to(dev))
+        targets = torch.randint(0, 10, (batch,), generator=gen).to(dev)
+        objective = Objective("CE", [clf], targets, [f"bench/{b}" for b in range(batch)])
         gcfg = GuidanceConfig(guidance_scale=settings["guidance_scale"], num_ddim_steps=T, checkpoint=checkpoint,
                               optim_params=OptimParams(sgd_steps=settings["sgd_steps"],
                                                        loss_steps=settings["loss_steps"]))
@@ -185,11 +147,10 @@ def make_workload(name: str, sd, clf_parts, settings: dict, batch: int, checkpoi
         from digin.engine.inversion import invert
 
         images = torch.rand(batch, 3, res, res, generator=gen).to(dev)
-        prompts = ["a photograph of a bench"] * batch
         return lambda: invert(sd, images, prompts, num_steps=T, guidance_scale=settings["guidance_scale"],
                               num_inner_steps=settings["inner_steps"], compute_metrics=False, early_exit=False)
     if name == "generation":
-        from digin.engine.sampling import denoise
+        from digin.engine.sampling import decode_latents, denoise
         from digin.engine.schedule import make_ddim_schedule
 
         sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
@@ -197,14 +158,14 @@ def make_workload(name: str, sd, clf_parts, settings: dict, batch: int, checkpoi
         @torch.no_grad()
         def generate():
             _, x0 = denoise(sd, sched, z_T, cond, uncond, settings["guidance_scale"])
-            return sd.decode(x0)
+            return decode_latents(sd, x0)
 
         return generate
     raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
 
 
 def count_flops(fn) -> int:
-    """FLOPs of one eager call, with torch.utils.flop_counter's per-op formulas (matmul/conv/attention).
+    """FLOPs of one call, with torch.utils.flop_counter's per-op formulas (matmul/conv/attention).
 
     A plain dispatch mode rather than FlopCounterMode: the latter's module tracker installs backward hooks
     that break `torch.autograd.grad` on leaf tensors (null-text inversion)."""
@@ -227,17 +188,22 @@ def count_flops(fn) -> int:
     return _Count.total
 
 
-def workload_flops(workload, sd, clf_parts, settings, checkpoint, seed) -> int:
-    """FLOPs per image. Guidance is affine in the SGD step count K (K identical steps + one evaluation), so it
-    is counted at K = 1 and 2 and extrapolated: an eager full-length run would cost minutes on a GPU."""
-    def at(s):
-        return count_flops(make_workload(workload, sd, clf_parts, s, 1, checkpoint, seed))
+def workload_flops(workload, sd, clf, settings, checkpoint, seed) -> int:
+    """FLOPs per image (eager: the model's runtime is set aside while counting). Guidance is affine in the SGD step
+    count K (K identical steps + one evaluation), so it is counted at K = 1 and 2 and extrapolated."""
+    runtime, sd.runtime = sd.runtime, None
+    call, clf.model_call = clf.model_call, None
+    try:
+        def at(s):
+            return count_flops(make_workload(workload, sd, clf, s, 1, checkpoint, seed))
 
-    K = settings.get("sgd_steps", 1)
-    if workload != "guidance" or K <= 2:
-        return at(settings)
-    f1, f2 = at({**settings, "sgd_steps": 1}), at({**settings, "sgd_steps": 2})
-    return f1 + (K - 1) * (f2 - f1)
+        K = settings.get("sgd_steps", 1)
+        if workload != "guidance" or K <= 2:
+            return at(settings)
+        f1, f2 = at({**settings, "sgd_steps": 1}), at({**settings, "sgd_steps": 2})
+        return f1 + (K - 1) * (f2 - f1)
+    finally:
+        sd.runtime, clf.model_call = runtime, call
 
 
 def _sync(dev):
@@ -281,78 +247,95 @@ def environment(dev) -> dict:
                 cuda=torch.version.cuda, python=platform.python_version())
 
 
-def _mode_setup(mode: str, cfg: Config, attention: str):
-    """→ (dtype, batch, checkpoint, kernels on, compile, attention) of a mode."""
-    if mode == "reference":
-        return torch.float32, 1, "block", False, False, "sdpa"
-    if mode == "fast":
-        from digin.engine.models import resolve_dtype
+def mode_settings(mode: str, cfg: Config, attention: str, dev):
+    """The ComputeSettings a mode runs with: the reference preset, or the fast preset with this run's overrides."""
+    from digin.engine.presets import resolve_compute
 
-        return resolve_dtype(cfg.dtype), cfg.batch, cfg.checkpoint, True, cfg.compile, attention
+    if mode == "reference":
+        return resolve_compute("reference", dev)
+    if mode == "fast":
+        return resolve_compute("fast", dev, batch_size=cfg.batch, dtype=cfg.dtype, checkpoint=cfg.checkpoint,
+                               compile=cfg.compile, compile_backend=cfg.compile_backend, cudagraphs=cfg.cudagraphs,
+                               kernels=cfg.kernels, attention=attention)
     raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
 
 
-def _build(preset, dev, dtype):
-    from digin.engine.models import build_tiny_sd
-
-    if preset == "sd15":
-        sd = build_sd15(dev, dtype)
-    else:
-        sd = build_tiny_sd(seed=0).to(device=dev, dtype=dtype).freeze()
-    return sd, build_classifier(preset, dev, dtype)
-
-
-def bench_one(cfg: Config, preset: str, settings: dict, dev, workload: str, mode: str, attention: str) -> dict:
-    from digin.engine.attention import use_backend
-    from digin.engine.compile import CompileConfig, compile_module, compile_sd
-    from digin.kernels import set_kernels
-
-    dtype, batch, ckpt, kernels_on, compiled, attention = _mode_setup(mode, cfg, attention)
-    row = dict(workload=workload, mode=mode, batch=batch, attention=attention, dtype=str(dtype).replace("torch.", ""),
-               checkpoint=ckpt, kernels=kernels_on, compiled=compiled,
-               compile_backend=cfg.compile_backend if compiled else None, cudagraphs=bool(compiled and cfg.cudagraphs))
-    old_kernels = set_kernels(kernels_on)
-    sd = clf_parts = None
+def _recompiles() -> int:
+    """Dynamo's recompile count so far (frames compiled again after a guard failure)."""
     try:
+        from torch._dynamo.utils import counters
+
+        return int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0
+    except Exception:
+        return -1
+
+
+def bench_one(cfg: Config, models: str, settings_w: dict, dev, workload: str, mode: str, attention: str) -> dict:
+    from digin.engine.models import resolve_dtype
+    from digin.engine.prepare import prepare_classifier, prepare_sd
+
+    row = dict(workload=workload, mode=mode, attention=attention)
+    sd = clf = None
+    try:
+        s = mode_settings(mode, cfg, attention, dev)
+        row.update(batch=s.batch_size, dtype=str(resolve_dtype(s.dtype)).replace("torch.", ""),
+                   checkpoint=s.checkpoint, kernels=s.kernels, compiled=s.compile,
+                   compile_backend=s.compile_backend if s.compile else None, cudagraphs=bool(s.compile and s.cudagraphs))
         torch.manual_seed(cfg.seed)
-        sd, clf_parts = _build(preset, dev, dtype)
-        use_backend(sd.unet, attention)
-        if ckpt == "block":  # the reference also checkpoints the VAE's blocks
-            sd.vae.enable_gradient_checkpointing()
+        dtype = resolve_dtype(s.dtype)
+        sd = prepare_sd(build_sd(models, dev, dtype), s)
+        clf = prepare_classifier(build_classifier(models, dev, dtype, settings_w["num_cutouts"]), s)
         flops = None
         if cfg.count_flops:  # eager, batch 1, same settings: FLOPs per image actually executed (incl. recompute)
-            flops = workload_flops(workload, sd, clf_parts, settings, ckpt, cfg.seed)
-        if compiled:
-            ccfg = CompileConfig(backend=cfg.compile_backend, cudagraphs=cfg.cudagraphs)
-            compile_sd(sd, ccfg)
-            compile_module(clf_parts[0], ccfg, "classifier")
-        fn = make_workload(workload, sd, clf_parts, settings, batch, ckpt, cfg.seed)
+            flops = workload_flops(workload, sd, clf, settings_w, s.checkpoint, cfg.seed)
+        fn = make_workload(workload, sd, clf, settings_w, s.batch_size, s.checkpoint, cfg.seed)
+        before = _recompiles()
         t = time_workload(fn, dev, cfg.warmup, cfg.iters)
-        s_img = t["steady_s"] / batch
+        s_img = t["steady_s"] / s.batch_size
+        graphs = {**sd.runtime.compiled(), **({"classifier": clf.model_call.graphs}
+                                              if hasattr(clf.model_call, "graphs") else {})}
         row.update(status="ok", s_per_image=s_img, images_per_hour=3600.0 / s_img, peak_gib=t["peak_gib"],
-                   compile_s=max(t["first_s"] - t["steady_s"], 0.0) if compiled else 0.0,
+                   compile_s=max(t["first_s"] - t["steady_s"], 0.0) if s.compile else 0.0,
                    first_call_s=t["first_s"], steady_s=t["steady_s"], flop_per_image=flops,
-                   tflops=(flops / s_img / 1e12) if flops else None)
+                   tflops=(flops / s_img / 1e12) if flops else None,
+                   recompiles=_recompiles() - before, graphs={k: len(v) for k, v in graphs.items()},
+                   fell_back=sd.runtime.fell_back())
     except Exception as e:  # one failing configuration (no xformers, OOM) must not stop the others
         row.update(status=f"error: {type(e).__name__}: {str(e)[:300]}")
     finally:
-        set_kernels(old_kernels)
-        del sd, clf_parts
+        del sd, clf
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return row
 
 
+def cost_rows(cfg: Config, models: str) -> list[dict]:
+    from digin.engine.costs import Workload, cost_rows as rows_for
+
+    cm = cfg.cost_models or ("tiny" if models.startswith("tiny") else ("sdxl512" if models == "sdxl512" else "sd15"))
+    base = dict(PRESETS.get(cm, _FULL))
+    w = {k: v for k, v in base.items() if k in Workload.__dataclass_fields__}
+    w.update({k: getattr(cfg, k) for k in w if getattr(cfg, k, None) is not None})
+    from digin.engine.costs import model_configs
+
+    unet_cfg, vae_cfg = model_configs(cm)[:2]
+    res = unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    return [dict(kind="cost", status="ok", **r) for r in rows_for(cm, w=Workload(resolution=res, **w),
+                                                                    capacity_gib=cfg.capacity_gib)]
+
+
 def run(cfg: Config):
     dev = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    preset = cfg.models if cfg.models != "auto" else ("sd15" if dev.type == "cuda" else "tiny")
-    if preset not in PRESETS:
-        raise SystemExit(f"digin bench: models must be auto, sd15 or tiny, got {preset!r}")
-    settings = dict(PRESETS[preset])
+    models = cfg.models if cfg.models != "auto" else ("sd15" if dev.type == "cuda" else "tiny")
+    if models not in PRESETS:
+        raise SystemExit(f"digin bench: models must be auto, {', '.join(PRESETS)}; got {models!r}")
+    unknown = set(cfg.workloads) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"digin bench: unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    settings = dict(PRESETS[models])
     settings.update({k: getattr(cfg, k) for k in settings if getattr(cfg, k, None) is not None})
-    env = environment(dev)
-    common = dict(env, models=preset, settings=settings)
+    common = dict(environment(dev), models=models, settings=settings)
     rows = []
 
     def emit(row):
@@ -365,15 +348,22 @@ def run(cfg: Config):
                 f.write(line + "\n")
 
     for workload in cfg.workloads:
+        if workload == "cost":
+            for r in cost_rows(cfg, models):
+                emit(r)
+            continue
         by_mode = {}
         for mode in cfg.modes:
             backends = ["sdpa"] if mode == "reference" else list(cfg.attention)
             for attention in backends:
-                if attention == "xformers" and not _xformers_usable(dev):
-                    emit(dict(workload=workload, mode=mode, attention=attention,
-                              status="skipped: xformers not installed or no CUDA"))
-                    continue
-                row = bench_one(cfg, preset, settings, dev, workload, mode, attention)
+                if attention == "xformers":
+                    from digin.engine.presets import xformers_problem
+
+                    problem = xformers_problem(dev)
+                    if problem:
+                        emit(dict(workload=workload, mode=mode, attention=attention, status=f"skipped: {problem}"))
+                        continue
+                row = bench_one(cfg, models, settings, dev, workload, mode, attention)
                 emit(row)
                 if row["status"] == "ok":
                     by_mode.setdefault(mode, []).append(row)
@@ -384,16 +374,6 @@ def run(cfg: Config):
                       status="ok", speedup=best["images_per_hour"] / ref["images_per_hour"],
                       reference_images_per_hour=ref["images_per_hour"], fast_images_per_hour=best["images_per_hour"]))
     return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in rows) else 1
-
-
-def _xformers_usable(dev) -> bool:
-    if dev.type != "cuda":
-        return False
-    try:
-        import xformers.ops  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def main(argv=None):

@@ -15,12 +15,27 @@ from digin.engine.guidance import GuidanceConfig, OptimParams
 
 
 @dataclass
-class CommonArgs:
+class ComputeArgs:
+    """How a stage runs its models: a compute preset (engine/presets.py) and single-key overrides. None = the
+    preset's value on this device; the resolved values are written back and recorded in the stage manifest."""
+
+    preset: str = "auto"  # auto (fast on CUDA, eager on CPU) | fast | reference | eager
+    dtype: Optional[str] = None  # weights: fp32 | bf16 | fp16 (optimised variables and latents stay fp32)
+    compile: Optional[bool] = None  # torch.compile the UNet call, VAE decode and classifier
+    compile_backend: Optional[str] = None  # inductor | aot_eager | eager
+    batch_size: Optional[int] = None  # samples run together (fast 8, reference 1, eager 4)
+    checkpoint: Optional[str] = None  # step (per-step recompute) | none (keep activations) | block (the reference's)
+    attention: Optional[str] = None  # sdpa | xformers
+    cudagraphs: Optional[bool] = None  # CUDA graph trees for the compiled no-grad calls (inductor on CUDA)
+    kernels: Optional[bool] = None  # fused Triton kernels (CFG+DDIM step, cutouts) on CUDA
+
+
+@dataclass
+class CommonArgs(ComputeArgs):
     """The reference's CommonArguments (same key names), plus engine settings."""
 
     model_path: str = "???"  # local SD folder, single file (+ model_config), or tiny | tiny-sd2 | tiny-sdxl
     model_config: Optional[str] = None
-    dtype: str = "fp32"  # SD + classifier weights: fp32 | bf16 | fp16 (optimised variables, latents stay fp32)
     resolution: int = 512
     center_crop: bool = True  # the reference's Resize(1.25·res)+CenterCrop(res); false: plain resize (no crop)
     guidance_scale: float = 3.0
@@ -29,9 +44,6 @@ class CommonArgs:
     augmentation_num_cutouts: int = 16
     augmentation_noise_sd: float = 0.005
     augmentation_noise_schedule: str = "const"  # const | descending
-    checkpoint: str = "step"  # step | none | block
-    compile: bool = False  # torch.compile the UNet and VAE decoder (inductor; CUDA graphs off: checkpointed backward)
-    compile_backend: str = "inductor"  # inductor | aot_eager | eager
     solver: str = "ddim"  # ddim | euler (SDXL-Turbo / Playground presets)
     guidance_rescale: float = 0.0  # SDXL guidance rescale (rescale_noise_cfg); 0 = plain CFG
     seed: int = 42
@@ -45,7 +57,6 @@ class CommonArgs:
     wandb_project: Optional[str] = None
     wandb_entity: Optional[str] = None
     wandb_mode: Optional[str] = None  # online | offline (clusters without internet; `wandb sync` later) | disabled
-    batch_size: int = 4  # samples optimised together
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
     force: bool = False  # resume into an output folder made with another config
@@ -80,22 +91,42 @@ def tracking_for(cfg) -> dict | None:
     return {"project": project, "entity": cfg.wandb_entity, "mode": cfg.wandb_mode} if project else None
 
 
+# The compute keys a stage records (they move results through float rounding).
+COMPUTE_FIELDS = ("preset", "dtype", "compile", "compile_backend", "batch_size", "checkpoint", "attention",
+                  "cudagraphs", "kernels")
+
+
+def stage_compute(cfg, device):
+    """Resolve the task config's compute preset for `device`, write the values back into `cfg` (the manifest
+    records them) and return the ComputeSettings. A bad name → SystemExit naming the key and allowed values."""
+    from digin.engine.presets import apply_compute, compute_of
+
+    try:
+        settings = compute_of(cfg, device)
+    except ValueError as e:
+        raise SystemExit(f"digin: {e}") from None
+    apply_compute(cfg, settings)
+    return settings
+
+
 _SD_CACHE: dict = {}
 
 
-def load_sd_for(cfg, device) -> object:
-    """The SD model, loaded once per process (several stages of the demo share it)."""
+def load_sd_for(cfg, device, settings=None) -> object:
+    """The SD model for a task config, loaded once per process (the demo's stages share it) and prepared for the
+    run's compute settings (engine/prepare.py: dtype, attention, compiled UNet call and VAE decode)."""
     from digin.engine.families import load_model
+    from digin.engine.prepare import prepare_sd
 
-    key = (cfg.model_path, cfg.model_config, cfg.dtype, str(device))
+    settings = settings or stage_compute(cfg, device)
+    key = (cfg.model_path, cfg.model_config, settings.dtype, str(device))
     if key not in _SD_CACHE:  # SD-1.x / SD-2.x → SDModel, SDXL → SDXLModel (detected from the folder)
-        _SD_CACHE[key] = load_model(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
+        _SD_CACHE[key] = load_model(cfg.model_path, dtype=settings.dtype, device=device,
+                                    model_config=cfg.model_config)
     sd = _SD_CACHE[key]
-    if getattr(cfg, "compile", False) and not getattr(sd, "_digin_compiled", False):
-        from digin.engine.compile import CompileConfig, compile_sd
-
-        compile_sd(sd, CompileConfig(backend=cfg.compile_backend, cudagraphs=False))
-        sd._digin_compiled = True
+    runtime = getattr(sd, "runtime", None)
+    if runtime is None or runtime.settings != settings:
+        prepare_sd(sd, settings)
     return sd
 
 
@@ -119,12 +150,18 @@ def regularizer_models(cfg, device) -> dict:
     return {"clip_model": _REG_MODEL_CACHE[key]}
 
 
-def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, **kw):
+def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, settings=None,
+                        **kw):
+    """A classifier for a task config, prepared for the run's compute settings (dtype, compiled forward, fused
+    cutouts on CUDA)."""
     from digin.engine.classifiers import load_classifier
+    from digin.engine.prepare import prepare_classifier
 
-    return load_classifier(spec, checkpoint=checkpoint, device=device, dtype=cfg.dtype,
-                           num_cutouts=cfg.augmentation_num_cutouts if cutouts else 0,
-                           noise_sd=cfg.augmentation_noise_sd, **kw)
+    settings = settings or stage_compute(cfg, device)
+    clf = load_classifier(spec, checkpoint=checkpoint, device=device, dtype=settings.dtype,
+                          num_cutouts=cfg.augmentation_num_cutouts if cutouts else 0,
+                          noise_sd=cfg.augmentation_noise_sd, **kw)
+    return prepare_classifier(clf, settings)
 
 
 def noise_scale_fn(cfg):

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from digin.tasks.common import (CommonArgs, guidance_config, latent_shape, load_classifier_for, load_sd_for,
-                                noise_scale_fn, pick_device, regularizer_models, result_fields, stage_config_of,
+                                noise_scale_fn, pick_device, regularizer_models, result_fields, stage_compute, stage_config_of,
                                 start_noise, tracking_for, write_worklist)
 
 
@@ -118,17 +118,19 @@ def stage_config(cfg: Config) -> dict:
 def run(cfg: Config):
     from digin.shards.runner import run_stage
 
+    dev = pick_device(cfg)
+    settings = stage_compute(cfg, dev)
     classes = class_names_for(cfg)
     out = Path(cfg.out)
     wl = write_worklist(out / "worklist", "diff", work_items(cfg, classes), per_shard=max(cfg.batch_size * 4, 1),
                         meta={"classes": classes})
-    dev = pick_device(cfg)
-    clfs = [load_classifier_for(cfg.classifier1, cfg, dev, checkpoint=cfg.classifier1_checkpoint)]
+    clfs = [load_classifier_for(cfg.classifier1, cfg, dev, checkpoint=cfg.classifier1_checkpoint, settings=settings)]
     if cfg.classifier2:
-        clfs.append(load_classifier_for(cfg.classifier2, cfg, dev, checkpoint=cfg.classifier2_checkpoint))
+        clfs.append(load_classifier_for(cfg.classifier2, cfg, dev, checkpoint=cfg.classifier2_checkpoint,
+                                        settings=settings))
     eval_clf = (load_classifier_for(cfg.eval_classifier, cfg, dev, checkpoint=cfg.eval_classifier_checkpoint,
-                                    cutouts=False) if cfg.eval_classifier else None)
-    sd = load_sd_for(cfg, dev)
+                                    cutouts=False, settings=settings) if cfg.eval_classifier else None)
+    sd = load_sd_for(cfg, dev, settings)
     summary = run_stage(wl, out / "results", make_process(sd, clfs, eval_clf, cfg), cfg.batch_size,
                         stage_config(cfg), name="diff", required=("item",), num_workers=cfg.num_workers,
                         force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))

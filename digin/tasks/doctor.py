@@ -1,7 +1,8 @@
 """`digin doctor`: one screen about this machine before a (cluster) job — device and GPU, versions, optional stacks
-(imported and, on a GPU, run on a tiny input), the compile cache, rank/world as torchrun or Slurm set them, and,
-given `model_path` / `classifier`, whether they are complete. Nothing is written; SD weights are checked from
-their file headers (nothing is loaded onto a GPU); a classifier is built on the CPU.
+(imported and, on a GPU, run on a tiny input), the compute settings a stage picks here (`preset=` and the compute
+keys as the stages take them), the compile cache, rank/world as torchrun or Slurm set them, and, given
+`model_path` / `classifier`, whether they are complete. Nothing is written; SD weights are checked from their file
+headers (nothing is loaded onto a GPU); a classifier is built on the CPU.
 
   digin doctor
   digin doctor model_path=/models/sd-1.4 classifier=vit_base_patch16_384.augreg_in21k_ft_in1k \
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from digin.extras import STACKS
+from digin.tasks.common import ComputeArgs
 
 # What a stage cannot start without (beyond its input shards): doctor fails when `stage=` names it and it is absent.
 STAGE_INPUTS = {"invert": ("model_path",), "segment": ("model_path",), "uvce": ("model_path", "classifier"),
@@ -33,7 +35,7 @@ NEEDS = ("gpu",) + tuple(STACKS)
 
 
 @dataclass
-class Config:
+class Config(ComputeArgs):  # preset= and the compute keys: what a stage given them would pick here
     model_path: Optional[str] = None  # SD folder or single file: configs + weight files present, readable, whole
     model_config: Optional[str] = None  # the local diffusers folder a single file needs
     classifier: Optional[str] = None  # a classifier spec as the stages take it; built on the CPU
@@ -133,6 +135,17 @@ def check_ranks(dev) -> Check:
     return Check("ranks", "ok", detail)
 
 
+def check_compute(cfg: Config, dev) -> Check:
+    from digin.engine.presets import compute_of, describe
+
+    try:
+        settings = compute_of(cfg, dev)
+    except ValueError as e:
+        return Check("compute", "FAIL", str(e), "change that key (digin <task> --help lists the values)")
+    return Check("compute", "ok", f"a stage here runs {describe(settings)} (preset={cfg.preset} on {dev.type}; "
+                 "preset= and single keys such as dtype= or batch_size= override)")
+
+
 def _writable(path: Path) -> bool:
     p = path
     while not p.exists() and p != p.parent:
@@ -142,21 +155,18 @@ def _writable(path: Path) -> bool:
 
 def check_compile_cache() -> Check:
     """Where torch.compile (inductor) and digin's Triton kernels keep compiled code, and whether it is writable."""
-    shared = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if shared is None:
-        try:
-            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-            inductor = Path(default_cache_dir())
-        except ImportError:  # an older torch: its documented default
-            inductor = Path("/tmp") / f"torchinductor_{os.environ.get('USER', '')}"
-    else:
-        inductor = Path(shared)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        default = Path(default_cache_dir())
+    except ImportError:  # an older torch: its documented default
+        default = Path("/tmp") / f"torchinductor_{os.environ.get('USER', '')}"
+    inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default)  # torch may have set it to the default
     triton = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
     detail = ", ".join(f"{what} {p} ({'writable' if _writable(p) else 'NOT writable'})"
                        for what, p in (("torch.compile", inductor), ("Triton kernels", triton)))
     if not (_writable(inductor) and _writable(triton)):
         return Check("cache", "warn", detail, "set TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR to writable folders")
-    if shared is None:
+    if inductor.resolve() == default.resolve():
         return Check("cache", "info", detail + "; per node and user — TORCHINDUCTOR_CACHE_DIR=<shared folder> "
                      "lets every rank and rerun reuse compiled graphs")
     return Check("cache", "ok", detail)
@@ -185,20 +195,12 @@ def _probe_triton(dev) -> tuple[str, str]:
 
 
 def _probe_xformers(dev) -> tuple[str, str]:
-    import torch
-    import torch.nn.functional as F
+    from digin.engine.presets import xformers_problem
 
     if dev.type != "cuda":
         return "info", "memory-efficient attention runs on CUDA; not tried here"
-    import xformers.ops as xops
-
-    q, k, v = (torch.randn(1, 32, 2, 16, device=dev, dtype=torch.float16) for _ in range(3))  # B, L, H, d
-    got = xops.memory_efficient_attention(q, k, v)
-    want = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
-    err = float((got.float() - want.float()).abs().max())
-    if err > 1e-2:
-        return "FAIL", f"memory_efficient_attention on {dev} differs from SDPA by {err:.2e}"
-    return "ok", f"memory_efficient_attention ran on {dev} and matches SDPA"
+    problem = xformers_problem(dev)  # the same tiny attention attention=xformers is checked with
+    return ("FAIL", problem) if problem else ("ok", f"memory_efficient_attention ran on {dev}")
 
 
 def _weights_probe(path: str | None, key: str) -> tuple[str, str]:
@@ -309,7 +311,7 @@ def collect(cfg: Config) -> list[Check]:
     checks = [check_device(dev, need_gpu), check_versions()]
     stack_dev = torch.device("cpu") if checks[0].status == "FAIL" else dev
     checks += [check_stack(k, stack_dev, k in cfg.needs, cfg) for k in STACKS]
-    checks += [check_compile_cache(), check_ranks(dev)]
+    checks += [check_compute(cfg, stack_dev), check_compile_cache(), check_ranks(dev)]
     if cfg.model_path is not None:
         checks.append(check_model_path(cfg))
     if cfg.classifier is not None:

@@ -93,7 +93,9 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
                 continue
             rows += [(s, images[j], t) for t in targets_of.get(s["__key__"], [])]
         results: dict = {}
-        for chunk, n in fixed_chunks(rows, cfg.batch_size) if rows else []:
+        # The engine batch is the runner's current batch size: after a CUDA OOM the runner halves it and redoes
+        # these samples, and the (image, target) rows must shrink with it.
+        for chunk, n in fixed_chunks(rows, len(batch)) if rows else []:
             for r, o in zip(chunk[:n], run_rows(chunk, n, dev)):
                 results.setdefault(r[0]["__key__"], []).append((r[2], o))
         outs = []

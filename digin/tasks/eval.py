@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from digin.gallery.records import ResultRecord, ShardFields
+from digin.tasks.common import COMPUTE_FIELDS, ComputeArgs
 
 
 @dataclass
-class Config:
+class Config(ComputeArgs):
     results: list[str] = field(default_factory=list)  # result shard set folders
     out: str = "eval"
     classifier: str | None = None  # guided classifier spec (load_classifier)
@@ -36,7 +37,7 @@ class Config:
     inception_weights: str | None = None  # torchvision Inception-v3 state dict (.safetensors or .pth); None: no FID
     lpips: bool = True
     lpips_random_trunk: bool = False  # True: random AlexNet trunk (offline; numbers only useful for tests)
-    device: str = "cpu"
+    device: str | None = None  # default: cuda:<local rank> if available, else cpu
     task: str | None = None
     fields: ShardFields = field(default_factory=ShardFields)
 
@@ -157,17 +158,21 @@ def write_summary(result: dict, out) -> Path:
     with open(out / "per_sample.jsonl", "w") as f:
         for r in result["rows"]:
             f.write(json.dumps(_clean(r), allow_nan=False, sort_keys=True) + "\n")
-    summary = {k: result[k] for k in ("tasks", "groups", "notes")}
+    summary = {k: result[k] for k in ("tasks", "groups", "notes", "compute") if k in result}
     (out / "summary.json").write_text(json.dumps(_clean(summary), allow_nan=False, indent=1, sort_keys=True))
     (out / "summary.md").write_text(summary_markdown(result))
     return out / "summary.json"
 
 
-def load_classifiers(cfg: Config) -> dict:
+def load_classifiers(cfg: Config, settings=None) -> dict:
     specs = {"guided": cfg.classifier, "eval": cfg.eval_classifier}
     if not any(specs.values()):
         return {}
     from digin.engine.classifiers import load_classifier  # lazy: optional heavy stacks behind it
+    from digin.engine.prepare import prepare_classifier
+    from digin.tasks.common import stage_compute
+
+    settings = settings or stage_compute(cfg, cfg.device)
 
     classes = None
     if cfg.dataset_classes:
@@ -177,8 +182,9 @@ def load_classifiers(cfg: Config) -> dict:
     out = {}
     for name, spec in specs.items():
         if spec:  # frozen, eval mode, [0,1] images -> logits (in the dataset's class order)
-            out[name] = load_classifier(spec, device=cfg.device, dataset_classes=classes,
-                                        label_order=cfg.classifier_label_order)
+            out[name] = prepare_classifier(load_classifier(spec, device=cfg.device, dtype=settings.dtype,
+                                                           dataset_classes=classes,
+                                                           label_order=cfg.classifier_label_order), settings)
     return out
 
 
@@ -187,11 +193,15 @@ def run(cfg: Config, records=None, classifiers: dict | None = None):
     from digin.engine import metrics as M
     from digin.gallery.records import records_from_shards
 
+    from digin.tasks.common import pick_device, stage_compute
+
+    cfg.device = str(pick_device(cfg))
+    settings = stage_compute(cfg, cfg.device)
     if records is None:
         if not cfg.results:
             raise SystemExit("digin eval: give results=[<result shard folder>, ...]")
         records = [r for folder in cfg.results for r in records_from_shards(folder, cfg.fields, cfg.task)]
-    classifiers = load_classifiers(cfg) if classifiers is None else classifiers
+    classifiers = load_classifiers(cfg, settings) if classifiers is None else classifiers
     lpips_model, lpips_note = None, None
     if cfg.lpips:
         try:  # the pretrained AlexNet trunk comes from the torch hub cache; offline without it -> skip, say so
@@ -202,6 +212,7 @@ def run(cfg: Config, records=None, classifiers: dict | None = None):
     result = evaluate_records(records, classifiers, lpips_model, inception, cfg.device)
     if lpips_note:
         result["notes"].append(lpips_note)
+    result["compute"] = {k: getattr(cfg, k) for k in COMPUTE_FIELDS}
     path = write_summary(result, cfg.out)
     print(summary_markdown(result))
     return path

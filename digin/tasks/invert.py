@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from digin.tasks.common import COMPUTE_FIELDS, ComputeArgs
+
 # Fallback prompts when no caption is given (REFERENCE §4): ImageNet-style vs fine-grained datasets.
 TEMPLATES = {
     "imagenet": "an image of a {label} on background",
@@ -32,13 +34,12 @@ TEMPLATES = {
 
 
 @dataclass
-class Config:
+class Config(ComputeArgs):
     inputs: str = "???"                 # image shard set (digin shard output)
     out: str = "???"                    # output shard set folder
     captions: Optional[str] = None      # caption shard set (field `caption`), same keys; else fallback prompts
     model_path: str = "???"             # local SD folder, single file (+ model_config) or 'tiny'
     model_config: Optional[str] = None
-    dtype: str = "fp32"                 # weights; the reference inverts in fp32 (ε = 1e-5 losses need it)
     resolution: int = 512               # Resize(1.25·res) + CenterCrop(res), as the reference
     center_crop: bool = True            # false: plain resize to res×res (images already at the model's size)
     num_ddim_steps: int = 20
@@ -46,7 +47,6 @@ class Config:
     method: str = "null_text"           # null_text | negative_prompt (fast: no inner optimisation)
     num_inner_steps: int = 10
     epsilon: float = 1e-5
-    batch_size: int = 8
     dataset: Optional[str] = None       # picks the fallback template; default: the shard set's source
     prompt_template: Optional[str] = None  # overrides the template, e.g. "a photo of a {label}"
     save_reconstruction: bool = True
@@ -72,8 +72,9 @@ def sample_prompt(sample: dict, template: str) -> str:
 
 def stage_config(cfg: Config) -> dict:
     """The settings that change the outputs (recorded in the manifest; resuming with others is refused)."""
-    keep = ("model_path", "model_config", "dtype", "resolution", "center_crop", "num_ddim_steps", "guidance_scale", "method",
-            "num_inner_steps", "epsilon", "dataset", "prompt_template", "save_reconstruction", "captions")
+    keep = ("model_path", "model_config", "resolution", "center_crop", "num_ddim_steps", "guidance_scale", "method",
+            "num_inner_steps", "epsilon", "dataset", "prompt_template", "save_reconstruction", "captions",
+            *COMPUTE_FIELDS)
     return {"stage": "invert", **{k: getattr(cfg, k) for k in keep}}
 
 
@@ -111,24 +112,19 @@ def make_process(sd, cfg: Config, template: str):
 
 
 def run(cfg: Config):
-    import torch
-
-    from digin.engine.models import load_sd
     from digin.shards.manifest import ShardSet
     from digin.shards.runner import run_stage
+    from digin.tasks.common import load_sd_for, pick_device, stage_compute
 
     if cfg.method not in ("null_text", "negative_prompt"):
         raise SystemExit(f"digin invert: method must be null_text or negative_prompt, got {cfg.method!r}")
+    device = pick_device(cfg)
+    settings = stage_compute(cfg, device)
     images = ShardSet.load(cfg.inputs)
     dataset = cfg.dataset or images.meta.get("source") or images.name
     template = fallback_template(dataset, cfg.prompt_template)
     inputs = [images] + ([ShardSet.load(cfg.captions)] if cfg.captions else [])
-    device = torch.device(cfg.device) if cfg.device else None
-    if device is None:
-        from digin.shards.dist import device_for_local_rank
-
-        device = device_for_local_rank()
-    sd = load_sd(cfg.model_path, dtype=cfg.dtype, device=device, model_config=cfg.model_config)
+    sd = load_sd_for(cfg, device, settings)
     summary = run_stage(inputs, cfg.out, make_process(sd, cfg, template), cfg.batch_size, stage_config(cfg),
                         name="invert", resolution=cfg.resolution, center_crop=cfg.center_crop, required=("image",),
                         num_workers=cfg.num_workers, force=cfg.force, device=device)

@@ -29,8 +29,8 @@ from typing import Optional
 
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
-                                pick_device, tracking_for, uses_clip_regularizer)
+from digin.tasks.common import (COMPUTE_FIELDS, CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
+                                pick_device, stage_compute, tracking_for, uses_clip_regularizer)
 
 MODES = ("activations", "merge", "name", "search", "visualise", "counterfactuals")
 REFERENCE_CLASSIFIER = "seresnet152d.ra2_in1k"
@@ -339,9 +339,9 @@ def run_visualise(cfg: Config) -> int:
     clf = _classifier(cfg, dev, cutouts=True)
     process = make_visualise_process(sd, clf, cfg, guidance_config(cfg), noise_scale_fn(cfg))
     stage = {"stage": "neurons_visualise", **_plain(cfg, (
-        "model_path", "dtype", "resolution", "guidance_scale", "num_ddim_steps", "optim_params",
-        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
-        "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "target_class"))}
+        "model_path", "resolution", "guidance_scale", "num_ddim_steps", "optim_params",
+        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
+        "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "target_class", *COMPUTE_FIELDS))}
     summary = run_stage(work, out / "visualise", process, cfg.batch_size, stage, name="neurons",
                         required=("item",), num_workers=0, force=cfg.force, device=dev, progress=cfg.progress,
                         tracking=tracking_for(cfg))
@@ -370,9 +370,10 @@ def run_counterfactuals(cfg: Config) -> int:
     sd = load_sd_for(cfg, dev)
     process = make_process(sd, clf, cfg, classes, neurons_of, guidance_config(cfg), noise_scale_fn(cfg))
     stage = {"stage": "neurons_counterfactuals", "pairs": [list(p) for p in pairs], **_plain(cfg, (
-        "model_path", "dtype", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
-        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "checkpoint", "seed",
+        "model_path", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
+        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
         "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
+        *COMPUTE_FIELDS,
         "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
     if uses_clip_regularizer(cfg):  # the CLIP tower changes the outputs
         stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))
@@ -386,6 +387,8 @@ def run_counterfactuals(cfg: Config) -> int:
 def run(cfg: Config) -> int:
     if cfg.mode not in MODES:
         raise SystemExit(f"digin neurons: mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode not in ("merge", "name"):  # modes that run models: resolve the compute preset before any writing
+        stage_compute(cfg, pick_device(cfg))
     if cfg.mode == "search":
         run_search(cfg)
         return 0

@@ -16,7 +16,8 @@ import torch
 
 from digin.engine.edit import MaskBlendParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import load_sd_for, mask_uint8, pick_device, stage_config_of, to_uint8, word_tiles
+from digin.tasks.common import (ComputeArgs, load_sd_for, mask_uint8, pick_device, stage_compute, stage_config_of,
+                                to_uint8, word_tiles)
 
 
 def _seg_default():
@@ -24,20 +25,18 @@ def _seg_default():
 
 
 @dataclass
-class Config:
+class Config(ComputeArgs):
     images: str = "???"
     inversions: str = "???"
     out: str = "???"
     model_path: str = "???"
     model_config: str | None = None
-    dtype: str = "fp32"
     resolution: int = 512
     center_crop: bool = True  # the reference's Resize(1.25·res)+CenterCrop(res); false: plain resize (no crop)
     guidance_scale: float = 3.0
     num_ddim_steps: int = 20
     solver: str = "ddim"  # ddim | euler
     guidance_rescale: float = 0.0
-    batch_size: int = 8
     foreground_words: dict = field(default_factory=dict)  # label → words to look for in the caption
     segmentation: SegmentationConfig = field(default_factory=_seg_default)
     device: str | None = None
@@ -94,7 +93,7 @@ def run(cfg: Config):
 
     images, invs = ShardSet.load(cfg.images), ShardSet.load(cfg.inversions)
     dev = pick_device(cfg)
-    sd = load_sd_for(cfg, dev)
+    sd = load_sd_for(cfg, dev, stage_compute(cfg, dev))
     summary = run_stage([images, invs], cfg.out, make_process(sd, cfg, images.classes), cfg.batch_size,
                         stage_config_of(cfg, "segment", drop=("images", "inversions")), name="segment",
                         resolution=cfg.resolution,

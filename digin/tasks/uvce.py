@@ -23,7 +23,7 @@ import torch
 from digin.engine.edit import MaskBlendParams, P2PParams
 from digin.engine.segment import SegmentationConfig
 from digin.tasks.common import (CommonArgs, guidance_config, load_classifier_for, load_sd_for, noise_scale_fn,
-                                pick_device, stage_config_of, tracking_for)
+                                pick_device, stage_compute, stage_config_of, tracking_for)
 
 
 def _uvce_blend():
@@ -157,11 +157,12 @@ def run(cfg: Config):
     keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))
                    if "__reject__" not in s}
     dev = pick_device(cfg)
+    settings = stage_compute(cfg, dev)
     clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint,
-                              dataset_classes=classes, label_order=cfg.classifier_label_order)
+                              dataset_classes=classes, label_order=cfg.classifier_label_order, settings=settings)
     preds = predict_labels(clf, images, cfg.resolution, dev, center_crop=cfg.center_crop) if cfg.error_visualisation else None
     targets_of = targets_for_images(cfg, keys_labels, len(classes), preds)
-    sd = load_sd_for(cfg, dev)
+    sd = load_sd_for(cfg, dev, settings)
     summary = run_stage([images, invs], cfg.out, make_process(sd, clf, cfg, classes, targets_of),
                         cfg.batch_size, stage_config(cfg), name="uvce", resolution=cfg.resolution,
                         center_crop=cfg.center_crop,

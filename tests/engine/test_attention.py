@@ -36,6 +36,13 @@ class NaiveProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class StepIndexOnly:
+    """A stand-in controller that acts at every step: the chain passes the step index to the processors."""
+
+    def acts_at(self, step):
+        return True
+
+
 def install_naive(unet, record, inject=None, w_BT=None):
     from digin.engine.attention import attention_layers
 
@@ -70,7 +77,7 @@ def test_captured_maps_equal_naive_attention(sd):
 
     record = {}
     install_naive(sd.unet, record)
-    x0_naive = _run(sd, z, cond, uncond, ctrl=object())  # any controller → step kwarg is passed
+    x0_naive = _run(sd, z, cond, uncond, ctrl=StepIndexOnly())  # the step kwarg reaches the naive processors
     assert len(record) == len(ctrl.layer_queries) * T > 0
     for (name, step), p in record.items():
         assert ctrl.cross_maps[name][step].shape == p.shape  # (B, heads, Q, 77): conditional half only
@@ -138,10 +145,10 @@ def test_injection_equals_naive_probability_mixing(sd):
     ours = _run(sd, zz, cond2, uu, ctrl)
     inject = {k: p.repeat(N, 1, 1, 1) for k, p in stored.items()}
     install_naive(sd.unet, {}, inject, w_BT)
-    ref = _run(sd, zz, cond2, uu, ctrl=object())
+    ref = _run(sd, zz, cond2, uu, ctrl=StepIndexOnly())
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
     install_naive(sd.unet, {})
-    assert (_run(sd, zz, cond2, uu, ctrl=object()) - ref).abs().max() > 1e-4  # injection did something
+    assert (_run(sd, zz, cond2, uu, ctrl=StepIndexOnly()) - ref).abs().max() > 1e-4  # injection did something
 
 
 def test_injection_without_captured_step_is_refused(sd):

@@ -1,13 +1,14 @@
-"""engine.compile: compiled step functions (aot_eager on CPU) agree with eager and do not recompile across
-timesteps / SGD steps / batches of the same shape; compile failures fall back to eager with a warning."""
+"""engine.compile + engine.prepare: compiled call sites (aot_eager on CPU) agree with eager and never recompile across
+timesteps / SGD steps / batches of the same shape; grad and no-grad calls are separate graphs; compile failures
+fall back to eager with a warning."""
 import contextlib
 
 import pytest
 import torch
 import torch._dynamo
 
-from digin.engine.compile import (CompileConfig, CompiledFunction, build_step_functions, compile_sd, pad_batch,
-                                  uncompile_sd, valid_mask)
+from digin.engine.compile import Compiled, CompileConfig
+from digin.engine.presets import resolve_compute
 from digin.engine.schedule import make_ddim_schedule
 
 AOT = CompileConfig(backend="aot_eager")
@@ -30,90 +31,75 @@ def _batch(sd, B=2, seed=0):
     return x, torch.randn(B, 7, D, generator=g), torch.randn(B, 7, D, generator=g)
 
 
-def test_guided_step_compiled_matches_eager_without_recompiles(tiny_sd):
-    torch._dynamo.reset()
-    sched = make_ddim_schedule(tiny_sd.scheduler_config, 10)
-    fast = build_step_functions(tiny_sd, cfg=AOT)
-    eager = build_step_functions(tiny_sd, cfg=CompileConfig(enabled=False))
+@pytest.fixture
+def fresh_sd(tiny_sd_dir):
+    from digin.engine.models import load_sd
 
-    def run(steps, i, x, u, c):
-        return steps.guided_ddim_step(x, sched.timesteps[i], u, c, 3.0, sched.alpha_t[i], sched.alpha_prev[i])
-
-    x, u, c = _batch(tiny_sd)
-    x.requires_grad_(True)
-    first = run(fast, 0, x, u, c)  # compiles (forward + backward graphs)
-    (g_first,) = torch.autograd.grad(first[0].sum() + first[1].square().sum(), x)
-    assert fast.guided_ddim_step.first_call_s is not None and not fast.guided_ddim_step.fell_back
-    with no_recompiles():  # other timesteps, other data, same shapes: the same graph
-        for i, seed in ((4, 1), (9, 2)):
-            x, u, c = _batch(tiny_sd, seed=seed)
-            x.requires_grad_(True)
-            got = run(fast, i, x, u, c)
-            want = run(eager, i, x, u, c)
-            for o, w in zip(got, want):
-                torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-5)
-            g_got = torch.autograd.grad(got[0].sum() + got[1].square().sum(), x)[0]
-            g_want = torch.autograd.grad(want[0].sum() + want[1].square().sum(), x)[0]
-            torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5)
-    assert torch.isfinite(g_first).all() and not fast.guided_ddim_step.fell_back
+    return load_sd(tiny_sd_dir, dtype="fp32")
 
 
-def test_compile_sd_in_place_runs_the_sampling_chain_without_recompiles(tiny_sd):
-    from digin.engine.sampling import denoise
+def test_prepared_sampling_chain_matches_eager_without_recompiles(fresh_sd):
+    from digin.engine.prepare import prepare_sd
+    from digin.engine.sampling import decode_latents, denoise
 
     torch._dynamo.reset()
-    sched = make_ddim_schedule(tiny_sd.scheduler_config, 3)
-    x, u, c = _batch(tiny_sd, seed=3)
-    want = denoise(tiny_sd, sched, x, c, u, 3.0)
-    compile_sd(tiny_sd, AOT)
-    try:
-        first = denoise(tiny_sd, sched, x, c, u, 3.0)  # step 0 compiles; steps 1, 2 must reuse the graph
-        img = tiny_sd.decode(first[1])
-        with no_recompiles():
-            x2, u2, c2 = _batch(tiny_sd, seed=4)
-            second = denoise(tiny_sd, sched, x2, c2, u2, 3.0)
-            img2 = tiny_sd.decode(second[1])
-        compiled = tiny_sd.unet.__dict__["forward"], tiny_sd.vae.decoder.__dict__["forward"]
-        assert all(isinstance(f, CompiledFunction) and not f.fell_back for f in compiled)
-    finally:
-        uncompile_sd(tiny_sd)
-    assert "forward" not in tiny_sd.unet.__dict__
+    sd = fresh_sd
+    sched = make_ddim_schedule(sd.scheduler_config, 3)
+    x, u, c = _batch(sd, seed=3)
+    want = denoise(sd, sched, x, c, u, 3.0)
+    want_img = sd.decode(want[1])
+    prepare_sd(sd, resolve_compute("eager", "cpu", compile=True, compile_backend="aot_eager"))
+    first = denoise(sd, sched, x, c, u, 3.0)  # step 0 compiles; steps 1, 2 reuse the graph
+    img = decode_latents(sd, first[1])
+    with no_recompiles():
+        x2, u2, c2 = _batch(sd, seed=4)
+        second = denoise(sd, sched, x2, c2, u2, 3.0)
+        decode_latents(sd, second[1])
+    rt = sd.runtime
+    assert rt.compiled() == {"unet": [rt.unet.graphs[0]], "vae_decode": [rt.decode.graphs[0]]}
+    assert not rt.fell_back() and rt.unet.graphs[0][0] is False  # the no-grad graph
     for o, w in zip(first, want):
         torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(img2, tiny_sd.decode(second[1]), rtol=1e-5, atol=1e-5)
-    assert img.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(img, want_img, rtol=1e-5, atol=1e-5)
 
 
-def test_classifier_on_fused_cutouts_compiles_once():
-    """The fused cutouts custom op inside a compiled graph (fake impl), new boxes/noise → no recompile."""
-    from digin.kernels import random_boxes
+def test_grad_and_no_grad_calls_are_separate_graphs_not_recompiles():
+    torch._dynamo.reset()
+    f = Compiled(lambda x: (x * 2).sin(), AOT, "f")
+    x = torch.randn(3, requires_grad=True)
+    with no_recompiles():
+        with torch.no_grad():
+            f(x.detach())
+        y = f(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        f(torch.randn(5))  # another shape: its own graph
+    assert len(f.graphs) == 3 and not f.fell_back
+    torch.testing.assert_close(g, 2 * (2 * x).cos().detach())
+
+
+def test_classifier_on_its_views_compiles_once(tiny_sd):
+    from digin.engine.classifiers import ImageClassifier
+    from digin.engine.prepare import prepare_classifier
 
     torch._dynamo.reset()
-    clf = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(4, 5)).requires_grad_(False)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 5))
+    clf = ImageClassifier(net, size=8, num_cutouts=3, noise_sd=0.01)
+    eager = ImageClassifier(net, size=8, num_cutouts=3, noise_sd=0.01)
+    prepare_classifier(clf, resolve_compute("eager", "cpu", compile=True, compile_backend="aot_eager"))
 
-    class _SD:  # build_step_functions only needs these attributes for the classifier part
-        unet = vae = clf
-        device = torch.device("cpu")
-        prediction_type = "epsilon"
-
-    steps = build_step_functions(_SD(), clf, AOT)
-    eager = build_step_functions(_SD(), clf, CompileConfig(enabled=False))
-    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.3, 0.25])
-
-    def call(fns, seed):
-        gen = torch.Generator().manual_seed(seed)
-        img = torch.rand(2, 3, 12, 12, generator=gen, requires_grad=True)
-        boxes = random_boxes(2, 3, 12, 6, generator=gen)
-        noise = 0.01 * torch.randn(2, 3, 3, 6, 6, generator=gen)
-        logits = fns.classify_cutouts(img, boxes, noise, 6, mean, std)
+    def call(c, seed):
+        img = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        logits = c(img, seeds=[seed, seed + 1])
         return logits, torch.autograd.grad(logits.logsumexp(-1).sum(), img)[0]
 
-    call(steps, 0)
+    call(clf, 0)
     with no_recompiles():
-        got = call(steps, 1)
+        got = call(clf, 1)
+        with torch.no_grad():
+            clf(torch.rand(2, 3, 12, 12))  # the non-augmented view: a no-grad graph of its own
     want = call(eager, 1)
-    assert not steps.classify_cutouts.fell_back and got[0].shape == (2, 3, 5)
+    assert not clf.model_call.fell_back and got[0].shape == (2, 3, 5) and len(clf.model_call.graphs) == 2
     for o, w in zip(got, want):
         torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-6)
 
@@ -124,7 +110,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning():
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
-    f = CompiledFunction(lambda x: x * 2 + 1, CompileConfig(backend=broken_backend), "double")
+    f = Compiled(lambda x: x * 2 + 1, CompileConfig(backend=broken_backend), "double")
     with pytest.warns(RuntimeWarning, match="double.*eagerly"):
         out = f(torch.ones(3))
     assert f.fell_back and "no compiler here" in f.error
@@ -134,19 +120,18 @@ def test_compile_failure_falls_back_to_eager_with_a_warning():
 
 def test_a_recompile_is_reported_not_hidden_by_the_fallback():
     torch._dynamo.reset()
-    f = CompiledFunction(lambda x, t: x * t, AOT, "scale")
+    f = Compiled(lambda x, t: x * t, AOT, "scale")
     f(torch.ones(2), 3)
     with no_recompiles(), pytest.raises(torch._dynamo.exc.RecompileError):
         f(torch.ones(2), 4)  # a Python int timestep is specialised: exactly what the engine must avoid
     assert not f.fell_back
 
 
-def test_pad_batch_and_mask():
-    x = torch.arange(6.0).view(3, 2)
-    padded, n = pad_batch(x, 5)
-    assert n == 3 and padded.shape == (5, 2)
-    torch.testing.assert_close(padded[3:], x[-1:].expand(2, 2))
-    assert valid_mask(n, 5).tolist() == [True, True, True, False, False]
-    assert pad_batch(x, 3)[0] is x
-    with pytest.raises(ValueError, match="exceeds"):
-        pad_batch(x, 2)
+def test_too_many_shapes_fall_back_to_eager():
+    torch._dynamo.reset()
+    f = Compiled(lambda x: x + 1, CompileConfig(backend="aot_eager", max_graphs=2), "grow")
+    f(torch.ones(1))
+    f(torch.ones(2))
+    with pytest.warns(RuntimeWarning, match="distinct shapes"):
+        torch.testing.assert_close(f(torch.ones(3)), torch.full((3,), 2.0))
+    assert f.fell_back

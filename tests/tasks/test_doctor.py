@@ -94,3 +94,10 @@ def test_gpu_node_report(capsys):
     assert device.split()[0] == "ok" and torch.cuda.get_device_name() in device and "GiB" in device
     assert "ran on cuda" in _line(out, "triton")
     assert _line(out, "xformers").split()[0] in ("ok", "info")
+
+
+def test_compute_settings_are_what_a_stage_would_pick(capsys):
+    code, out = _doctor(capsys, "preset=reference", "batch_size=2")
+    assert code == 0 and "preset reference: fp32, eager, batch 2, checkpoint block" in _line(out, "compute")
+    code, out = _doctor(capsys, "attention=xformers", "device=cpu")
+    assert code == 1 and _line(out, "compute").split()[0] == "FAIL" and "attention=sdpa" in _line(out, "compute")
