@@ -5,6 +5,8 @@ built from the dataclass defaults, optionally a YAML model-family config (`confi
 `config=sdxl_turbo`), then the key=value overrides (OmegaConf dotlist: nested `optim_params.sgd_steps=30`, lists
 `regularizers=[a,b]`). Unknown keys are an error that names the key. `preset=fast|reference|eager|auto` is an
 ordinary key of the model-running tasks (the compute preset, see digin/engine/presets.py).
+`verbose=true` (any task) lets third-party warnings reach the terminal; by default they go to the rank's log
+(digin.quiet).
 """
 from __future__ import annotations
 
@@ -28,13 +30,88 @@ TASKS = {
     "bench": "digin.tasks.bench",
     "toy-train": "digin.tasks.toy_train",
     "verify": "digin.tasks.verify",
+    "doctor": "digin.tasks.doctor",
 }
+
+# `digin --help`: every task with one line, grouped in the order a run goes.
+TASK_GROUPS = {
+    "prepare inputs": {
+        "shard": "convert a dataset on disk (ImageNet, CUB, Cars, Food-101, Flowers, a folder) into shards",
+        "caption": "one caption per image, always naming its label (template, OpenFlamingo, a local VLM, files)",
+        "invert": "null-text (or negative-prompt) inversion of real images: z_T + per-step null texts",
+        "segment": "foreground masks from cross-attention (+ SAM-HQ) of inverted images, to inspect",
+    },
+    "explain classifiers": {
+        "uvce": "universal visual counterfactuals: edit real images until the classifier says the target class",
+        "diff": "classifier differences: images one classifier is sure of and another is not",
+        "neurons": "top activating images, names, visualisations and counterfactuals of neurons (mode=...)",
+    },
+    "look at results": {
+        "eval": "confidences and image metrics of result shards under the guided and an independent classifier",
+        "gallery": "static HTML pages over result shards",
+        "export": "result shards as the reference's folder layout",
+    },
+    "tools": {
+        "doctor": "check this machine before a job: GPU, versions, optional stacks, model folder, settings",
+        "bench": "throughput benchmark: reference mode vs fast mode, one JSON row per measurement",
+        "verify": "check committed shard sets on disk: records, sizes, sha256, duplicate keys, stray files",
+        "demo": "the whole chain (shard → invert → uvce → diff → neurons → gallery) on the toy world, on CPU",
+        "toy-train": "retrain the toy world's bundled models",
+    },
+}
+GLOBAL_KEYS = ("  verbose=false   true: third-party warnings and hints on the terminal too (default: only in the "
+               "rank's log)")
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
 def available_tasks() -> dict[str, str]:
     return {k: v for k, v in TASKS.items() if importlib.util.find_spec(v) is not None}
+
+
+def task_summaries() -> dict[str, str]:
+    return {name: line for group in TASK_GROUPS.values() for name, line in group.items()}
+
+
+def main_help(tasks: dict[str, str]) -> str:
+    width = max(map(len, tasks)) + 2
+    lines = ["usage: digin <task> key=value ...     run a task (resolved config in its output's manifest.json)",
+             "       digin <task> --help            the task's keys with their defaults",
+             "       digin --version", ""]
+    listed = set()
+    for group, entries in TASK_GROUPS.items():
+        lines.append(f"{group}:")
+        for name, line in entries.items():
+            if name in tasks:
+                lines.append(f"  {name:<{width}}{line}")
+                listed.add(name)
+    others = [t for t in tasks if t not in listed]
+    if others:
+        lines += ["other:"] + [f"  {name}" for name in others]
+    lines += ["", "keys every task takes:", GLOBAL_KEYS, "",
+              "First time: `digin demo` (whole chain on CPU), `digin doctor` (before a cluster job)."]
+    return "\n".join(lines)
+
+
+def version_line() -> str:
+    """`digin <version>`, plus the git commit when digin runs from a checkout (editable installs on clusters)."""
+    from digin.shards.environment import git_commit, package_version
+
+    commit = git_commit()
+    return f"digin {package_version('digin') or '(version unknown: not installed)'}" + (
+        f" (git {commit})" if commit else "")
+
+
+def pop_verbose(argv: list[str]) -> tuple[bool, list[str]]:
+    """(verbose, the other arguments): `verbose=true|false` is a key of every task, handled here."""
+    flags = [a for a in argv if a.split("=", 1)[0] == "verbose"]
+    rest = [a for a in argv if a.split("=", 1)[0] != "verbose"]
+    if not flags:
+        return False, rest
+    value = flags[-1].partition("=")[2].strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise SystemExit(f"digin: verbose must be true or false, got {flags[-1]!r}")
+    return value in ("true", "1", "yes"), rest
 
 
 def build_config(config_cls, overrides: list[str]):
@@ -121,10 +198,21 @@ def _compute_here(config) -> dict | None:
 
 
 def main(argv: list[str] | None = None):
+    from digin.quiet import third_party_to_log
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        print(version_line())
+        return 0
+    verbose, argv = pop_verbose(argv)
+    with third_party_to_log(enabled=not verbose):
+        return _main(argv)
+
+
+def _main(argv: list[str]):
     tasks = available_tasks()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: digin <task> key=value ...\n\ntasks: " + ", ".join(tasks))
+        print(main_help(tasks))
         return 0
     task = argv.pop(0)
     if task not in tasks:
@@ -136,6 +224,7 @@ def main(argv: list[str] | None = None):
         note = preset_note(mod.Config)
         if note:
             print(f"\n{note}")
+        print("\nkeys every task takes:\n" + GLOBAL_KEYS)
         return 0
     cfg = build_config(mod.Config, argv)
     from digin.shards.manifest import ConfigMismatch

@@ -56,3 +56,41 @@ def test_operational_stops_print_the_reason_and_exit_1(tmp_path, capsys):
     assert main(base + ["samples_per_shard=3"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("digin shard: ConfigMismatch:") and "Traceback" not in err
+
+
+def test_main_help_lists_every_task_with_its_line_in_run_order(capsys):
+    from digin.cli import TASKS, available_tasks, task_summaries
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    summaries = task_summaries()
+    assert set(TASKS) == set(summaries), "every registered task needs a one-line description in TASK_GROUPS"
+    for task in available_tasks():
+        assert f"  {task} " in out and summaries[task] in out
+    order = [out.index(f"  {t} ") for t in ("shard", "caption", "invert", "segment", "uvce", "diff", "neurons",
+                                             "eval", "gallery", "export", "bench", "verify", "demo", "toy-train")]
+    assert order == sorted(order)
+    assert "digin <task> --help" in out and "verbose=" in out
+
+
+def test_version_names_the_release_and_the_checkout(capsys):
+    from digin.shards.environment import git_commit, package_version
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("digin ") and (package_version("digin") or "unknown") in out
+    commit = git_commit()
+    if commit:  # running from a git checkout
+        assert f"(git {commit})" in out
+
+
+def test_verbose_is_a_key_of_every_task(capsys):
+    from digin.cli import pop_verbose
+
+    assert pop_verbose(["a=1", "verbose=true"]) == (True, ["a=1"])
+    assert pop_verbose(["verbose=false", "b=2"]) == (False, ["b=2"])
+    assert pop_verbose(["b=2"]) == (False, ["b=2"])
+    with pytest.raises(SystemExit, match="verbose must be true or false"):
+        main(["verify", "path=.", "verbose=loud"])
+    assert main(["verify", "--help", "verbose=true"]) == 0
+    assert "verbose=false" in capsys.readouterr().out

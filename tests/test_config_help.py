@@ -18,8 +18,8 @@ ABSENT = object()
 
 def help_defaults(task: str, capsys) -> dict:
     assert main([task, "--help"]) == 0
-    lines = capsys.readouterr().out.split("keys (defaults):", 1)[1].splitlines()
-    keys = [line for line in lines if line.startswith("  ")]  # notes after the key list are not keys
+    block = capsys.readouterr().out.split("keys (defaults):", 1)[1].strip("\n").split("\n\n", 1)[0]
+    keys = block.splitlines()  # the key list ends at the first blank line (notes and global keys follow)
     return {k: ast.literal_eval(v) for k, v in (line.strip().split("=", 1) for line in keys)}
 
 

@@ -26,12 +26,9 @@ QUESTION_FORMAT = "<image>Question: {question} Short answer:"
 
 
 def require_open_flamingo():
-    try:
-        import open_flamingo  # noqa: F401
-    except ImportError as e:
-        raise ImportError("the open_flamingo caption backend needs the `flamingo` extra: "
-                          "pip install --no-deps open-flamingo==2.0.1 einops einops-exts "
-                          f"(--no-deps: it pins an old torch) [{e}]") from None
+    from digin.extras import require
+
+    require("flamingo", "the open_flamingo caption backend")
 
 
 def open_clip_vision(name_or_json: str, pretrained: str | None):

@@ -44,7 +44,9 @@ def probs_times_values(p_bHQK: torch.Tensor, v_BHKd: torch.Tensor) -> torch.Tens
 
 def _fused_attention(q, k, v, scale, mask, backend: str):
     if backend == "xformers":
-        import xformers.ops as xops  # optional extra; CUDA only
+        from digin.extras import require
+
+        xops = require("xformers", "attention=xformers")  # optional extra; CUDA only
 
         bias = None if mask is None else mask.to(q.dtype)
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),

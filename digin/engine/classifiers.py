@@ -431,7 +431,9 @@ def open_clip_model(arch: str, checkpoint=None, allow_random: bool = False, what
                     tokenizer: bool = True):
     """(open_clip model, tokenizer or None, input spec {size, mean, std}) built offline: `arch` is an open_clip
     model name (weights from `checkpoint`, a local file) or a folder with open_clip_config.json (+ *.safetensors)."""
-    import open_clip
+    from digin.extras import require
+
+    open_clip = require("clip", f"{what}{arch}")
 
     local = Path(arch)
     name = f"local-dir:{local}" if local.is_dir() else arch

@@ -66,8 +66,11 @@ def build_tiny_sd2(seed: int = 0, folder: str | os.PathLike | None = None, words
 def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None):
     """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, or a tiny
     preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
+    from .model_files import require_complete
     from .models import load_sd, resolve_dtype
 
+    if str(model_path) not in TINY:
+        require_complete(model_path, model_config)  # names a missing or cut-short file before a loader meets it
     fam = family_of(model_path, model_config)
     if str(model_path) == "tiny-sd2":
         return build_tiny_sd2().to(device=device, dtype=resolve_dtype(dtype)).freeze()

@@ -85,8 +85,9 @@ def mask_area(mask, region, like_BCHW) -> torch.Tensor:
 def build_lpips(pretrained_trunk: bool = False, device="cpu"):
     """LPIPS-alex. pretrained_trunk=False -> random AlexNet trunk (offline, tests only); True downloads
     torchvision AlexNet weights unless they are cached."""
-    import lpips
+    from digin.extras import require
 
+    lpips = require("lpips", "LPIPS metrics")
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not pretrained_trunk, spatial=True, verbose=False)
     return model.to(device).eval().requires_grad_(False)
 

@@ -120,12 +120,18 @@ def lp_distance(x_BCHW, x0_BCHW, p: int, mask_B1HW=None):
     return d.flatten(1).mean(1)
 
 
+def lpips_trunk_file() -> Path:
+    """Where LPIPS' AlexNet backbone weights are looked for (torchvision's file name in the torch hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+
+
 def build_lpips(device=None):
     """LPIPS-alex. The linear heads ship with the `lpips` package; the AlexNet backbone loads from the torch hub
     cache when present, else stays random (offline) — then LPIPS values are not perceptual, only well defined."""
-    import lpips
+    from digin.extras import require
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    lpips = require("lpips", "the px_lpips regulariser")
+    cached = lpips_trunk_file()
     if not cached.is_file():
         warnings.warn("LPIPS: AlexNet weights not in the torch hub cache; using a random backbone", stacklevel=2)
     with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' `pretrained=` argument

@@ -176,8 +176,9 @@ def build_tiny_sam_hq(img_size: int = 64, embed_dim: int = 32):
 def _sam_builder(model_type: str):
     if model_type == "tiny":
         return build_tiny_sam_hq
-    from segment_anything_hq import sam_model_registry
+    from digin.extras import require
 
+    sam_model_registry = require("sam", "SAM-HQ mask refinement").sam_model_registry
     if model_type not in sam_model_registry:
         raise ValueError(f"unknown SAM-HQ model type {model_type!r}; "
                          f"choose one of {sorted(sam_model_registry)} or tiny")

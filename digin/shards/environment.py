@@ -13,14 +13,14 @@ PACKAGES = ("digin", "torch", "torchvision", "diffusers", "transformers", "timm"
             "numpy", "safetensors")
 
 
-def _version(pkg: str) -> str | None:
+def package_version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The digin checkout's commit when running from a git clone (editable installs on clusters), else None."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
@@ -41,7 +41,7 @@ def run_environment(device=None) -> dict:
     import torch
 
     env = {"host": socket.gethostname(), "python": platform.python_version(), "platform": platform.platform(),
-           "packages": {p: v for p in PACKAGES if (v := _version(p)) is not None}, "digin_git": _git_commit(),
+           "packages": {p: v for p in PACKAGES if (v := package_version(p)) is not None}, "digin_git": git_commit(),
            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "cuda": torch.version.cuda, "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
     dev = torch.device(device) if device is not None else None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from digin.quiet import attach_log, detach_log
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.environment import run_environment
 from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_differences,
@@ -230,12 +231,14 @@ class _RunLog:
         self.path = folder / f"rank{rank:04d}-{stamp}-{os.getpid()}.jsonl"
         self._f = open(self.path, "a")
         self.rank = rank
+        attach_log(self.event)  # third-party warnings of this process (digin.quiet) land here, once each
 
     def event(self, kind: str, **fields):
         self._f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}, default=str) + "\n")
         self._f.flush()
 
     def close(self):
+        detach_log(self.event)
         self._f.close()
 
 

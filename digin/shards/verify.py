@@ -323,9 +323,11 @@ def member_problem(ext: str, payload: bytes) -> str | None:
     return f"unknown_extension .{ext}"
 
 
-def safetensors_header_problem(data: bytes) -> str | None:
+def safetensors_header_problem(data: bytes, size: int | None = None) -> str | None:
     """Check a safetensors blob's header against its length without loading any tensor: header size, JSON,
-    dtypes, shapes, and data offsets that tile the data area exactly (the format's own rule)."""
+    dtypes, shapes, and data offsets that tile the data area exactly (the format's own rule). `size`: the whole
+    file's length when `data` holds only its start (at least the header), e.g. a model weight file on disk."""
+    size = len(data) if size is None else size
     if len(data) < 8:
         return f"bad_safetensors: {len(data)} bytes, shorter than the 8-byte header length"
     n = int.from_bytes(data[:8], "little")
@@ -337,7 +339,7 @@ def safetensors_header_problem(data: bytes) -> str | None:
         return f"bad_safetensors: header is not JSON ({str(e)[:100]})"
     if not isinstance(header, dict):
         return "bad_safetensors: header is not a JSON object"
-    body, spans = len(data) - 8 - n, []
+    body, spans = size - 8 - n, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
