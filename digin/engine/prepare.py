@@ -11,16 +11,13 @@ prepare_classifier: dtype, the compiled classifier forward on its views, and the
 """
 from __future__ import annotations
 
-import logging
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from .compile import Compiled, CompileConfig, compiled_or_eager
 from .presets import ComputeSettings
-
-log = logging.getLogger("digin")
-
 
 def compile_config(settings: ComputeSettings, cache_dir: str | None = None) -> CompileConfig:
     return CompileConfig(enabled=settings.compile, backend=settings.compile_backend, cudagraphs=settings.cudagraphs,
@@ -34,7 +31,7 @@ class SDRuntime:
     settings: ComputeSettings
     unet: object  # (x, t, emb) → prediction in the weight dtype
     decode: object  # x̂0 latent → image in [0, 1] fp32
-    notes: list = field(default_factory=list)  # decisions worth one log line (e.g. CUDA graphs unavailable)
+    notes: list = field(default_factory=list)  # decisions said once (e.g. eager steps under a controller)
 
     def compiled(self) -> dict:
         """name → compiled graph keys so far (empty when eager)."""
@@ -42,6 +39,12 @@ class SDRuntime:
 
     def fell_back(self) -> list[str]:
         return [c.name for c in (self.unet, self.decode) if isinstance(c, Compiled) and c.fell_back]
+
+    def note_once(self, text: str):
+        """A compute decision worth one line (stderr, so it lands in the job's log), said once per model."""
+        if text not in self.notes and self.settings.compile:
+            self.notes.append(text)
+            print(f"[digin] {text}", file=sys.stderr, flush=True)
 
 
 def _apply_kernels(settings: ComputeSettings):
@@ -60,12 +63,9 @@ def prepare_sd(sd, settings: ComputeSettings, cache_dir: str | None = None):
     if sd.dtype != dt:
         sd.to(dtype=dt)
     use_backend(sd.unet, settings.attention)
-    notes = []
     if settings.compile and dev.type == "cuda":
         sd.unet.to(memory_format=torch.channels_last)
         sd.vae.to(memory_format=torch.channels_last)
-    if settings.compile and settings.cudagraphs and (dev.type != "cuda" or settings.compile_backend != "inductor"):
-        notes.append(f"CUDA graphs need inductor on a CUDA device ({dev.type}, {settings.compile_backend}): off")
     ccfg = compile_config(settings, cache_dir)
     unet = sd.unet
 
@@ -76,10 +76,11 @@ def prepare_sd(sd, settings: ComputeSettings, cache_dir: str | None = None):
         return sd.decode(z)
 
     sd.runtime = SDRuntime(settings, compiled_or_eager(unet_call, ccfg, "unet", dev),
-                           compiled_or_eager(vae_decode, ccfg, "vae_decode", dev), notes)
+                           compiled_or_eager(vae_decode, ccfg, "vae_decode", dev))
+    if settings.compile and settings.cudagraphs and (dev.type != "cuda" or settings.compile_backend != "inductor"):
+        sd.runtime.note_once(f"CUDA graphs need inductor on a CUDA device (here {dev.type}, "
+                             f"{settings.compile_backend}): compiled without them")
     _apply_kernels(settings)
-    for note in notes:
-        log.info("prepare: %s", note)
     return sd
 
 

@@ -44,10 +44,13 @@ def call_unet(sd, x_NCHW: torch.Tensor, t: torch.Tensor, emb_NLD: torch.Tensor, 
     """One UNet call on N rows → prediction in the weight dtype (inputs cast to it)."""
     dt = sd.dtype
     x, emb = x_NCHW.to(dt), emb_NLD.to(dt)
+    runtime = getattr(sd, "runtime", None)
     if controller is not None and controller.acts_at(step):
+        if runtime is not None:
+            runtime.note_once("unet calls at steps where an attention controller captures or injects (Prompt-to-"
+                              "Prompt, cross-attention masks) run eagerly; the other steps run the compiled graph")
         return sd.unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs={"digin_step": step},
                        return_dict=False)[0]
-    runtime = getattr(sd, "runtime", None)
     if runtime is not None:
         return runtime.unet(x, t, emb)
     return sd.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0]

@@ -135,3 +135,26 @@ def test_too_many_shapes_fall_back_to_eager():
     with pytest.warns(RuntimeWarning, match="distinct shapes"):
         torch.testing.assert_close(f(torch.ones(3)), torch.full((3,), 2.0))
     assert f.fell_back
+
+
+def test_cuda_graphs_only_for_no_grad_graphs_on_cuda(monkeypatch):
+    """The selection, checked on CPU: with cudagraphs on, inductor on a CUDA device compiles no-grad keys with
+    mode reduce-overhead (CUDA graph trees, outputs copied out of the graph pool) and grad keys without."""
+    modes = []
+
+    def fake_compile(fn, **kw):
+        modes.append(kw.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    f = Compiled(lambda x: x * 2, CompileConfig(backend="inductor", cudagraphs=True), "unet", device="cuda")
+    x = torch.ones(2, requires_grad=True)
+    with torch.no_grad():
+        out = f(x.detach())
+    f(x)
+    assert modes == ["reduce-overhead", None]
+    assert f.uses_cudagraphs(grad=False) and not f.uses_cudagraphs(grad=True)
+    cpu = Compiled(lambda x: x * 2, CompileConfig(backend="inductor", cudagraphs=True), "unet", device="cpu")
+    with torch.no_grad():
+        cpu(x.detach())
+    assert modes[-1] is None and torch.equal(out, torch.full((2,), 2.0))
