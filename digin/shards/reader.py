@@ -55,9 +55,10 @@ def _group_members(data: bytes, where: str):
 
 
 def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True,
-               center_crop: bool = True):
+               center_crop: bool = True, decode=decode_member):
     """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
-    and keys against the shard's record before yielding anything."""
+    and keys against the shard's record before yielding anything. `decode` (same signature as decode_member)
+    lets a reader keep some members encoded (the gallery copies PNG bytes as they are)."""
     rec = ss.records[index]
     where = str(ss.path(index))
     groups = _group_members(ss.read_verified(index, check_hash), where)
@@ -78,7 +79,7 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
         sample = dict(base)
         try:
             for field, (ext, payload) in fields.items():
-                sample[field] = decode_member(ext, payload, resolution if field == "image" else None, center_crop)
+                sample[field] = decode(ext, payload, resolution if field == "image" else None, center_crop)
         except DecodeError as e:
             yield {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
             continue
