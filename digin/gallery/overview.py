@@ -142,8 +142,8 @@ def _entry(r: dict, href: str, title: str, images: list, lines: list[str]) -> di
 
 
 def _thumb(caption: str, img) -> list:
-    """[caption, thumbnail, width, height, full image], paths relative to a task folder."""
-    return [caption, "../" + img.thumb, img.thumb_width, img.thumb_height, "../" + img.src]
+    """[caption, thumbnail relative to a task folder, width, height] (the row links the full page)."""
+    return [caption, "../" + img.thumb, img.thumb_width, img.thumb_height]
 
 
 def result_entries(items: list, columns: list[str], page_of: dict) -> list[dict]:

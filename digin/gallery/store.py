@@ -60,7 +60,7 @@ class ImageStore:
         if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
             data = image_to_png(data)  # webp/bmp/...: one PNG copy, so every page shows the same formats
         ext = "png" if data.startswith(PNG_MAGIC) else "jpg"
-        digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+        digest = hashlib.blake2b(data, digest_size=10).hexdigest()
         if digest in self._known:
             return self._known[digest]
         src, thumb = f"img/{digest}.{ext}", f"thumb/{digest}.jpg"
