@@ -4,6 +4,7 @@ Layout under `out/`:
   index.html                  the tasks, one summary line each
   <task>/index.html           run summary, histograms, per-category table, sortable / filterable result grid
   <task>/rows.js              the grid's data (thumbnails, numbers, texts) for assets/gallery.js
+  <task>/pages.html           the list of the group pages
   <task>/<group>.html         every result of a group in full: images, metrics, loss / confidence curves, masks
   img/<hash>.png|jpg          each distinct image once;  thumb/<hash>.jpg  its thumbnail (made once)
   assets/gallery.css, gallery.js
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from digin.gallery.html import group_page, group_title, index_page, unique_slug
-from digin.gallery.overview import neuron_entries, result_entries, rows_js, task_page
+from digin.gallery.overview import neuron_entries, pages_page, result_entries, rows_js, task_page
 from digin.gallery.store import ImageStore, StoredImage, write_once
 from digin.gallery.summary import result_row, summarise
 
@@ -109,7 +110,7 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
             groups[it.group].append(it)
         page_of, links, gslugs = {}, [], set()
         for group in sorted(groups):
-            gslug = unique_slug(group, gslugs, reserved=("index", "rows"))
+            gslug = unique_slug(group, gslugs, reserved=("index", "pages"))
             page_of[group] = f"{gslug}.html"
             gtitle = group_title(group, groups[group][0].metrics)
             (folder / page_of[group]).write_text(group_page(task, gtitle, groups[group], cols, evals),
@@ -131,7 +132,9 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
         else:
             grid = result_entries(items, cols, page_of)
         (folder / "rows.js").write_text(rows_js(grid, cols), encoding="utf-8")
-        (folder / "index.html").write_text(task_page(task, summary, rows, grid, links, notes), encoding="utf-8")
+        (folder / "pages.html").write_text(pages_page(task, links), encoding="utf-8")
+        (folder / "index.html").write_text(task_page(task, summary, rows, grid, len(links), notes),
+                                           encoding="utf-8")
         entries.append({"folder": tslug, "task": task, "summary": summary, "thumbs": best_thumbs(grid)})
     index = out / "index.html"
     index.write_text(index_page(title, entries), encoding="utf-8")

@@ -177,10 +177,8 @@ def neuron_entries(items: list, page_of: dict, info: dict) -> list[dict]:
         images = [_thumb(f"top {j + 1} · {act:.3g}", img) for j, (_, act, img) in enumerate(nfo.get("top", []))]
         for it in its:
             if "ours" in it.images:
-                a, b = it.row["after"], it.row["before"]
-                cap = f"i{it.metrics.get('i', '?')} · " + ("—" if a is None else f"{b:.3g} → {a:.3g}"
-                                                             if b is not None else f"{a:.3g}")
-                images.append(_thumb(cap, it.images["ours"]))
+                values = " → ".join(f"{v:.3g}" for v in (it.row["before"], it.row["after"]) if v is not None)
+                images.append(_thumb(f"i{it.metrics.get('i', '?')} · {values or '—'}", it.images["ours"]))
         rows = [it.row for it in its]
         gains = [r["gain"] for r in rows if r["gain"] is not None]
         afters = [r["after"] for r in rows if r["after"] is not None]
@@ -221,7 +219,7 @@ def controls_html(entries: list[dict], statuses: list[str]) -> str:
         f'<label>category <select id="f-cat"><option value="">all</option>{cat_opt}</select></label> '
         '<label>success <select id="f-success"><option value="">all</option><option value="1">yes</option>'
         '<option value="0">no</option></select></label> '
-        f'<label>status <select id="f-status"><option value="">all</option>{st_opt}</select></label> '
+        f'<label>status (failure mode) <select id="f-status"><option value="">all</option>{st_opt}</select></label> '
         '<label>search <input id="f-text" type="search" placeholder="key, label, word"></label> '
         '<span id="shown"></span></form>')
 
@@ -231,19 +229,24 @@ def rows_js(entries: list[dict], columns: list[str]) -> str:
     return f"window.DIGIN_ROWS = {data};\n"
 
 
-def task_page(task: str, summary: dict, rows: list[dict], entries: list[dict], groups: list[tuple[str, str, int]],
+def pages_page(task: str, groups: list[tuple[str, str, int]]) -> str:
+    """Every group page of a task (kept off the task page, which should open fast with thousands of groups)."""
+    items = "".join(f'<li><a href="{esc(href)}">{esc(title)}</a> ({n})</li>' for href, title, n in groups)
+    return page(f"{task}: all pages", f"<ul>{items}</ul>", depth=1, up="index.html")
+
+
+def task_page(task: str, summary: dict, rows: list[dict], entries: list[dict], n_pages: int,
               notes: list[str]) -> str:
     region = " (background)" if summary["masked"] == ["background"] else ""
     statuses = sorted({e["st"] for e in entries} | set(STATUSES))
-    group_list = "".join(f'<li><a href="{esc(href)}">{esc(title)}</a> ({n})</li>' for href, title, n in groups)
     note_html = "".join(f"<p class='note'>{esc(n)}</p>" for n in notes)
     body = (f"<h2>Run summary</h2>{summary_html(summary)}{note_html}"
             f"{histograms_html(rows, summary['score_label'], region)}"
             f"<details open><summary>per category ({len(summary['categories'])})</summary>"
             f"{categories_html(summary)}</details>"
             f"<h2>Results</h2>{controls_html(entries, statuses)}"
-            "<noscript><p>Sorting and the result grid need JavaScript; every result is on the pages below."
-            "</p></noscript><div id=\"grid\"></div><p><button type=\"button\" id=\"more\" hidden>show more"
-            f"</button></p><h2>All pages</h2><details><summary>{len(groups)} pages</summary>"
-            f"<ul>{group_list}</ul></details>")
+            "<noscript><p>Sorting and the result grid need JavaScript; every result is on the pages listed under "
+            "<a href=\"pages.html\">all pages</a>.</p></noscript><div id=\"grid\"></div><p><button type=\"button\" "
+            f"id=\"more\" hidden>show more</button></p><p><a href=\"pages.html\">all {n_pages} pages</a> "
+            "(one per group: every result in full)</p>")
     return page(task, body, depth=1, up="../index.html", scripts=("rows.js", "../assets/gallery.js"))

@@ -1,9 +1,10 @@
 """Result records: one generated sample (original / sd / ours images + metrics) as the gallery, export and eval see it.
 
 Result shards (written by the uvce / diff / neurons tasks) hold per-sample members; the defaults of `ShardFields`
-name them: images `orig.png`, `sd.png`, `ours.png`, optional `mask.png` / `attention.png`, and `metrics.json`
-(a dict: start, target, start_label, target_label, index, neuron, group, task, confidences, `loss_curve`, ...).
-Every name is configurable, so shards from another writer can be read without renaming members.
+name them: images `orig.png`, `recon.png`, `sd.png`, `ours.png`, optional `mask.png` / `attention.png`, and
+`metrics.json` (a dict: start, target, start_label, target_label, index, neuron, group, task, confidences,
+`loss_curve`, `status`, ...). Every name is configurable, so shards from another writer can be read without
+renaming members. Records read from shards keep their images as the encoded bytes (`image_array` decodes).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ def test_gallery_pages_links_and_images(tmp_path, synthetic_records):
     write_gallery(synthetic_records, tmp_path / "g")
     problems, pages, images = check_gallery(tmp_path / "g")
     assert problems == []
-    assert pages == 1 + 2 + 3  # top index, 2 task pages, 3 group pages
+    assert pages == 1 + 2 * 2 + 3  # top index, 2 tasks × (overview, list of pages), 3 group pages
     # distinct images: uvce orig (shared by 3 results) + 3 sd + 3 ours + mask; diff sd + ours
     assert images == 1 + 3 + 3 + 1 + 2
     text = (tmp_path / "g" / "uvce" / "15_to_150.html").read_text()
@@ -28,7 +28,7 @@ def test_gallery_pages_links_and_images(tmp_path, synthetic_records):
 
 def test_check_finds_broken_links_and_images(tmp_path, synthetic_records):
     write_gallery(synthetic_records, tmp_path / "g")
-    page = tmp_path / "g" / "uvce" / "index.html"
+    page = tmp_path / "g" / "uvce" / "pages.html"
     page.write_text(page.read_text().replace("</ul>", '<li><a href="nope.html">x</a></li>'
                                              '<li><a href="https://example.com/">y</a></li></ul>'))
     img = next((tmp_path / "g" / "img").glob("*.png"))
