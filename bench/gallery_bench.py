@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             "index_kb": round(_size(out / "index.html") / 1024, 1),
             "task_page_kb": round(_size(task / "index.html") / 1024, 1),
             "rows_js_kb": round(_size(task / "rows.js") / 1024, 1),
-            "group_pages": len(list(task.glob("*.html"))) - 1,
+            "group_pages": len(list(task.glob("*.html"))) - 2,  # less index.html and pages.html
             "img_files": len(list((out / "img").iterdir())), "thumb_files": len(list((out / "thumb").iterdir())),
             "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
             "cores_used": 1}), flush=True)

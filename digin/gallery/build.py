@@ -96,8 +96,8 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
         row = result_row(rec.key, rec.task, rec.group, rec.metrics, evals.get(rec.key))
         by_task[rec.task].append(Item(
             rec.key, rec.task, rec.group, rec.metrics, rec.loss_curve,
-            images={n: store.put(v, f"{rec.key}/{n}") for n, v in rec.images.items()},
-            aux={n: store.put(v, f"{rec.key}/{n}") for n, v in rec.aux_images.items()}, row=row))
+            images={n: store.put(v, f"{rec.key}/{n}", thumb=n in columns) for n, v in rec.images.items()},
+            aux={n: store.put(v, f"{rec.key}/{n}", thumb=False) for n, v in rec.aux_images.items()}, row=row))
     entries, task_slugs = [], set()
     for task in sorted(by_task):
         items = sorted(by_task[task], key=lambda it: it.key)

@@ -90,7 +90,8 @@ def categories_html(s: dict) -> str:
             v = c.get(n, {}).get("rate" if n in FLIPS else "mean")
             cells.append(_num(f"cat{i}-{n.replace('/', '_')}", v, _pct(v) if n in FLIPS else None))
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table class="cats" id="categories">{head}{"".join(body)}</table>'
+    return (f'<table class="cats sortable" id="categories"><thead>{head}</thead><tbody>{"".join(body)}</tbody>'
+            "</table>")
 
 
 def histograms_html(rows: list[dict], label: str, region: str) -> str:
@@ -242,7 +243,8 @@ def task_page(task: str, summary: dict, rows: list[dict], entries: list[dict], n
     note_html = "".join(f"<p class='note'>{esc(n)}</p>" for n in notes)
     body = (f"<h2>Run summary</h2>{summary_html(summary)}{note_html}"
             f"{histograms_html(rows, summary['score_label'], region)}"
-            f"<details open><summary>per category ({len(summary['categories'])})</summary>"
+            f"<details{' open' if len(summary['categories']) <= 20 else ''}><summary>per category "
+            f"({len(summary['categories'])}; click a column to sort)</summary>"
             f"{categories_html(summary)}</details>"
             f"<h2>Results</h2>{controls_html(entries, statuses)}"
             "<noscript><p>Sorting and the result grid need JavaScript; every result is on the pages listed under "

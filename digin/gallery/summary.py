@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,11 @@ def median(values) -> float | None:
         return None
     mid = len(vals) // 2
     return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+
+def natural_key(text: str):
+    """Sort key that orders numbers inside names by value ('class 2' before 'class 10')."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", str(text)) if t]
 
 
 def status_of(metrics: dict) -> str:
@@ -137,7 +143,7 @@ def _numbers(rows: list[dict]) -> dict:
 
 def summarise(rows: list[dict], inputs: dict | None = None) -> dict:
     """Task summary: counts (results, input samples written / rejected / skipped, statuses), the numbers of
-    `_numbers` over all results, and the same per category (sorted by name)."""
+    `_numbers` over all results, and the same per category (in natural name order)."""
     kinds = [r["kind"] for r in rows if r["kind"] != "none"]
     kind = max(set(kinds), key=kinds.count) if kinds else "none"
     status = {s: 0 for s in STATUSES}
@@ -149,7 +155,7 @@ def summarise(rows: list[dict], inputs: dict | None = None) -> dict:
     masked = sorted({r["masked"] for r in rows if "masked" in r})
     return {"results": len(rows), "inputs": inputs or {}, "status": status, "kind": kind,
             "score_label": SCORE_LABELS[kind], "masked": masked, **_numbers(rows),
-            "categories": {c: _numbers(rs) for c, rs in sorted(by_cat.items())}}
+            "categories": {c: _numbers(by_cat[c]) for c in sorted(by_cat, key=natural_key)}}
 
 
 def load_eval_rows(folders) -> dict[str, dict]:

@@ -227,3 +227,16 @@ def test_neuron_rows_show_top_images_words_and_visualisations(browser, built):
     for key, captions, info in rows:
         assert [c.split(" ·")[0] for c in captions] == ["top 1", "top 2", "top 3", "i0", "i1"]
         assert "stripes (2)" in info and "word search: stripes 1.5" in info
+
+
+def test_category_table_sorts_by_a_clicked_column(browser, built):
+    open_page(browser, built / "uvce" / "index.html")
+    read = ("return Array.from(document.querySelectorAll('#categories tbody tr'))"
+            ".map(r => r.cells[3].dataset.v === '' ? null : Number(r.cells[3].dataset.v))")
+    header = "document.querySelectorAll('#categories thead th')[3].click()"  # gain mean
+    browser.execute_script(header)
+    first = [v for v in browser.execute_script(read) if v is not None]
+    assert len(first) > 1 and first == sorted(first, reverse=True)
+    browser.execute_script(header)
+    again = [v for v in browser.execute_script(read) if v is not None]
+    assert again == sorted(first)

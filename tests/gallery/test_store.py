@@ -30,9 +30,15 @@ def test_images_stored_once_with_thumbnails_made_once(tmp_path):
     Image.new("RGB", (300, 100), (1, 2, 3)).save(jpg, format="JPEG")
     j = store.put(jpg.getvalue())
     assert j.src.endswith(".jpg") and (j.thumb_width, j.thumb_height) == (64, 21)
-    assert store.decoded == 4
+    assert store.decoded == 2  # the two thumbnails; the small images were only checked
+    mask = base_pngs(1, 100, seed=4, grey=True)[0]
+    m = store.put(mask, thumb=False)  # shown in full only: no thumbnail
+    assert m.thumb == m.src and store.decoded == 2 and not store.has_thumb(m)
+    m2 = store.put(mask)  # wanted in the grid after all
+    assert m2.src == m.src and m2.thumb.startswith("thumb/") and store.has_thumb(m2) and store.decoded == 3
     again = ImageStore(tmp_path, thumb_px=64)  # a rebuild: nothing decoded, same files
-    assert again.put(big) == a and again.put(jpg.getvalue()) == j and again.decoded == 0
+    assert again.put(big) == a and again.put(jpg.getvalue()) == j and again.put(mask) == m2
+    assert again.decoded == 0
     assert stamp_png(big, "x") != big and again.put(stamp_png(big, "x")).src != a.src  # other bytes, another file
 
 

@@ -74,3 +74,12 @@ def test_load_eval_rows(tmp_path):
     assert rows["k1"]["l1_ours"] == 0.25 and set(rows) == {"k1", "k2"}
     with pytest.raises(SystemExit, match="not found"):
         load_eval_rows([tmp_path])
+
+
+def test_categories_in_natural_order():
+    from digin.gallery.summary import natural_key
+
+    rows = [result_row(f"k{c}", "t", "g", {"start": c, "start_label": f"class {c}", "conf_0_ours": 0.9,
+                                           "conf_0_sd": 0.1}) for c in (10, 2, 1)]
+    assert list(summarise(rows)["categories"]) == ["class 1", "class 2", "class 10"]
+    assert sorted(["b2", "B10", "a"], key=natural_key) == ["a", "b2", "B10"]

@@ -112,6 +112,29 @@
       el("controls").scrollIntoView();
     });
   });
+  // tables with class "sortable": a click on a column header sorts the rows by that column (again: reversed)
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    var body = table.tBodies[0];
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.style.cursor = "pointer";
+      th.addEventListener("click", function () {
+        var desc = th.getAttribute("data-order") !== "desc";
+        th.setAttribute("data-order", desc ? "desc" : "asc");
+        var rs = Array.prototype.slice.call(body.rows);
+        var cell = function (r) {
+          var td = r.cells[col], v = td.getAttribute("data-v");
+          return v === null ? td.textContent : (v === "" ? null : Number(v));
+        };
+        rs.sort(function (x, y) {
+          var a = cell(x), b = cell(y);
+          if (a === null || b === null) return a === b ? 0 : (a === null ? 1 : -1);
+          var c = typeof a === "string" ? a.localeCompare(b, undefined, {numeric: true}) : a - b;
+          return desc ? -c : c;
+        });
+        rs.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
   if ("IntersectionObserver" in window) {  // load the next page of rows as the reader reaches the end
     new IntersectionObserver(function (seen) {
       if (seen[0].isIntersecting && !more.hidden) showMore();
