@@ -78,8 +78,9 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
                   max_top_images: int = 10, prune: bool = True) -> Path:
     """Write the gallery for `records` (any iterable of ResultRecord) under `out`; returns the top index.html.
 
-    sources: record.source (a result shard set folder) → {"inputs": records.input_counts(...), "neuron_dir":
-    the neuron pipeline folder around it or None}, for the run summary and the neuron rows;
+    sources: record.source (a result shard set folder) → {"task": its task name, "inputs":
+    records.input_counts(...), "neuron_dir": the neuron pipeline folder around it or None}, for the run summary
+    (also of a run without results) and the neuron rows;
     evals: key → `digin eval` row; prune: delete images an earlier build into `out` left that this one does not show.
     """
     from digin.gallery.neurons import load_neuron_info
@@ -99,6 +100,10 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
             images={n: store.put(v, f"{rec.key}/{n}", thumb=n in columns) for n, v in rec.images.items()},
             aux={n: store.put(v, f"{rec.key}/{n}", thumb=False) for n, v in rec.aux_images.items()}, row=row))
     entries, task_slugs = [], set()
+    for name, src in sources.items():  # a run whose samples were all rejected still gets its summary
+        if src.get("task") and name not in set().union(*task_sources.values()):
+            by_task[src["task"]] = by_task.get(src["task"], [])
+            task_sources[src["task"]].add(name)
     for task in sorted(by_task):
         items = sorted(by_task[task], key=lambda it: it.key)
         tslug = unique_slug(task, task_slugs, reserved=("img", "thumb", "assets"))

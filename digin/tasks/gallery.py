@@ -49,12 +49,13 @@ def open_results(cfg: Config) -> list:
 def run(cfg: Config):
     from digin.gallery import check_gallery, iter_records, write_gallery
     from digin.gallery.neurons import neuron_folder
-    from digin.gallery.records import input_counts
+    from digin.gallery.records import input_counts, task_of
     from digin.gallery.summary import load_eval_rows
 
     sets = open_results(cfg)
     evals = load_eval_rows(cfg.evals)
-    sources = {str(ss.dir): {"inputs": input_counts(ss), "neuron_dir": neuron_folder(ss.dir)} for ss in sets}
+    sources = {str(ss.dir): {"task": cfg.task or task_of(ss), "inputs": input_counts(ss),
+                             "neuron_dir": neuron_folder(ss.dir)} for ss in sets}
     counted = [0]
 
     def records():

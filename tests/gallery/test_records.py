@@ -111,3 +111,18 @@ def test_gallery_config_through_cli_overrides():
     assert json.dumps(cfg.fields.images) == '["orig", "recon", "sd", "ours"]'
     cfg = build_config(Config, ["evals=[/e]", "thumb_size=96", "max_top_images=3"])
     assert cfg.evals == ["/e"] and cfg.thumb_size == 96 and cfg.max_top_images == 3
+
+
+def test_a_run_without_results_still_gets_its_summary(tmp_path):
+    from digin.shards.manifest import FORMAT, MANIFEST, write_json
+    from digin.shards.writer import ShardWriter
+    from digin.tasks.gallery import Config, run
+
+    folder = tmp_path / "res"
+    folder.mkdir()
+    write_json(folder / MANIFEST, {"format": FORMAT, "kind": "results", "name": "uvce"})
+    ShardWriter(folder, 0, "uvce-000000.tar").commit(rejects=[{"key": "a/b/1", "reason": "image:bad_png", "pos": 0}])
+    run(Config(results=[str(folder)], out=str(tmp_path / "g")))
+    page = (tmp_path / "g" / "uvce" / "index.html").read_text()
+    assert 'id="sum-rejected" data-v="1.0"' in page and 'id="sum-results" data-v="0.0"' in page
+    assert "image:bad_png" in page and 'href="uvce/index.html"' in (tmp_path / "g" / "index.html").read_text()
