@@ -61,7 +61,7 @@ def best_thumbs(grid: list[dict], n: int = 4) -> list[tuple]:
 
 def task_inputs(sources: dict, names) -> dict | None:
     """Input counts (written / rejected / skipped, reasons) summed over the result shard sets of a task."""
-    counts = [sources[n]["inputs"] for n in sorted(names) if n in sources and sources[n].get("inputs")]
+    counts = [sources[n]["inputs"] for n in names if n in sources and sources[n].get("inputs")]
     if not counts:
         return None
     total = {"written": 0, "rejected": 0, "skipped": 0, "reasons": {}}
@@ -71,6 +71,41 @@ def task_inputs(sources: dict, names) -> dict | None:
         for r, n in c["reasons"].items():
             total["reasons"][r] = total["reasons"].get(r, 0) + n
     return total
+
+
+def _write_task(folder: Path, task: str, items: list[Item], columns: list[str], evals: dict, inputs: dict | None,
+                neuron_dir, store: ImageStore, max_top_images: int) -> dict:
+    """A task's group pages, list of pages, grid data and overview page; returns its top-index entry."""
+    from digin.gallery.neurons import load_neuron_info
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = [c for c in columns if any(c in it.images for it in items)]
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for it in items:
+        groups[it.group].append(it)
+    page_of, links, gslugs = {}, [], set()
+    for group in sorted(groups):
+        page_of[group] = f"{unique_slug(group, gslugs, reserved=('index', 'pages'))}.html"
+        gtitle = group_title(group, groups[group][0].metrics)
+        (folder / page_of[group]).write_text(group_page(task, gtitle, groups[group], cols, evals), encoding="utf-8")
+        links.append((page_of[group], gtitle, len(groups[group])))
+    rows = [it.row for it in items]
+    summary = summarise(rows, inputs)
+    notes = []
+    if is_neuron_visualisation(items):
+        info = {}
+        if neuron_dir:
+            info, notes = load_neuron_info(Path(neuron_dir), {it.metrics["neuron"] for it in items}, store,
+                                           max_top_images)
+        else:
+            notes.append("top-activating images and names: no neuron folder found beside these results")
+        grid = neuron_entries(items, page_of, info)
+    else:
+        grid = result_entries(items, cols, page_of)
+    (folder / "rows.js").write_text(rows_js(grid, cols), encoding="utf-8")
+    (folder / "pages.html").write_text(pages_page(task, links), encoding="utf-8")
+    (folder / "index.html").write_text(task_page(task, summary, rows, grid, len(links), notes), encoding="utf-8")
+    return {"folder": folder.name, "task": task, "summary": summary, "thumbs": best_thumbs(grid)}
 
 
 def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: str = "digin results", *,
@@ -83,8 +118,6 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
     (also of a run without results) and the neuron rows;
     evals: key → `digin eval` row; prune: delete images an earlier build into `out` left that this one does not show.
     """
-    from digin.gallery.neurons import load_neuron_info
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     evals, sources = evals or {}, sources or {}
@@ -92,58 +125,28 @@ def write_gallery(records, out, columns=("orig", "recon", "sd", "ours"), title: 
     store = ImageStore(out, thumb_px)
     by_task: dict[str, list[Item]] = defaultdict(list)
     task_sources: dict[str, set] = defaultdict(set)
-    for rec in records:
+    for rec in records:  # images stored as they stream in; only metrics stay in memory
         task_sources[rec.task].add(rec.source)
-        row = result_row(rec.key, rec.task, rec.group, rec.metrics, evals.get(rec.key))
         by_task[rec.task].append(Item(
             rec.key, rec.task, rec.group, rec.metrics, rec.loss_curve,
             images={n: store.put(v, f"{rec.key}/{n}", thumb=n in columns) for n, v in rec.images.items()},
-            aux={n: store.put(v, f"{rec.key}/{n}", thumb=False) for n, v in rec.aux_images.items()}, row=row))
-    entries, task_slugs = [], set()
+            aux={n: store.put(v, f"{rec.key}/{n}", thumb=False) for n, v in rec.aux_images.items()},
+            row=result_row(rec.key, rec.task, rec.group, rec.metrics, evals.get(rec.key))))
+    seen = set().union(*task_sources.values())
     for name, src in sources.items():  # a run whose samples were all rejected still gets its summary
-        if src.get("task") and name not in set().union(*task_sources.values()):
-            by_task[src["task"]] = by_task.get(src["task"], [])
+        if src.get("task") and name not in seen:
+            by_task.setdefault(src["task"], [])
             task_sources[src["task"]].add(name)
+    entries, task_slugs = [], set()
     for task in sorted(by_task):
-        items = sorted(by_task[task], key=lambda it: it.key)
-        tslug = unique_slug(task, task_slugs, reserved=("img", "thumb", "assets"))
-        folder = out / tslug
-        folder.mkdir(parents=True, exist_ok=True)
-        cols = [c for c in columns if any(c in it.images for it in items)]
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for it in items:
-            groups[it.group].append(it)
-        page_of, links, gslugs = {}, [], set()
-        for group in sorted(groups):
-            gslug = unique_slug(group, gslugs, reserved=("index", "pages"))
-            page_of[group] = f"{gslug}.html"
-            gtitle = group_title(group, groups[group][0].metrics)
-            (folder / page_of[group]).write_text(group_page(task, gtitle, groups[group], cols, evals),
-                                                 encoding="utf-8")
-            links.append((page_of[group], gtitle, len(groups[group])))
-        rows = [it.row for it in items]
-        summary = summarise(rows, task_inputs(sources, task_sources[task]))
-        notes = []
-        if is_neuron_visualisation(items):
-            info = {}
-            dirs = [sources[n]["neuron_dir"] for n in sorted(task_sources[task], key=str)
-                    if (sources.get(n) or {}).get("neuron_dir")]
-            if dirs:
-                info, notes = load_neuron_info(Path(dirs[0]), {it.metrics["neuron"] for it in items}, store,
-                                               max_top_images)
-            else:
-                notes.append("top-activating images and names: no neuron folder found beside these results")
-            grid = neuron_entries(items, page_of, info)
-        else:
-            grid = result_entries(items, cols, page_of)
-        (folder / "rows.js").write_text(rows_js(grid, cols), encoding="utf-8")
-        (folder / "pages.html").write_text(pages_page(task, links), encoding="utf-8")
-        (folder / "index.html").write_text(task_page(task, summary, rows, grid, len(links), notes),
-                                           encoding="utf-8")
-        entries.append({"folder": tslug, "task": task, "summary": summary, "thumbs": best_thumbs(grid)})
+        names = sorted((n for n in task_sources[task] if n in sources), key=str)
+        neuron_dirs = [sources[n]["neuron_dir"] for n in names if sources[n].get("neuron_dir")]
+        folder = out / unique_slug(task, task_slugs, reserved=("img", "thumb", "assets"))
+        entries.append(_write_task(folder, task, sorted(by_task[task], key=lambda it: it.key), list(columns), evals,
+                                   task_inputs(sources, names), neuron_dirs[0] if neuron_dirs else None, store,
+                                   max_top_images))
     index = out / "index.html"
     index.write_text(index_page(title, entries), encoding="utf-8")
     if prune:
         store.prune()
     return index
-

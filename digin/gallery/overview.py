@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from digin.gallery.html import anchor, esc, group_title, page
-from digin.gallery.summary import DISTANCES, FLIPS, STATUSES, finite
+from digin.gallery.summary import DISTANCES, FLIPS, STATUSES, finite, mean
 from digin.gallery.svg import histogram_svg
 
 DISTANCE_NAMES = {"l1_ours": "L1", "l2_ours": "L2", "lpips_ours": "LPIPS"}
@@ -181,14 +181,11 @@ def neuron_entries(items: list, page_of: dict, info: dict) -> list[dict]:
                 values = " → ".join(f"{v:.3g}" for v in (it.row["before"], it.row["after"]) if v is not None)
                 images.append(_thumb(f"i{it.metrics.get('i', '?')} · {values or '—'}", it.images["ours"]))
         rows = [it.row for it in its]
-        gains = [r["gain"] for r in rows if r["gain"] is not None]
         afters = [r["after"] for r in rows if r["after"] is not None]
-        befores = [r["before"] for r in rows if r["before"] is not None]
         bad = [r["status"] for r in rows if r["status"] != "ok"]
         row = {"key": f"neuron {n}", "category": rows[0]["category"], "status": bad[0] if bad else "ok",
-               "success": any(r["success"] for r in rows), "gain": sum(gains) / len(gains) if gains else None,
-               "after": max(afters) if afters else None,
-               "before": sum(befores) / len(befores) if befores else None, "best_iter": None}
+               "success": any(r["success"] for r in rows), "gain": mean(r["gain"] for r in rows),
+               "after": max(afters) if afters else None, "before": mean(r["before"] for r in rows), "best_iter": None}
         words = ", ".join(f"{w} ({c})" for w, c in nfo.get("words", [])[:8])
         ranked = ", ".join(f"{w} {s:.3g}" for w, s in nfo.get("ranked", [])[:5])
         prompt_words = sorted({str(it.metrics.get("word")) for it in its if it.metrics.get("word")})

@@ -34,8 +34,9 @@ class ResultRecord:
 
 
 def image_to_array(value) -> np.ndarray:
-    """PNG/JPEG bytes, a path or an array -> uint8 HWC RGB (HW masks stay HW)."""
-    from PIL import Image
+    """Encoded bytes or a path -> uint8 HWC RGB, decoded as the shard reader decodes images (a grey mask too);
+    arrays pass through (HW masks stay HW)."""
+    from digin.shards.decode import decode_image
 
     if value is None:
         raise KeyError("image missing")
@@ -43,8 +44,7 @@ def image_to_array(value) -> np.ndarray:
         return value
     if isinstance(value, (str, Path)):
         value = Path(value).read_bytes()
-    with Image.open(io.BytesIO(value)) as im:
-        return np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
+    return decode_image(bytes(value))
 
 
 def image_to_png(value) -> bytes:

@@ -36,7 +36,7 @@ def test_records_from_result_shards(tmp_path):
     assert set(r0.images) == {"orig", "sd", "ours"} and set(r0.aux_images) == {"mask"}
     assert r0.loss_curve == [2.0, 1.5, 1.0] and "loss_curve" not in r0.metrics
     assert r0.images["ours"][:8] == b"\x89PNG\r\n\x1a\n"  # kept as written: the gallery copies the bytes
-    assert r0.image_array("ours").shape == (32, 24, 3) and r0.image_array("mask").shape == (32, 24)
+    assert r0.image_array("ours").shape == (32, 24, 3) and r0.image_array("mask").shape == (32, 24, 3)
     assert recs[1].aux_images == {}
 
 
