@@ -47,7 +47,8 @@ def uvce_metrics(rng, start: int, target: int, classes: list[str], steps: int, k
     conf = [float(v) for v in np.linspace(before, after, steps + 1)]
     best = 0 if kind == "no_improvement" else steps
     m = {"best_iter": best, "num_logged": steps + 1, "stopped_early": False, "nonfinite": kind == "nonfinite",
-         "status": kind, "loss": curve, "confidences": {"conf_0": conf}, "conf_0_sd": conf[0], "conf_0_ours": conf[best],
+         "status": kind, "loss": curve, "confidences": {"conf_0": conf}, "conf_0_sd": conf[0],
+         "conf_0_ours": conf[best],
          "start_conf_sd": float(rng.uniform(0.3, 1.0)), "start_conf_ours": float(rng.uniform(0.0, 0.5)),
          "start": start, "target": target, "start_label": classes[start], "target_label": classes[target],
          "prompt": f"a photo of a {classes[start]}", "edited_prompt": f"a photo of a {classes[target]}",
@@ -56,6 +57,10 @@ def uvce_metrics(rng, start: int, target: int, classes: list[str], steps: int, k
         m["conf_0_ours"] = None
         m["loss"] = curve[:2] + [None] * (steps - 1)
     return m
+
+
+def _every(j: int, n: int) -> bool:
+    return bool(n) and j % n == n - 1
 
 
 def write_uvce_results(folder, n_images: int, targets_per_image: int = 2, classes=None, size: int = 64,
@@ -97,9 +102,8 @@ def write_uvce_results(folder, n_images: int, targets_per_image: int = 2, classe
                       "pairs": {"targets": targets, "start": start, "start_label": classes[start],
                                 "prompt": f"a photo of a {classes[start]}"}}
             for t in targets:
-                kind = ("nonfinite" if nonfinite_every and j % nonfinite_every == nonfinite_every - 1 else
-                        "no_improvement" if no_improvement_every and j % no_improvement_every == no_improvement_every - 1
-                        else "ok")
+                kind = ("nonfinite" if _every(j, nonfinite_every) else
+                        "no_improvement" if _every(j, no_improvement_every) else "ok")
                 fields[f"t{t}_sd"] = png(pictures, f"t{t}_sd")
                 fields[f"t{t}_ours"] = png(pictures, f"t{t}_ours")
                 fields[f"t{t}_metrics"] = uvce_metrics(rng, start, t, classes, steps, kind)

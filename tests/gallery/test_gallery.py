@@ -80,7 +80,8 @@ def expected_uvce_summary(result_world) -> dict:
     rejects = [r["reason"] for rec in ss.records.values() for r in rec["rejects"]]
     return {
         "results": len(metrics), "written": ss.num_samples(),
-        "rejected": sum(not r.startswith("skip:") for r in rejects), "skipped": sum(r.startswith("skip:") for r in rejects),
+        "rejected": sum(not r.startswith("skip:") for r in rejects),
+        "skipped": sum(r.startswith("skip:") for r in rejects),
         "ok": sum(m["status"] == "ok" for m in metrics.values()),
         "nonfinite": sum(m["status"] == "nonfinite" for m in metrics.values()),
         "no_improvement": sum(m["status"] == "no_improvement" for m in metrics.values()),
