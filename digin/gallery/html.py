@@ -1,24 +1,16 @@
-"""Static HTML gallery: plain files, relative links, no JavaScript, no server.
+"""Page shell, the per-group pages (every result in full) and the top index of a gallery.
 
-Layout written under `out/`:
-  index.html                         tasks
-  <task>/index.html                  groups of the task (class pair / class / neuron) with counts
-  <task>/<group>.html                one row per sample: original | sd | ours, metrics, loss curve (inline SVG)
-  <task>/img/<sample>_<name>.png     images copied next to the pages
+Every text that comes from results (keys, labels, prompts, metric names) goes through `html.escape`; pages link
+only relative files (images under `img/` and `thumb/` at the gallery root, `assets/` for the shared CSS/JS).
 """
 from __future__ import annotations
 
 import html
-import math
 import re
-from collections import defaultdict
-from pathlib import Path
 
-from digin.gallery.records import ResultRecord
+from digin.gallery.svg import curves_svg
 
-CSS = """body{font-family:sans-serif;margin:1em}img{max-width:256px;image-rendering:pixelated;min-width:96px}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}
-.m td{border:none;padding:0 6px}"""
+esc = html.escape
 
 
 def slug(text: str) -> str:
@@ -27,114 +19,104 @@ def slug(text: str) -> str:
     return s[:100] or "_"
 
 
-def _page(title: str, body: str, up: str | None = None) -> str:
-    nav = f'<p><a href="{html.escape(up)}">up</a></p>' if up else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{nav}<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+def unique_slug(text: str, taken: set, reserved=()) -> str:
+    """slug(text), suffixed with '_' until it is new in `taken` (two names that slug alike keep apart); added."""
+    s = slug(text)
+    while s in taken or s in reserved:
+        s += "_"
+    taken.add(s)
+    return s
 
 
-def loss_curve_svg(values, width: int = 240, height: int = 120) -> str:
-    """Inline SVG polyline of a loss curve, y axis labelled with min/max (non-finite points dropped)."""
-    pts = [(i, float(v)) for i, v in enumerate(values or []) if v is not None and math.isfinite(float(v))]
-    if not pts:
-        return "<em>no loss curve</em>"
-    pad = 30
-    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
-    span_y = (hi - lo) or 1.0
-    span_x = max(len(values) - 1, 1)
-    coords = " ".join(
-        f"{pad + (width - pad - 4) * i / span_x:.1f},{4 + (height - 20) * (1 - (v - lo) / span_y):.1f}" for i, v in pts)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="loss">'
-            f'<rect x="{pad}" y="2" width="{width - pad - 2}" height="{height - 16}" fill="none" stroke="#999"/>'
-            f'<polyline fill="none" stroke="#c00" stroke-width="1.5" points="{coords}"/>'
-            f'<text x="0" y="12" font-size="10">{hi:.3g}</text>'
-            f'<text x="0" y="{height - 16}" font-size="10">{lo:.3g}</text>'
-            f'<text x="{pad}" y="{height - 2}" font-size="10">step 0..{len(values) - 1}</text></svg>')
+def page(title: str, body: str, depth: int, up: str | None = None, scripts=()) -> str:
+    """A complete page; `depth` = folders below the gallery root (for the shared assets' relative path)."""
+    root = "../" * depth
+    nav = f'<p class="nav"><a href="{esc(up)}">up</a></p>' if up else ""
+    js = "".join(f'<script src="{esc(s)}"></script>' for s in scripts)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<link rel="stylesheet" href="{root}assets/gallery.css"></head><body>{nav}<h1>{esc(title)}</h1>\n'
+            f"{body}\n{js}</body></html>\n")
 
 
-def _format(v) -> str:
+def fmt(v) -> str:
+    """A metric value for a table cell: floats to 4 digits, per-iteration lists shortened (the curves show them)."""
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) > 3 and all(isinstance(x, (int, float)) or x is None for x in v):
+        return f"[{len(v)} values]"
     if isinstance(v, (list, tuple)) and len(v) > 8:
         return f"[{len(v)} values]"
     return str(v)
 
 
-def _metrics_table(metrics: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_format(v))}</td></tr>"
-                   for k, v in sorted(metrics.items()) if not isinstance(v, dict))
-    return f'<table class="m">{rows}</table>'
+def _metrics_table(metrics: dict, evaluation: dict | None) -> str:
+    rows = [(k, v) for k, v in sorted(metrics.items()) if not isinstance(v, dict)]
+    rows += [(f"eval: {k}", v) for k, v in sorted((evaluation or {}).items()) if k not in ("key", "task", "group")]
+    return '<table class="m">' + "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(fmt(v))}</td></tr>"
+                                         for k, v in rows) + "</table>"
 
 
-def _write_image(folder: Path, stem: str, rec: ResultRecord, name: str) -> str:
-    path = folder / "img" / f"{stem}_{slug(name)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(rec.image_png(name))
-    return f"img/{path.name}"
+def figure(name: str, img, prefix: str, thumb: bool = False, caption: str | None = None) -> str:
+    """An image cell linking the full image; `thumb` shows the thumbnail (lazily loaded) instead."""
+    src, w, h = (img.thumb, img.thumb_width, img.thumb_height) if thumb else (img.src, img.width, img.height)
+    return (f'<figure><a href="{esc(prefix + img.src)}"><img src="{esc(prefix + src)}" width="{w}" height="{h}" '
+            f'loading="lazy" alt="{esc(name)}"></a><figcaption>{esc(caption or name)}</figcaption></figure>')
 
 
-def _sample_rows(folder: Path, rec: ResultRecord, columns: list[str], used: set) -> str:
-    stem = slug(rec.key)
-    while stem in used:  # two keys that slug alike must not overwrite each other's images
-        stem += "_"
-    used.add(stem)
-    cells = []
-    for name in columns:
-        if name in rec.images:
-            src = _write_image(folder, stem, rec, name)
-            cells.append(f'<td>{html.escape(name)}<br><img src="{src}" alt="{html.escape(name)}"></td>')
-        else:
-            cells.append(f"<td>{html.escape(name)}<br><em>missing</em></td>")
-    aux = "".join(f'<div>{html.escape(n)}<br><img src="{_write_image(folder, stem, rec, n)}" '
-                  f'alt="{html.escape(n)}"></div>' for n in rec.aux_images)
-    return (f"<tr><th colspan=\"{len(columns) + 2}\">{html.escape(rec.key)}</th></tr><tr>{''.join(cells)}"
-            f"<td>{_metrics_table(rec.metrics)}</td><td>{loss_curve_svg(rec.loss_curve)}{aux}</td></tr>")
+def anchor(key: str) -> str:
+    return "s-" + slug(key)
 
 
-def _group_title(group: str, recs: list[ResultRecord]) -> str:
-    m = recs[0].metrics
-    if m.get("start_label") and m.get("target_label"):
-        return f"{group}: {m['start_label']} → {m['target_label']}"
-    if m.get("label"):
-        return f"{group}: {m['label']}"
+def group_page(task: str, title: str, items: list, columns: list[str], evals: dict) -> str:
+    """Every result of one group in full: images, metrics (and `digin eval` numbers), loss / confidence curves
+    with the best iterate marked, masks and attention maps."""
+    blocks, anchors = [], set()
+    for it in items:
+        m = it.metrics
+        cells = "".join(figure(c, it.images[c], "../") if c in it.images
+                        else f'<figure class="missing"><em>missing</em><figcaption>{esc(c)}</figcaption></figure>'
+                        for c in columns)
+        aux = "".join(figure(n, img, "../") for n, img in it.aux.items())
+        conf = {k: v for k, v in (m.get("confidences") or {}).items() if isinstance(v, list)}
+        best = m.get("best_iter") if isinstance(m.get("best_iter"), int) else None
+        curves = (curves_svg({"loss": it.loss_curve or []}, mark=best, empty="no loss curve")
+                  + (curves_svg(conf, mark=best) if conf else ""))
+        status = it.row["status"]
+        flag = "success" if it.row["success"] else "no success"
+        blocks.append(
+            f'<div class="result" id="{unique_slug(anchor(it.key), anchors)}"><h3>{esc(it.key)} '
+            f'<span class="st st-{esc(slug(status))}">{esc(status)}</span> <span class="fl">{esc(flag)}</span></h3>'
+            f'<div class="cells">{cells}</div><div class="detail"><div>{_metrics_table(m, evals.get(it.key))}</div>'
+            f'<div>{curves}</div><div class="cells">{aux}</div></div></div>')
+    return page(f"{task} / {title}", "".join(blocks), depth=1, up="index.html")
+
+
+def group_title(group: str, metrics: dict) -> str:
+    if metrics.get("start_label") and metrics.get("target_label"):
+        return f"{group}: {metrics['start_label']} → {metrics['target_label']}"
+    if metrics.get("label"):
+        return f"{metrics['label']} (class {metrics['class']})" if metrics.get("class") is not None else \
+            f"{group}: {metrics['label']}"
+    if metrics.get("neuron") is not None and metrics.get("word"):
+        return f"{group}: {metrics['word']}"
     return group
 
 
-def write_gallery(records, out, columns=("orig", "sd", "ours"), title: str = "digin results") -> Path:
-    """Write the gallery for `records` under `out`; returns the path of the top index.html."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    by_task: dict[str, dict[str, list[ResultRecord]]] = defaultdict(lambda: defaultdict(list))
-    for rec in records:
-        by_task[rec.task][rec.group].append(rec)
-    task_items = []
-    task_slugs: set = set()
-    for task in sorted(by_task):
-        tslug = slug(task)
-        while tslug in task_slugs:
-            tslug += "_"
-        task_slugs.add(tslug)
-        folder = out / tslug
-        folder.mkdir(parents=True, exist_ok=True)
-        group_items, group_slugs, used = [], set(), set()
-        for group in sorted(by_task[task]):
-            recs = sorted(by_task[task][group], key=lambda r: r.key)
-            gslug = slug(group)
-            while gslug in group_slugs or gslug == "index":
-                gslug += "_"
-            group_slugs.add(gslug)
-            rows = "".join(_sample_rows(folder, r, list(columns), used) for r in recs)
-            heading = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "<th>metrics</th><th>loss</th>"
-            gtitle = _group_title(group, recs)
-            (folder / f"{gslug}.html").write_text(
-                _page(f"{task} / {gtitle}", f"<table><tr>{heading}</tr>{rows}</table>", up="index.html"),
-                encoding="utf-8")
-            group_items.append(f'<li><a href="{gslug}.html">{html.escape(gtitle)}</a> ({len(recs)})</li>')
-        (folder / "index.html").write_text(
-            _page(task, f"<ul>{''.join(group_items)}</ul>", up="../index.html"), encoding="utf-8")
-        n = sum(len(v) for v in by_task[task].values())
-        task_items.append(f'<li><a href="{tslug}/index.html">{html.escape(task)}</a> '
-                          f'({len(by_task[task])} groups, {n} samples)</li>')
-    index = out / "index.html"
-    index.write_text(_page(title, f"<ul>{''.join(task_items)}</ul>"), encoding="utf-8")
-    return index
+def index_page(title: str, entries: list[dict]) -> str:
+    """The top page: a table of the tasks (results, success, mean gain, problems) with the thumbnails of their
+    largest gains."""
+    head = ("<tr><th>task</th><th>results</th><th>success</th><th>mean gain</th><th>non-finite</th>"
+            "<th>rejected / skipped inputs</th><th>largest gains</th></tr>")
+    rows = []
+    for e in entries:
+        s = e["summary"]
+        rate = "—" if s["success_rate"] is None else f"{100 * s['success_rate']:.1f} %"
+        gain = "—" if s["gain_mean"] is None else f"{s['gain_mean']:+.3g} ({s['score_label']})"
+        inp = s["inputs"]
+        bad = f"{inp['rejected']} / {inp['skipped']}" if inp else "—"
+        thumbs = "".join(f'<a href="{esc(e["folder"])}/{esc(href)}"><img src="{esc(src)}" width="{w}" '
+                         f'height="{h}" loading="lazy" alt="{esc(alt)}"></a>' for href, src, w, h, alt in e["thumbs"])
+        rows.append(f'<tr><td><a href="{esc(e["folder"])}/index.html">{esc(e["task"])}</a></td>'
+                    f'<td>{s["results"]}</td><td>{rate}</td><td>{esc(gain)}</td><td>{s["status"].get("nonfinite", 0)}'
+                    f'</td><td>{bad}</td><td class="strip">{thumbs}</td></tr>')
+    return page(title, f"<table class='tasks'>{head}{''.join(rows)}</table>", depth=0)

@@ -1,9 +1,10 @@
 """Result records: one generated sample (original / sd / ours images + metrics) as the gallery, export and eval see it.
 
 Result shards (written by the uvce / diff / neurons tasks) hold per-sample members; the defaults of `ShardFields`
-name them: images `orig.png`, `sd.png`, `ours.png`, optional `mask.png` / `attention.png`, and `metrics.json`
-(a dict: start, target, start_label, target_label, index, neuron, group, task, confidences, `loss_curve`, ...).
-Every name is configurable, so shards from another writer can be read without renaming members.
+name them: images `orig.png`, `recon.png`, `sd.png`, `ours.png`, optional `mask.png` / `attention.png`, and
+`metrics.json` (a dict: start, target, start_label, target_label, index, neuron, group, task, confidences,
+`loss_curve`, `status`, ...). Every name is configurable, so shards from another writer can be read without
+renaming members. Records read from shards keep their images as the encoded bytes (`image_array` decodes).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ResultRecord:
     metrics: dict = field(default_factory=dict)
     loss_curve: list[float] | None = None
     aux_images: dict = field(default_factory=dict)  # masks, attention maps: shown below the main row
+    source: str | None = None  # the result shard set folder it came from
 
     def image_array(self, name: str) -> np.ndarray:
         return image_to_array(self.images.get(name, self.aux_images.get(name)))
@@ -32,8 +34,9 @@ class ResultRecord:
 
 
 def image_to_array(value) -> np.ndarray:
-    """PNG/JPEG bytes, a path or an array -> uint8 HWC RGB (HW masks stay HW)."""
-    from PIL import Image
+    """Encoded bytes or a path -> uint8 HWC RGB, decoded as the shard reader decodes images (a grey mask too);
+    arrays pass through (HW masks stay HW)."""
+    from digin.shards.decode import decode_image
 
     if value is None:
         raise KeyError("image missing")
@@ -41,8 +44,7 @@ def image_to_array(value) -> np.ndarray:
         return value
     if isinstance(value, (str, Path)):
         value = Path(value).read_bytes()
-    with Image.open(io.BytesIO(value)) as im:
-        return np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
+    return decode_image(bytes(value))
 
 
 def image_to_png(value) -> bytes:
@@ -76,14 +78,15 @@ def default_group(metrics: dict) -> str:
 class ShardFields:
     """Member names of a result shard (field part of `<key>.<field>.<ext>`)."""
 
-    images: list[str] = field(default_factory=lambda: ["orig", "sd", "ours"])
+    images: list[str] = field(default_factory=lambda: ["orig", "recon", "sd", "ours"])
     aux_images: list[str] = field(default_factory=lambda: ["mask", "attention"])
     metrics: str = "metrics"
     loss_curve: str = "loss_curve"  # key inside the metrics dict
     task: str = "task"  # key inside the metrics dict; falls back to the shard set's manifest name
 
 
-def record_from_sample(sample: dict, fields: ShardFields | None = None, task: str | None = None) -> ResultRecord:
+def record_from_sample(sample: dict, fields: ShardFields | None = None, task: str | None = None,
+                       source: str | None = None) -> ResultRecord:
     """A decoded shard sample (digin.shards.reader) -> ResultRecord."""
     fields = fields or ShardFields()
     metrics = dict(sample.get(fields.metrics) or {})
@@ -98,6 +101,7 @@ def record_from_sample(sample: dict, fields: ShardFields | None = None, task: st
         metrics=metrics,
         loss_curve=[float(v) for v in curve] if curve is not None else None,
         aux_images={n: sample[n] for n in fields.aux_images if n in sample},
+        source=source,
     )
 
 
@@ -120,12 +124,53 @@ def expand_targets(sample: dict) -> list[dict]:
     return out
 
 
-def records_from_shards(shard_dir, fields: ShardFields | None = None, task: str | None = None, **reader_kwargs):
-    """Every committed sample of a result shard set as ResultRecords (rejects skipped; multi-target samples
-    expanded to one record per target)."""
-    from digin.shards.manifest import ShardSet
-    from digin.shards.reader import iter_samples
+def keep_encoded(ext: str, data: bytes, resolution=None, center_crop: bool = True):
+    """Member decoder for result shards: images (and latents, which no reader of records needs) stay encoded
+    bytes, so the gallery copies PNGs as written and decodes each image once, for its thumbnail; JSON and text
+    are decoded by the safe decoder (pickle-like members are still refused there)."""
+    from digin.shards.decode import IMAGE_EXTS, TENSOR_EXTS, decode_member
 
-    ss = ShardSet.load(shard_dir)
-    task = task or ss.meta.get("task") or (ss.meta.get("config") or {}).get("stage") or ss.name
-    return [record_from_sample(x, fields, task) for s in iter_samples(ss, **reader_kwargs) for x in expand_targets(s)]
+    if ext.lower() in IMAGE_EXTS or ext.lower() in TENSOR_EXTS:
+        return bytes(data)
+    return decode_member(ext, data, resolution, center_crop)
+
+
+def task_of(ss) -> str:
+    """Task name of a result shard set: its manifest's task, else its stage, else its name."""
+    return ss.meta.get("task") or (ss.meta.get("config") or {}).get("stage") or ss.name
+
+
+def iter_records(shard_dir, fields: ShardFields | None = None, task: str | None = None):
+    """Stream the committed samples of a result shard set as ResultRecords, shard by shard (images as encoded
+    bytes; rejects skipped; multi-target samples expanded to one record per target)."""
+    from digin.shards.manifest import ShardSet
+    from digin.shards.reader import iter_shard
+
+    ss = shard_dir if isinstance(shard_dir, ShardSet) else ShardSet.load(shard_dir)
+    task, source = task or task_of(ss), str(ss.dir)
+    for index in ss.indices():
+        for s in iter_shard(ss, index, decode=keep_encoded):
+            if "__reject__" not in s:
+                yield from (record_from_sample(x, fields, task, source) for x in expand_targets(s))
+
+
+def records_from_shards(shard_dir, fields: ShardFields | None = None, task: str | None = None):
+    """Every committed sample of a result shard set as ResultRecords (see iter_records)."""
+    return list(iter_records(shard_dir, fields, task))
+
+
+def input_counts(ss) -> dict:
+    """What a stage did with its input samples, from the commit records: written, rejected (failures) and
+    skipped (passed over on purpose, reason `skip:<why>`), with the reasons counted."""
+    written = rejected = skipped = 0
+    reasons: dict[str, int] = {}
+    for rec in ss.records.values():
+        written += int(rec.get("count", 0))
+        for r in rec.get("rejects") or []:
+            reason = str(r.get("reason", "?"))
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if reason.startswith("skip:"):
+                skipped += 1
+            else:
+                rejected += 1
+    return {"written": written, "rejected": rejected, "skipped": skipped, "reasons": reasons}

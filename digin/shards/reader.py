@@ -42,10 +42,12 @@ def _group_members(data: bytes, where: str, naming: str = "digin"):
 
 
 def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True,
-               center_crop: bool = True):
+               center_crop: bool = True, decode=decode_member):
     """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
     and keys against the shard's record before yielding anything. A shard of an indexed webdataset set (a
-    foreign tar) is checked against its record's `source_keys` and its samples mapped to digin's fields."""
+    foreign tar) is checked against its record's `source_keys` and its samples mapped to digin's fields.
+    `decode` (same signature as decode_member) lets a reader keep some members encoded (the gallery copies PNG
+    bytes as they are)."""
     from digin.shards.wdsindex import foreign_sample
 
     rec = ss.records[index]
@@ -71,7 +73,7 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
         sample = dict(base)
         try:
             for field, (ext, payload) in fields.items():
-                sample[field] = decode_member(ext, payload, resolution if field == "image" else None, center_crop)
+                sample[field] = decode(ext, payload, resolution if field == "image" else None, center_crop)
         except DecodeError as e:
             yield {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
             continue
