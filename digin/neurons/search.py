@@ -26,7 +26,7 @@ def search_key(word: str, j: int) -> str:
 def word_features(sd, clf, words: list[str], *, template: str, images_per_word: int, seed: int, resolution: int,
                   num_ddim_steps: int, guidance_scale: float, batch_size: int, device) -> dict[str, torch.Tensor]:
     """word → mean feature vector (F,) over its `images_per_word` generated images (CPU, fp32)."""
-    from digin.engine.sampling import denoise
+    from digin.engine.sampling import decode_latents, denoise
     from digin.engine.schedule import make_ddim_schedule
 
     sched = make_ddim_schedule(sd.scheduler_config, num_ddim_steps).to(device)
@@ -40,7 +40,7 @@ def word_features(sd, clf, words: list[str], *, template: str, images_per_word: 
         if uncond is None:
             uncond = sd.encode_text([""]).expand(len(chunk), -1, -1)
         _, x0 = denoise(sd, sched, z, cond, uncond, guidance_scale)
-        _, feats_BNF = clf.features(sd.decode(x0))
+        _, feats_BNF = clf.features(decode_latents(sd, x0))
         feats = feats_BNF[:n, 0].float().cpu()
         for (w, _), f in zip(chunk[:n], feats):
             sums[w] = sums[w] + f if w in sums else f.clone()
