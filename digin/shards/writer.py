@@ -5,11 +5,22 @@ import hashlib
 import os
 from pathlib import Path
 
+from digin.errors import UserError
 from digin.shards.encode import encode_value
 from digin.shards.manifest import fsync_dir, write_commit
 from digin.shards.naming import check_key, member_name
 
 PARTIAL = ".partial"
+
+
+class PartialExists(UserError, FileExistsError):
+    """Another writer has the shard's partial file open: two writers of one shard must never share it."""
+
+
+def remove_orphan_partial(folder, file_name: str):
+    """Delete `<file>.partial` left by a killed writer. Only for a caller that owns the shard (a run lock, or
+    the single writer of a work list): a live writer's partial must not be pulled from under it."""
+    (Path(folder) / (file_name + PARTIAL)).unlink(missing_ok=True)
 
 
 class _HashingFile:
@@ -39,7 +50,11 @@ class ShardWriter:
         self.extra = dict(extra or {})
         self.keys: list[str] = []
         self._seen: set[str] = set()
-        self._raw = open(self.partial, "wb")
+        try:  # exclusive: a second writer of this shard fails here instead of writing into the same file
+            self._raw = open(self.partial, "xb")
+        except FileExistsError:
+            raise PartialExists(f"{self.partial} exists: another process is writing shard {index} of {self.folder} "
+                                "(or a killed one left it; a resume of the stage that owns it removes it)") from None
         self._hf = _HashingFile(self._raw)
         self._tar = TarStreamWriter(self._hf)
 

@@ -379,7 +379,8 @@ def run_counterfactuals(cfg: Config) -> int:
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
                         name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg),
+                        allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code
 
 
