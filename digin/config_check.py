@@ -166,7 +166,7 @@ def _get(cfg, dotted: str):
 
 
 def _refuse(key: str, value, allowed: str):
-    raise ConfigError(f"{key}={value!r} is out of range: allowed is {allowed}")
+    raise ConfigError(f"{key}={value!r} is not allowed (allowed: {allowed})")
 
 
 def validate(cfg, task: str | None = None):

@@ -123,6 +123,8 @@ def remove_stale_tmp(path) -> list[Path]:
 
 
 def write_json(path, obj):
+    if Path(path).name == MANIFEST:  # rare writes: the moment to drop copies a killed writer left (any writer)
+        remove_stale_tmp(path)
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n")
 
 

@@ -324,6 +324,15 @@ def _incomplete_message(missing: dict, inputs: list[ShardSet]) -> str:
                      for d, m in missing.items())
 
 
+def check_inputs_complete(inputs: list[ShardSet], allow_incomplete: bool) -> dict[str, list[int]]:
+    """IncompleteInput naming the missing shards, unless allow_incomplete; returns them (empty: complete)."""
+    missing = missing_input_shards(inputs)
+    if missing and not allow_incomplete:
+        raise IncompleteInput(_incomplete_message(missing, inputs) + "; let the stage that writes it finish (or "
+                              "resume it), or pass allow_incomplete=true to process the committed shards only")
+    return missing
+
+
 def _is_committed(out: ShardSet, index: int) -> bool:
     rec = out.records.get(index)
     if rec is None:
@@ -450,10 +459,7 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     budget = _ErrorBudget(max_consecutive_rejects, max_reject_share, reject_share_min_samples)
     # Refusals first: nothing is written (not even the lock) when one applies.
     refuse_output_in_inputs(output, ins)
-    missing = missing_input_shards(ins)
-    if missing and not allow_incomplete:
-        raise IncompleteInput(_incomplete_message(missing, ins) + "; let the stage that writes it finish (or "
-                              "resume it), or pass allow_incomplete=true to process the committed shards only")
+    missing = check_inputs_complete(ins, allow_incomplete)
     _check_unique_keys(ins[0])
     device = device if device is not None else device_for_local_rank(local_rank)
     if tracking and tracking.get("project"):

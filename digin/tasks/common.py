@@ -272,8 +272,7 @@ def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int
     same items is a no-op; other items into the same folder are refused. Only rank 0 writes; the other ranks
     wait for its commit (several writers would race on the same files)."""
     from digin.shards.dist import rank_world
-    from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, remove_stale_tmp,
-                                       write_json)
+    from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
     from digin.shards.writer import ShardWriter, remove_orphan_partial
 
     if rank_world()[0] != 0:
@@ -287,7 +286,6 @@ def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int
          **(meta or {})}
     out.mkdir(parents=True, exist_ok=True)
     mpath = out / MANIFEST
-    remove_stale_tmp(mpath)
     if mpath.exists() and json.loads(mpath.read_text()).get("config_hash") != chash:
         raise ConfigMismatch(f"{out} holds another work list; use a new folder")
     write_json(mpath, m)
