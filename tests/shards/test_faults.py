@@ -18,23 +18,8 @@ from digin.shards.runner import IncompleteInput, RunLocked, run_stage
 from digin.shards.verify import verify_tree
 from digin.shards.writer import PartialExists, ShardWriter
 
+from .test_lock_budget import clean_env, live_pid  # noqa: F401 (fixtures: environment cleared, a live pid)
 from .test_lock_budget import events, lock_path, make_input, plant_lock, snapshot, trivial
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for k in ("SLURM_JOB_ID", "DIGIN_BREAK_LOCK", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID",
-              "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT",
-              "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(k, raising=False)
-
-
-@pytest.fixture
-def live_pid():
-    proc = subprocess.Popen(["sleep", "30"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
 
 
 def run(inp, out, process=None, **kw):
