@@ -587,19 +587,15 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                             summary.not_selected += 1
                             continue
                         reason = ("process_returned_none" if o is None else o.get("__reject__"))
+                        if not reason and not o:
+                            raise ValueError(f"process returned an empty output for {smp['__key__']}")
+                        if not reason:
+                            try:
+                                st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
+                            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
+                                reason = f"unwritable:{str(e)[:200]}"
                         if reason:
                             r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
-                            st["rejects"].append(r)
-                            log.event("reject", shard=i, **r)
-                            summary.rejected += 1
-                            budget.reject(i, r)
-                            continue
-                        if not o:
-                            raise ValueError(f"process returned an empty output for {smp['__key__']}")
-                        try:
-                            st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
-                        except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
-                            r = {"key": smp["__key__"], "reason": f"unwritable:{str(e)[:200]}", "pos": smp["__pos__"]}
                             st["rejects"].append(r)
                             log.event("reject", shard=i, **r)
                             summary.rejected += 1

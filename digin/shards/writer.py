@@ -67,7 +67,10 @@ class ShardWriter:
         encoded = []
         for name in sorted(fields):  # sorted: member order does not depend on dict order
             v = fields[name]
-            ext, data = v if isinstance(v, tuple) else encode_value(v)
+            try:
+                ext, data = v if isinstance(v, tuple) else encode_value(v)
+            except (ValueError, TypeError) as e:  # name the field (NaN in a JSON dict, a float array, ...)
+                raise type(e)(f"field {name!r} of {key}: {e}") from None
             encoded.append((member_name(key, name, ext), data))
         for mname, data in encoded:
             self._tar.add(mname, data)

@@ -185,3 +185,16 @@ def test_verify_deep_and_the_reader_apply_the_same_pixel_limit(tmp_path):
     problems = verify_tree(folder, deep=True).problems
     assert len(problems) == 1 and problems[0]["kind"] == "member"
     assert "sample s/a/1" in problems[0]["detail"] and "too_large" in problems[0]["detail"]
+
+
+# ---------------------------------------------------------------------------------------------- #1 at the writer
+def test_an_output_the_writer_cannot_encode_rejects_that_sample_only(tmp_path):
+    """A NaN in a JSON field (JSON refuses NaN) used to crash the shard writer and lose the batch."""
+    inp = make_input(tmp_path / "in", 1, 4)
+    nan_key = "in/all/00001"
+    s = run(inp, tmp_path / "out", lambda b: [{"stats": {"conf": float("nan") if k == nan_key else 0.5}}
+                                              for k in b.keys[:b.n_real]])
+    assert (s.processed, s.rejected, s.committed_shards) == (3, 1, 1)
+    rec = ShardSet.load(tmp_path / "out").records[0]
+    assert nan_key not in rec["keys"] and rec["rejects"][0]["key"] == nan_key
+    assert rec["rejects"][0]["reason"].startswith("unwritable:field 'stats' of in/all/00001: Out of range float")
