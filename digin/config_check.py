@@ -106,7 +106,7 @@ RULES: dict[str, Num] = {
     "images_per_class": COUNT, "sgd_steps": COUNT0,
     # bench (None: the preset's value)
     "batch": COUNT, "warmup": COUNT0, "iters": COUNT, "ddim_steps": Int(1, 1000), "loss_steps": COUNT,
-    "num_cutouts": COUNT0, "inner_steps": COUNT0,
+    "num_cutouts": COUNT0, "inner_steps": COUNT0, "capacity_gib": Real(0, lo_open=True),
     # toy-train
     "threads": COUNT, "vae_steps": COUNT0, "vae_batch": COUNT, "vae_lr": RATE, "vae_kl_weight": NONNEG,
     "num_latents": COUNT, "unet_minutes": NONNEG, "unet_steps": COUNT0, "unet_batch": COUNT, "unet_lr": RATE,
