@@ -150,7 +150,15 @@ def build_config(config_cls, overrides: list[str]):
     if missing:
         raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
                          f"(give them as key=value)")
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    from digin.config_check import validate
+    from digin.errors import ConfigError
+
+    try:  # numeric ranges, dtype, device: before the task writes anything
+        validate(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"digin: {e}") from None
+    return cfg
 
 
 def _field_default(f: dataclasses.Field):
@@ -227,13 +235,16 @@ def _main(argv: list[str]):
         print("\nkeys every task takes:\n" + GLOBAL_KEYS)
         return 0
     cfg = build_config(mod.Config, argv)
-    from digin.shards.manifest import ConfigMismatch
-    from digin.shards.runner import RunLocked, StageFailed
+    import os
+
+    from digin.errors import is_expected, one_line
 
     try:
         return mod.run(cfg)
-    except (RunLocked, StageFailed, ConfigMismatch) as e:  # expected operational stops: the message, no traceback
-        print(f"digin {task}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except Exception as e:  # bad input, refused runs, a full disk: one line (traceback in the rank's log); bugs raise
+        if not is_expected(e) or os.environ.get("DIGIN_TRACEBACK") == "1":
+            raise
+        print(one_line(task, e), file=sys.stderr, flush=True)
         return 1
 
 

@@ -40,8 +40,8 @@ def test_preset_then_overrides():
 
     with pytest.raises(SystemExit, match="missing required key.*model_path"):
         build_config(diff.Config, ["config=sdxl_turbo", "out=o"])
-    cfg = build_config(diff.Config, ["config=sdxl_turbo", "num_ddim_steps=2", "out=o", "model_path=/m"])
-    assert cfg.solver == "euler" and cfg.num_ddim_steps == 2
+    cfg = build_config(diff.Config, ["config=sdxl_turbo", "num_ddim_steps=3", "out=o", "model_path=/m"])
+    assert cfg.solver == "euler" and cfg.num_ddim_steps == 3  # (loss_steps=3 needs ≥ 3 steps)
 
 
 def test_operational_stops_print_the_reason_and_exit_1(tmp_path, capsys):
@@ -94,3 +94,78 @@ def test_verbose_is_a_key_of_every_task(capsys):
         main(["verify", "path=.", "verbose=loud"])
     assert main(["verify", "--help", "verbose=true"]) == 0
     assert "verbose=false" in capsys.readouterr().out
+# ---------------------------------------------------------------------------------- issue 16 #5, #6: one line
+@pytest.fixture
+def shards(tmp_path):
+    from digin.shards.synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "src", classes=["a", "b"], n_per_class=2, size=16, seed=0)
+    assert main(["shard", "source=imagefolder", f"root={tmp_path / 'src'}", "split=all", f"out={tmp_path / 'sh'}",
+                 "workers=1", "samples_per_shard=2"]) == 0
+    return tmp_path / "sh"
+
+
+def _caption(inputs, out, *extra):
+    return main(["caption", f"inputs={inputs}", f"out={out}", "backend=template", "progress=false", *extra])
+
+
+def _one_line(err: str, start: str):
+    lines = [x for x in err.splitlines() if x.startswith("digin ")]
+    assert len(lines) == 1 and lines[0].startswith(start) and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_expected_errors_are_one_line_and_exit_1(shards, tmp_path, capsys, monkeypatch):
+    import json
+
+    from digin.shards.manifest import MANIFEST
+    from digin.shards.writer import ShardWriter
+
+    capsys.readouterr()
+    assert _caption(tmp_path / "nope", tmp_path / "c") == 1  # a missing input folder
+    _one_line(capsys.readouterr().err, "digin caption: FileNotFoundError: no manifest.json in")
+    # duplicate keys: shard 1 repeats a key of shard 0
+    rec1 = json.loads((shards / "commits" / "000001.json").read_text())
+    rec0 = json.loads((shards / "commits" / "000000.json").read_text())
+    rec1["keys"][0] = rec0["keys"][0]
+    (shards / "commits" / "000001.json").write_text(json.dumps(rec1))
+    assert _caption(shards, tmp_path / "c") == 1
+    _one_line(capsys.readouterr().err, "digin caption: ShardError:")
+    rec1["keys"][0] = "x/y/z"
+    (shards / "commits" / "000001.json").write_text(json.dumps(rec1))
+    # a bad rank environment
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _caption(shards, tmp_path / "c") == 1
+    assert "RANK/WORLD_SIZE = 3/2" in _one_line(capsys.readouterr().err, "digin caption: ConfigError:")
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    # out = the input folder, force or not (#6): refused, the input's manifest untouched
+    before = (shards / MANIFEST).read_bytes()
+    assert _caption(shards, shards, "force=true") == 1
+    _one_line(capsys.readouterr().err, "digin caption: ConfigError: the output folder")
+    assert (shards / MANIFEST).read_bytes() == before
+    # a full disk while writing: one line with what to do, the traceback in the rank's log
+    def full(self, key, fields):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "add", full)
+    assert _caption(shards, tmp_path / "c") == 1
+    line = _one_line(capsys.readouterr().err, "digin caption: OSError: [Errno 28] No space left on device; free")
+    log = line.split("(traceback in ")[1].rstrip(")")
+    (ev,) = [e for e in map(json.loads, open(log)) if e["event"] == "error"]
+    assert "Traceback" in ev["traceback"] and "No space left" in ev["traceback"]
+
+
+def test_unexpected_errors_keep_their_traceback(shards, tmp_path, monkeypatch):
+    from digin.shards.writer import ShardWriter
+
+    def bug(self, key, fields):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(ShardWriter, "add", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        _caption(shards, tmp_path / "c")
+    monkeypatch.setenv("DIGIN_TRACEBACK", "1")  # and an expected one shows its traceback when asked
+    with pytest.raises(FileNotFoundError):
+        _caption(tmp_path / "nope", tmp_path / "c")

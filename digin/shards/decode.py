@@ -6,6 +6,7 @@ over white; CMYK/L/P/... converted to RGB. Output: uint8 HWC numpy array, RGB.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
@@ -18,7 +19,9 @@ TEXT_EXTS = frozenset({"txt", "cls"})
 TENSOR_EXTS = frozenset({"safetensors"})
 # Members that would unpickle (code execution) or that we do not know how to read safely.
 FORBIDDEN_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "bin", "npy", "npz", "mp", "msgpack"})
-MAX_IMAGE_PIXELS = 16384 * 16384 // 2  # ~134 Mpx: above this an image is a reject (`too_large`), never an OOM
+# ~134 Mpx: above this an image is a reject (`too_large`), never an OOM. The one limit: the reader and
+# `digin verify deep=true` both apply it through _pixel_limit().
+MAX_IMAGE_PIXELS = 16384 * 16384 // 2
 IMAGE_POLICY = {"exif": "transpose", "alpha": "composite_white", "i16": "scale_to_8bit", "frames": "first"}
 
 
@@ -116,6 +119,38 @@ def squash_resize(im, resolution: int):
     return im if im.size == (resolution, resolution) else im.resize((resolution, resolution), Image.BILINEAR)
 
 
+@contextlib.contextmanager
+def _pixel_limit():
+    """Pillow refuses images above MAX_IMAGE_PIXELS (its bomb warning made an error) inside this block only."""
+    from PIL import Image
+
+    old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit  # our limit applies to shard data only, not to the caller's Pillow use
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header alone (no pixel decoding), under the reader's pixel limit;
+    DecodeError (`empty`, `too_large`, `unidentified_image`, `decode_error`) otherwise."""
+    from PIL import Image
+
+    if not data:
+        raise DecodeError("empty")
+    try:
+        with _pixel_limit(), Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError("too_large", str(e)[:200]) from None
+    except Image.UnidentifiedImageError as e:
+        raise DecodeError("unidentified_image", str(e)[:200]) from None
+    except Exception as e:  # bytes from disk: any failure to identify is bad data, never a crash
+        raise DecodeError("decode_error", f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
 def decode_image(data: bytes, resolution: int | None = None, center_crop: bool = True) -> np.ndarray:
     """Bytes -> uint8 HWC RGB array, optionally brought to res×res (Resize+CenterCrop, or a plain resize when
     `center_crop` is False); DecodeError with a reason code on failure."""
@@ -123,10 +158,8 @@ def decode_image(data: bytes, resolution: int | None = None, center_crop: bool =
 
     if not data:
         raise DecodeError("empty")
-    old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _pixel_limit():
             im = Image.open(io.BytesIO(data))
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
@@ -143,8 +176,6 @@ def decode_image(data: bytes, resolution: int | None = None, center_crop: bool =
     except Exception as e:  # OSError (truncated), SyntaxError, ValueError, ...: bad data, never a crash
         reason = "truncated" if "truncated" in str(e).lower() else "decode_error"
         raise DecodeError(reason, f"{type(e).__name__}: {str(e)[:200]}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit  # our limit applies to shard data only, not to the caller's Pillow use
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise DecodeError("decode_error", f"unexpected array shape {arr.shape}")
     return np.ascontiguousarray(arr)

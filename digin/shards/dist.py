@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import os
 
+from digin.errors import ConfigError
+
 
 def _env_int(*names, default=None):
     for n in names:
         v = os.environ.get(n)
         if v not in (None, ""):
-            return int(v)
+            try:
+                return int(v)
+            except ValueError:
+                raise ConfigError(f"environment variable {n}={v!r} is not an integer (set by torchrun / Slurm; "
+                                  "unset it for a single-process run)") from None
     return default
 
 
@@ -24,7 +30,10 @@ def rank_world() -> tuple[int, int, int]:
     else:
         rank, world, local = 0, 1, 0
     if not (0 <= rank < world):
-        raise ValueError(f"bad rank/world from the environment: {rank}/{world}")
+        names = "RANK/WORLD_SIZE" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else \
+            "SLURM_PROCID/SLURM_NTASKS"
+        raise ConfigError(f"bad rank/world from the environment: {names} = {rank}/{world} (want 0 <= rank < world); "
+                          "launch with torchrun or srun, or unset them for a single-process run")
     return rank, world, local
 
 

@@ -14,19 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from digin.errors import UserError
+from digin.shards.liveness import gone_on_this_host, this_host
 
 FORMAT = "digin-shards/1"
 MANIFEST = "manifest.json"
 COMMITS = "commits"
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard that does not match its manifest (truncated, altered, wrong count/keys, unreadable)."""
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(UserError, RuntimeError):
     """Resuming a stage with a different resolved config (pass force=True to override)."""
 
 
@@ -78,10 +82,15 @@ def fsync_dir(path):
         os.close(fd)
 
 
+TMP_TAG = ".tmp."
+TMP_MAX_AGE_S = 3600.0  # a temporary copy of a small JSON file this old has no live writer on any host
+
+
 def atomic_write_bytes(path, data: bytes):
-    """Write to `<path>.tmp.<pid>`, fsync, rename over `path`, fsync the folder."""
+    """Write to `<path>.tmp.<host>.<pid>`, fsync, rename over `path`, fsync the folder. The host and pid in the
+    temporary name let a later run tell a leftover of a killed writer from a file being written right now."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f"{path.name}{TMP_TAG}{this_host()}.{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -90,7 +99,34 @@ def atomic_write_bytes(path, data: bytes):
     fsync_dir(path.parent)
 
 
+def _tmp_writer(tmp_name: str, base: str) -> tuple[str | None, int | None]:
+    """(host, pid) of the writer of `<base>.tmp.<host>.<pid>` (older digin wrote `<base>.tmp.<pid>`: host None)."""
+    rest = tmp_name[len(base) + len(TMP_TAG):]
+    host, _, pid = rest.rpartition(".")
+    return (host or None), (int(pid) if pid.isdigit() else None)
+
+
+def remove_stale_tmp(path) -> list[Path]:
+    """Remove the temporary copies of `path` (`<name>.tmp.*`) that a killed writer left: those whose writer pid
+    is gone on this host, and those older than TMP_MAX_AGE_S (a live writer renames its copy within moments).
+    Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{path.name}{TMP_TAG}*"):
+        host, pid = _tmp_writer(tmp.name, path.name)
+        try:
+            old = time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S
+        except FileNotFoundError:
+            continue  # renamed by its writer meanwhile
+        if old or gone_on_this_host(host, pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_json(path, obj):
+    if Path(path).name == MANIFEST:  # rare writes: the moment to drop copies a killed writer left (any writer)
+        remove_stale_tmp(path)
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n")
 
 

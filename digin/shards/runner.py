@@ -3,8 +3,11 @@
 Exactly once: shard i belongs to rank i % world (and to one dataloader worker); output shard i is committed
 atomically (see writer.py) and skipped by any later run, so a killed job resumes with nothing lost or duplicated.
 No collectives: ranks never talk to each other.
-A lock file per rank (output/locks/rank-NNNNNN.lock) keeps two live runs of one rank out of the same output folder,
-and an error budget (too many consecutive rejects, or too large a reject share) stops a run whose input is broken.
+A lock file per rank (output/locks/rank-NNNNNN.lock, see runlock.py) keeps two live runs of one rank, or two runs
+with different world sizes, out of the same output folder, and an error budget (too many consecutive rejects, or too
+large a reject share) stops a run whose input is broken. Refused before anything is written: an output folder that
+is, contains or lies inside an input folder; an input whose manifest lists shards that are not committed (unless
+allow_incomplete); a key in two input shards.
 """
 from __future__ import annotations
 
@@ -12,25 +15,26 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from digin.errors import ConfigError, UserError
 from digin.quiet import attach_log, detach_log
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.environment import run_environment
 from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_differences,
-                                   config_hash, fsync_dir, write_json)
+                                   config_hash, remove_stale_tmp, write_json)
 from digin.shards.progress import Progress
 from digin.shards.reader import assign_shards, iter_shard
 from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
-from digin.shards.writer import PARTIAL, ShardWriter
+from digin.shards.runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: part of this module's API)
+from digin.shards.writer import ShardWriter, remove_orphan_partial
 
 EXIT_OK, EXIT_FAILED, EXIT_REQUEUE = 0, 1, 75  # 75 = EX_TEMPFAIL: the batch script requeues on it
 
@@ -62,6 +66,8 @@ class StageSummary:
     committed_shards: int = 0
     failed_shards: list = field(default_factory=list)
     oom_retries: int = 0
+    nonfinite: int = 0  # results written with status "nonfinite" (a loss or metric turned NaN/inf)
+    no_improvement: int = 0  # results written with status "no_improvement" (the loss only rose)
     final_batch_size: int = 0
     interrupted: bool = False
     error_budget_exceeded: str = ""  # why the run stopped early because of too many rejects ("" = it did not)
@@ -78,17 +84,24 @@ class StageSummary:
                 + (f", not selected {self.not_selected}" if self.not_selected else "") + ", skipped (already done) "
                 f"{self.skipped_samples} samples in {self.skipped_shards} shards, committed {self.committed_shards} "
                 f"shards, failed {len(self.failed_shards)} shards, OOM retries {self.oom_retries}"
+                + (f", non-finite results {self.nonfinite}" if self.nonfinite else "")
+                + (f", no improvement {self.no_improvement}" if self.no_improvement else "")
                 + (", INTERRUPTED (open shards discarded)" if self.interrupted else "")
                 + (", ERROR BUDGET EXCEEDED (open shards discarded)" if self.error_budget_exceeded else "")
                 + f"; log {self.log_path}")
 
 
-class StageFailed(RuntimeError):
-    pass
+class StageFailed(UserError, RuntimeError):
+    """Input shards failed their checks, or the error budget was exceeded; committed shards stay."""
 
 
-class RunLocked(RuntimeError):
-    """Another live run of the same rank holds this output folder's lock (output/locks/rank-NNNNNN.lock)."""
+class IncompleteInput(UserError, RuntimeError):
+    """An input's manifest lists shards that are not committed (pass allow_incomplete=True to go on without them)."""
+
+
+def result_statuses(output: dict) -> list[str]:
+    """The `status` of every result in a sample's output (its JSON fields that carry one, e.g. t<k>_metrics)."""
+    return [v["status"] for v in output.values() if isinstance(v, dict) and isinstance(v.get("status"), str)]
 
 
 def is_oom(e: BaseException) -> bool:
@@ -242,14 +255,19 @@ class _RunLog:
         self._f.close()
 
 
-def _prepare_output(output: Path, name: str, inputs: list[ShardSet], config: dict, force: bool) -> dict:
+def _prepare_output(output: Path, name: str, inputs: list[ShardSet], config: dict, force: bool, world: int,
+                    incomplete: dict) -> dict:
     chash = config_hash({"config": config, "inputs": [ss.meta.get("config_hash") for ss in inputs]})
     meta = {"format": FORMAT, "kind": "stage", "name": name, "config": config, "config_hash": chash,
             "num_shards": inputs[0].meta.get("num_shards"), "classes": inputs[0].classes,
             "inputs": [{"dir": str(ss.dir), "name": ss.name, "config_hash": ss.meta.get("config_hash")}
-                       for ss in inputs]}
+                       for ss in inputs],
+            "world_size": world}  # of the latest run; runs with another world size wait for it (runlock.py)
+    if incomplete:  # allow_incomplete: what the inputs lacked when this run started
+        meta["incomplete_inputs"] = incomplete
     output.mkdir(parents=True, exist_ok=True)
     mpath = output / MANIFEST
+    remove_stale_tmp(mpath)  # a copy a killed run left between writing and renaming it
     if mpath.exists():
         old = json.loads(mpath.read_text())
         if old.get("config_hash") != chash:
@@ -271,8 +289,51 @@ def _check_unique_keys(ss: ShardSet):
     for i, rec in ss.records.items():
         for k in rec.get("keys") or ():
             if k in seen:
-                raise ShardError(f"{ss.dir}: key {k!r} is in shard {seen[k]} and in shard {i}")
+                raise ShardError(f"{ss.dir}: key {k!r} is in shard {seen[k]} and in shard {i}, so it would be "
+                                 "processed twice; convert the input again (digin shard) or remove one of them")
             seen[k] = i
+
+
+def refuse_output_in_inputs(output: Path, inputs: list[ShardSet]):
+    """An output folder that is, contains or lies inside an input folder would overwrite the input's manifest or
+    mix with its shards: refused whatever `force` says."""
+    out = Path(output).resolve()
+    for ss in inputs:
+        src = ss.dir.resolve()
+        how = "is" if out == src else "lies inside" if src in out.parents else "contains" if out in src.parents else ""
+        if how:
+            raise ConfigError(f"the output folder {output} {how} the input folder {ss.dir}; choose an output folder "
+                              "outside every input (force=true does not change this)")
+
+
+def missing_input_shards(inputs: list[ShardSet]) -> dict[str, list[int]]:
+    """input folder → indices its manifest lists (num_shards) that have no commit record."""
+    out = {}
+    for ss in inputs:
+        n = ss.meta.get("num_shards")
+        missing = sorted(set(range(n)) - set(ss.records)) if isinstance(n, int) else []
+        if missing:
+            out[str(ss.dir)] = missing
+    return out
+
+
+def _shard_list(indices: list[int], limit: int = 10) -> str:
+    return ", ".join(map(str, indices[:limit])) + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
+
+
+def _incomplete_message(missing: dict, inputs: list[ShardSet]) -> str:
+    sizes = {str(ss.dir): ss.meta.get("num_shards") for ss in inputs}
+    return "; ".join(f"input {d} lists {sizes[d]} shards but shard(s) {_shard_list(m)} are not committed"
+                     for d, m in missing.items())
+
+
+def check_inputs_complete(inputs: list[ShardSet], allow_incomplete: bool) -> dict[str, list[int]]:
+    """IncompleteInput naming the missing shards, unless allow_incomplete; returns them (empty: complete)."""
+    missing = missing_input_shards(inputs)
+    if missing and not allow_incomplete:
+        raise IncompleteInput(_incomplete_message(missing, inputs) + "; let the stage that writes it finish (or "
+                              "resume it), or pass allow_incomplete=true to process the committed shards only")
+    return missing
 
 
 def _is_committed(out: ShardSet, index: int) -> bool:
@@ -281,149 +342,6 @@ def _is_committed(out: ShardSet, index: int) -> bool:
         return False
     p = out.dir / rec["file"]
     return p.exists() and p.stat().st_size == rec["bytes"]
-
-
-# ---------------------------------------------------------------------------------------------- run lock
-LOCKS = "locks"
-BREAK_LOCK_ENV = "DIGIN_BREAK_LOCK"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by another user
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]  # comm (in parentheses) may itself hold ")"
-
-
-def _lock_record(rank: int) -> dict:
-    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
-    return {"host": socket.gethostname(), "pid": os.getpid(), "rank": rank,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
-            "torchelastic_restart_count": int(restarts) if restarts.isdigit() else None,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _parse_lock(raw: bytes | None) -> dict | None:
-    """The holder record, or None when the file is unreadable or not a valid record (a crash mid-write)."""
-    try:
-        holder = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or holder["pid"] <= 0:
-        return None
-    return holder
-
-
-def _stale_reason(holder: dict | None, me: dict) -> str | None:
-    """Why the holder cannot be running any more, or None when it may still be."""
-    if holder is None:
-        return "the lock file is unreadable or corrupt"
-    if me["slurm_job_id"] and holder.get("slurm_job_id") == me["slurm_job_id"]:
-        return f"it belongs to this same Slurm job {me['slurm_job_id']} (requeued or restarted)"
-    if holder.get("host") == me["host"] and not _pid_alive(holder["pid"]):
-        return f"its pid {holder['pid']} on this host is gone"
-    return None
-
-
-class _RunLock:
-    """One live run per (output folder, rank): a file created with O_EXCL that records who holds it."""
-
-    def __init__(self, output: Path, rank: int):
-        self.path = output / LOCKS / f"rank-{rank:06d}.lock"
-        self.output, self.rank = output, rank
-        self.record = _lock_record(rank)
-        self.data = (json.dumps(self.record, sort_keys=True) + "\n").encode()
-        self.takeover: dict | None = None  # what was taken over, for the run log
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, self.data)
-            os.fsync(fd)
-        except BaseException:
-            self.path.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(fd)
-        fsync_dir(self.path.parent)
-        return True
-
-    def _read(self) -> bytes | None:
-        """The lock's bytes; None when it exists but cannot be read; FileNotFoundError when it is gone."""
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            return None
-
-    def acquire(self) -> "_RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):  # the holder may release it between our create and our read: just try again
-            if self._create():
-                return self
-            try:
-                raw = self._read()
-            except FileNotFoundError:
-                continue
-            holder = _parse_lock(raw)
-            reason = _stale_reason(holder, self.record)
-            if reason is None and os.environ.get(BREAK_LOCK_ENV) == "1":
-                reason = f"{BREAK_LOCK_ENV}=1 is set"
-            if reason is None:
-                raise RunLocked(self._refusal(holder))
-            self._take_over(raw, holder, reason)
-            return self
-        raise RunLocked(f"{self.path}: another run of rank {self.rank} keeps creating and removing this lock; "
-                        "refusing to start alongside it")
-
-    def _take_over(self, raw: bytes | None, holder: dict | None, reason: str):
-        # Unlink, then O_EXCL again: of two runs taking over the same stale lock at least one fails its create.
-        try:
-            if self._read() != raw:
-                raise RunLocked(f"{self.path} changed while this run was taking it over (another run of rank "
-                                f"{self.rank} is starting at the same time); refusing")
-        except FileNotFoundError:
-            pass
-        self.path.unlink(missing_ok=True)
-        if not self._create():
-            raise RunLocked(f"{self.path} was taken by another run of rank {self.rank} while this one took the "
-                            "stale lock over; refusing")
-        self.takeover = {"lock": str(self.path), "reason": reason, "previous_holder": holder}
-        print(f"[lock] taking over {self.path}: {reason} (was {self._describe(holder)})", file=sys.stderr,
-              flush=True)
-
-    @staticmethod
-    def _describe(holder: dict | None) -> str:
-        if holder is None:
-            return "unreadable"
-        return (f"host {holder.get('host')}, pid {holder.get('pid')}, Slurm job {holder.get('slurm_job_id')}, "
-                f"started {holder.get('started')}")
-
-    def _refusal(self, holder: dict) -> str:
-        return (f"{self.path} is held by another run of rank {self.rank} that may still be writing into "
-                f"{self.output}: {self._describe(holder)}. Two runs of one rank must not share an output folder. "
-                f"If that run is really gone (e.g. it crashed on another node), delete the lock file or set "
-                f"{BREAK_LOCK_ENV}=1 to take the lock over.")
-
-    def release(self):
-        """Remove the lock, unless someone broke it and holds it now (then it is theirs)."""
-        try:
-            if self.path.read_bytes() == self.data:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 # ---------------------------------------------------------------------------------------------- error budget
@@ -489,7 +407,8 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
               check_hash: bool = True, rank: int | None = None, world: int | None = None, device=None,
               progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True,
               max_consecutive_rejects: int | None = 100, max_reject_share: float | None = 0.001,
-              reject_share_min_samples: int = 1000, tracking: dict | None = None) -> StageSummary:
+              reject_share_min_samples: int = 1000, tracking: dict | None = None,
+              allow_incomplete: bool = False) -> StageSummary:
     """Run `process` over every sample of the committed input shard set(s) this rank owns.
 
     inputs: shard-set folder (or ShardSet), or a list of them joined by shard index and key (fields of later
@@ -511,9 +430,19 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
       On an abort the open shards are discarded (as on SIGTERM), committed shards stay, the log gets an
       `error_budget_exceeded` event and StageFailed is raised (or, with raise_on_failure=False, the summary has
       error_budget_exceeded set and exit code EXIT_FAILED). Counts start at zero in every run (resume included).
-    Run lock: the run holds output/locks/rank-NNNNNN.lock (host, pid, Slurm job) from start to end; a second live
-      run of the same rank into the same output raises RunLocked and changes nothing. A stale lock (its pid on
-      this host is gone, it has our SLURM_JOB_ID, or it is corrupt) is taken over; DIGIN_BREAK_LOCK=1 forces that.
+    Run lock: the run holds output/locks/rank-NNNNNN.lock (host, pid, world size, Slurm job) from start to end; a
+      second live run of the same rank, or a run with another world size while any rank lock is live, raises
+      RunLocked and changes nothing. A lock whose holder is provably gone (its pid on this host is not running, it
+      is from an earlier run of this requeued Slurm job, or it is corrupt) is taken over; DIGIN_BREAK_LOCK=1 forces
+      that. The manifest records the world size of the latest run.
+    Refused before anything is written (ConfigError / IncompleteInput / ShardError): an output that is, contains or
+      lies inside an input folder (whatever `force` says); an input whose manifest lists shards that are not
+      committed, unless allow_incomplete=True (then the shards committed in every input are processed, and the
+      log and the output manifest's `incomplete_inputs` say what was missing); a key in two input shards.
+    Results carrying a `status` (a JSON field with "status": nonfinite | no_improvement) are counted in the
+      summary. An output that cannot be encoded (e.g. NaN in a JSON field) rejects that sample (`unwritable:`),
+      not the run. Any other exception inside the run is logged with its traceback (event `error`) and re-raised
+      with the log path as `digin_log`.
     tracking: {"project", "entity", "mode"} → per-rank wandb run (digin.shards.tracking); the numeric metrics of each
       shard's samples are logged when the shard commits. None (default): no tracking, wandb never imported.
     On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the run).
@@ -528,17 +457,23 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     env_rank, env_world, local_rank = rank_world()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
-    device = device if device is not None else device_for_local_rank(local_rank)
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is outside 0..world-1 for world size {world}")
     budget = _ErrorBudget(max_consecutive_rejects, max_reject_share, reject_share_min_samples)
-    _check_unique_keys(ins[0])  # before anything is written
+    # Refusals first: nothing is written (not even the lock) when one applies.
+    refuse_output_in_inputs(output, ins)
+    missing = check_inputs_complete(ins, allow_incomplete)
+    _check_unique_keys(ins[0])
+    device = device if device is not None else device_for_local_rank(local_rank)
     if tracking and tracking.get("project"):
         require_wandb()
-    lock = _RunLock(output, rank).acquire()  # before the manifest or any shard file is touched
+    lock = RunLock(output, rank, world).acquire()  # before the manifest or any shard file is touched
     try:
         summary = _run_locked(ins, output, process, batch_size, dict(config or {}), name=name,
                               resolution=resolution, required=required, num_workers=num_workers, force=force,
                               check_hash=check_hash, rank=rank, world=world, device=device, progress=progress,
-                              center_crop=center_crop, budget=budget, lock=lock, tracking=tracking)
+                              center_crop=center_crop, budget=budget, lock=lock, tracking=tracking,
+                              incomplete=missing)
     finally:
         lock.release()
     problems = [summary.error_budget_exceeded] if summary.error_budget_exceeded else []
@@ -552,14 +487,17 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
 
 def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
                 required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
-                budget: _ErrorBudget, lock: _RunLock, tracking: dict | None) -> StageSummary:
+                budget: _ErrorBudget, lock: RunLock, tracking: dict | None, incomplete: dict) -> StageSummary:
     """The body of run_stage, run while this rank holds the output's lock."""
     import torch
 
-    meta = _prepare_output(output, name, ins, config, force)
+    meta = _prepare_output(output, name, ins, config, force, world, incomplete)
 
     out = ShardSet.load(output)
-    mine = assign_shards(ins[0].indices(), rank, world)
+    # allow_incomplete: only shards committed in every input (all of ins[0]'s otherwise: nothing is missing)
+    available = [i for i in ins[0].indices() if all(i in ss.records for ss in ins[1:])] if incomplete else \
+        ins[0].indices()
+    mine = assign_shards(available, rank, world)
     todo, summary = [], StageSummary(final_batch_size=batch_size)
     for i in mine:
         if _is_committed(out, i):
@@ -567,7 +505,7 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
             summary.skipped_samples += out.records[i]["count"] + len(out.records[i].get("rejects", []))
         else:
             todo.append(i)
-            (output / (f"{name}-{i:06d}.tar" + PARTIAL)).unlink(missing_ok=True)  # orphans of a killed run
+            remove_orphan_partial(output, f"{name}-{i:06d}.tar")  # we own shard i: the lock made sure of it
             for tmp in (output / "commits").glob(f"{i:06d}.json.tmp.*"):
                 tmp.unlink(missing_ok=True)
 
@@ -582,6 +520,10 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
               todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record,
               env=run_environment(device))
+    if incomplete:
+        log.event("incomplete_inputs", missing=incomplete, allow_incomplete=True)
+        print(f"[{name}] rank {rank}: allow_incomplete=true: {_incomplete_message(incomplete, ins)}; processing "
+              "the committed shards only", file=sys.stderr, flush=True)
     bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
     state = {"bs": batch_size}
 
@@ -648,6 +590,13 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                             summary.not_selected += 1
                             continue
                         reason = ("process_returned_none" if o is None else o.get("__reject__"))
+                        if not reason and not o:
+                            raise ValueError(f"process returned an empty output for {smp['__key__']}")
+                        if not reason:
+                            try:
+                                st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
+                            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
+                                reason = f"unwritable:{str(e)[:200]}"
                         if reason:
                             r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
                             st["rejects"].append(r)
@@ -655,9 +604,10 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
                             summary.rejected += 1
                             budget.reject(i, r)
                             continue
-                        if not o:
-                            raise ValueError(f"process returned an empty output for {smp['__key__']}")
-                        st["writer"].add(smp["__key__"], o)
+                        for status in result_statuses(o):
+                            if status in ("nonfinite", "no_improvement"):
+                                setattr(summary, status, getattr(summary, status) + 1)
+                                log.event(status, shard=i, key=smp["__key__"])
                         if tracker is not None:
                             st["rows"] += scalar_rows(o)
                         summary.processed += 1
@@ -681,6 +631,11 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
         log.event("error_budget_exceeded", **e.numbers, discarded=sorted(open_shards))
         print(f"[{name}] rank {rank}: {e}; discarding open shards {sorted(open_shards)}", file=sys.stderr,
               flush=True)
+    except Exception as e:  # the traceback belongs in the rank's log (the CLI prints expected errors in one line)
+        log.event("error", type=type(e).__name__, message=str(e)[:2000], discarded=sorted(open_shards),
+                  traceback=traceback.format_exc())
+        e.digin_log = str(log.path)
+        raise
     finally:
         for st in open_shards.values():
             st["writer"].discard()

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -375,20 +374,14 @@ def _tensor_entry_problem(info, body: int) -> str | None:
 
 
 def _image_header_problem(payload: bytes) -> str | None:
-    """Pillow identifies the format and size from the header only (no pixel decoding)."""
-    import io
+    """Format and size from the header only (no pixel decoding), under the reader's pixel limit: an image the
+    stage reader would reject as too_large is a finding here too."""
+    from digin.shards.decode import DecodeError, image_size
 
-    from PIL import Image
-
-    if not payload:
-        return "empty image"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a decompression-bomb size is the reader's call (too_large), not ours
-            with Image.open(io.BytesIO(payload)) as im:
-                w, h = im.size
-    except Exception as e:  # bytes from disk: any failure to identify is a finding, not a crash
-        return f"unidentified_image: {type(e).__name__}: {str(e)[:120]}"
+        w, h = image_size(payload)
+    except DecodeError as e:
+        return f"image {e}"[:200]
     return None if w > 0 and h > 0 else f"image of size {w}x{h}"
 
 

@@ -8,12 +8,23 @@ import hashlib
 import os
 from pathlib import Path
 
+from digin.errors import UserError
 from digin.shards.encode import encode_value
 from digin.shards.manifest import fsync_dir, write_commit
 from digin.shards.naming import check_key, encode_key, member_name
 from digin.shards.tario import open_tar_writer, write_sample
 
 PARTIAL = ".partial"
+
+
+class PartialExists(UserError, FileExistsError):
+    """Another writer has the shard's partial file open: two writers of one shard must never share it."""
+
+
+def remove_orphan_partial(folder, file_name: str):
+    """Delete `<file>.partial` left by a killed writer. Only for a caller that owns the shard (a run lock, or
+    the single writer of a work list): a live writer's partial must not be pulled from under it."""
+    (Path(folder) / (file_name + PARTIAL)).unlink(missing_ok=True)
 
 
 class _HashingFile:
@@ -33,9 +44,14 @@ class _HashingFile:
         return self.n
 
 
-def _open_partial(path: Path):
-    """The one place the partial file is created."""
-    return open(path, "wb")
+def _open_partial(path: Path, index: int, folder):
+    """The one place the partial file is created — exclusively: a second writer of this shard fails here instead of
+    writing into the same file."""
+    try:
+        return open(path, "xb")
+    except FileExistsError:
+        raise PartialExists(f"{path} exists: another process is writing shard {index} of {folder} "
+                            "(or a killed one left it; a resume of the stage that owns it removes it)") from None
 
 
 class ShardWriter:
@@ -48,7 +64,7 @@ class ShardWriter:
         self.extra = dict(extra or {})
         self.keys: list[str] = []
         self._seen: set[str] = set()
-        self._raw = _open_partial(self.partial)
+        self._raw = _open_partial(self.partial, index, self.folder)
         self._hf = _HashingFile(self._raw)
         self._tar = open_tar_writer(self._hf)
 
@@ -60,7 +76,10 @@ class ShardWriter:
             raise ValueError(f"duplicate key {key!r} in shard {self.index}")
         members = {}
         for name, v in fields.items():
-            ext, data = v if isinstance(v, tuple) else encode_value(v)
+            try:
+                ext, data = v if isinstance(v, tuple) else encode_value(v)
+            except (ValueError, TypeError) as e:  # name the field (NaN in a JSON dict, a float array, ...)
+                raise type(e)(f"field {name!r} of {key}: {e}") from None
             member_name(key, name, ext)  # checks the field name and extension
             members[f"{name}.{ext}"] = data
         write_sample(self._tar, encode_key(key), members)  # members in sorted order: independent of dict order

@@ -66,6 +66,7 @@ class Config:
     device: Optional[str] = None            # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
     force: bool = False
+    allow_incomplete: bool = False          # process only the committed shards of an incomplete input
     progress: bool = True
 
 
@@ -158,5 +159,6 @@ def run(cfg: Config):
                         stage_config(cfg, dataset), name="caption",
                         resolution=cfg.resolution if needs_pixels else None,
                         required=("image", "meta") if needs_pixels else ("meta",),
-                        num_workers=cfg.num_workers, force=cfg.force, device=device, progress=cfg.progress)
+                        num_workers=cfg.num_workers, force=cfg.force, device=device, progress=cfg.progress,
+                        allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code

@@ -60,6 +60,7 @@ class CommonArgs(ComputeArgs):
     device: Optional[str] = None  # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
     force: bool = False  # resume into an output folder made with another config
+    allow_incomplete: bool = False  # process only the committed shards of an input whose other shards are missing
     progress: bool = True
 
 
@@ -72,7 +73,8 @@ def pick_device(cfg) -> torch.device:
 
 
 # Keys that do not change a stage's outputs: left out of the config recorded (and hashed) in its manifest.
-OPERATIONAL_KEYS = ("out", "device", "num_workers", "force", "progress", "wandb_project", "wandb_entity", "wandb_mode")
+OPERATIONAL_KEYS = ("out", "device", "num_workers", "force", "allow_incomplete", "progress", "wandb_project",
+                    "wandb_entity", "wandb_mode")
 
 
 def stage_config_of(cfg, stage: str, drop=()) -> dict:
@@ -219,30 +221,59 @@ def _finite_list(t: torch.Tensor, n: int) -> list:
     return [v if np.isfinite(v) else None for v in vals]
 
 
+def json_safe(value):
+    """(value with every non-finite float replaced by None, whether one was replaced): metrics JSON refuses NaN."""
+    if isinstance(value, dict):
+        pairs = [(k, json_safe(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, any(bad for _, (_, bad) in pairs)
+    if isinstance(value, (list, tuple)):
+        pairs = [json_safe(v) for v in value]
+        return [v for v, _ in pairs], any(bad for _, bad in pairs)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None, True
+    return value, False
+
+
+def result_status(nonfinite: bool, num_logged: int, best_iter: int) -> str:
+    """ok | nonfinite (a loss or metric turned NaN/inf) | no_improvement (later iterates were logged, none had a
+    lower loss than iterate 0: the loss only rose, e.g. a far too large step size)."""
+    if nonfinite or num_logged == 0:
+        return "nonfinite"
+    return "no_improvement" if num_logged > 1 and best_iter == 0 else "ok"
+
+
 def result_fields(res, b: int, prefix: str = "", extra_metrics: dict | None = None,
                   save_latents: bool = True) -> dict:
-    """Per-sample output fields of a GuidanceResult: sd/ours PNGs, per-iteration metrics JSON, latents."""
+    """Per-sample output fields of a GuidanceResult: sd/ours PNGs, per-iteration metrics JSON (with `status`, see
+    result_status; non-finite numbers are null), latents. A sample with no finite iterate gets its metrics only
+    (no images, no latents); one that turned non-finite later keeps iterate 0 and its best finite iterate."""
     n = int(res.num_logged[b])
+    best = int(res.best_iter[b])
     metrics = {
-        "best_iter": int(res.best_iter[b]), "num_logged": n, "stopped_early": bool(res.stopped_early[b]),
+        "best_iter": best, "num_logged": n, "stopped_early": bool(res.stopped_early[b]),
         "nonfinite": bool(res.nonfinite[b]), "loss": _finite_list(res.losses[:, b], n),
         "parts": {k: _finite_list(v[:, b], n) for k, v in res.parts.items()},
         "confidences": {k: _finite_list(v[:, b], n) for k, v in res.confidences.items()},
         "aug_loss": _finite_list(res.aug_losses[:, b], max(n - 1, 0)),
     }
-    best = int(res.best_iter[b])
     for name, v in res.confidences.items():  # scalar summaries for tables / the gallery: iterate 0 vs best
-        metrics[f"{name}_sd"], metrics[f"{name}_ours"] = _finite_list(v[:, b], n)[0], _finite_list(v[:, b], n)[best]
-    metrics.update(extra_metrics or {})
-    out = {f"{prefix}sd": to_uint8(res.sd_images[b]), f"{prefix}ours": to_uint8(res.ours_images[b]),
-           f"{prefix}metrics": metrics}
+        logged = _finite_list(v[:, b], n)
+        metrics[f"{name}_sd"], metrics[f"{name}_ours"] = (logged[0], logged[best]) if n else (None, None)
+    metrics, replaced = json_safe({**metrics, **(extra_metrics or {})})
+    metrics["status"] = result_status(bool(res.nonfinite[b]) or replaced, n, best)
+    metrics["nonfinite"] = metrics["status"] == "nonfinite"
+    out = {f"{prefix}metrics": metrics}
+    if n == 0:  # not one finite iterate: nothing to show
+        return out
+    out[f"{prefix}sd"], out[f"{prefix}ours"] = to_uint8(res.sd_images[b]), to_uint8(res.ours_images[b])
     if save_latents:
         t = {"z_T": res.z_T[b].float().cpu().contiguous()}
         if res.cond_delta is not None:
             t["cond_delta"] = res.cond_delta[b].float().cpu().contiguous()
         if res.uncond_delta is not None:
             t["uncond_delta"] = res.uncond_delta[b].float().cpu().contiguous()
-        out[f"{prefix}latents"] = t
+        if all(bool(x.isfinite().all()) for x in t.values()):  # the writer refuses NaN tensors
+            out[f"{prefix}latents"] = t
     return out
 
 
@@ -275,7 +306,7 @@ def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int
     wait for its commit (several writers would race on the same files)."""
     from digin.shards.dist import rank_world
     from digin.shards.manifest import FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_hash, write_json
-    from digin.shards.writer import ShardWriter
+    from digin.shards.writer import ShardWriter, remove_orphan_partial
 
     if rank_world()[0] != 0:
         return wait_for_worklist(out, wait_s)
@@ -295,6 +326,7 @@ def write_worklist(out, name: str, items: list[tuple[str, dict]], per_shard: int
     for i, chunk in enumerate(chunks):
         if i in done.records:
             continue
+        remove_orphan_partial(out, f"{name}-{i:06d}.tar")  # rank 0 is the work list's only writer
         w = ShardWriter(out, i, f"{name}-{i:06d}.tar", {"config_hash": chash})
         try:
             for key, item in chunk:

@@ -52,6 +52,7 @@ class Config(ComputeArgs):
     save_reconstruction: bool = True
     num_workers: int = 0
     force: bool = False                 # resume into an output made with another config
+    allow_incomplete: bool = False      # process only the committed shards of an incomplete input
     device: Optional[str] = None        # default: cuda:<local rank> if available, else cpu
 
 
@@ -127,5 +128,6 @@ def run(cfg: Config):
     sd = load_sd_for(cfg, device, settings)
     summary = run_stage(inputs, cfg.out, make_process(sd, cfg, template), cfg.batch_size, stage_config(cfg),
                         name="invert", resolution=cfg.resolution, center_crop=cfg.center_crop, required=("image",),
-                        num_workers=cfg.num_workers, force=cfg.force, device=device)
+                        num_workers=cfg.num_workers, force=cfg.force, device=device,
+                        allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code

@@ -150,14 +150,18 @@ def run_activations(cfg: Config) -> int:
     from digin.neurons.activations import RANK_FILE, save_topk, stream_topk
     from digin.shards.dist import rank_world
     from digin.shards.manifest import ShardSet
+    from digin.shards.runner import check_inputs_complete
 
     _need(cfg, "images", "out")
     env_rank, env_world, _ = rank_world()
     rank = env_rank if cfg.rank is None else cfg.rank
     world = env_world if cfg.world is None else cfg.world
+    ss = ShardSet.load(cfg.images)
+    if check_inputs_complete([ss], cfg.allow_incomplete):  # refused before the output folder is made
+        print(f"[neurons] rank {rank}: allow_incomplete=true: only the committed shards of {ss.dir} are read",
+              flush=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ss = ShardSet.load(cfg.images)
     chash = _hash({"stage": "neurons_activations", "images": ss.meta.get("config_hash") or str(ss.dir),
                    "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "layer", "k", "center_crop"))})
     path = out / RANK_FILE.format(rank=rank)
@@ -380,7 +384,8 @@ def run_counterfactuals(cfg: Config) -> int:
     summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
                         name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg),
+                        allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code
 
 

@@ -42,6 +42,7 @@ class Config(ComputeArgs):
     device: str | None = None
     num_workers: int = 0
     force: bool = False
+    allow_incomplete: bool = False  # process only the committed shards of an incomplete input
     progress: bool = True
 
 
@@ -99,5 +100,5 @@ def run(cfg: Config):
                         resolution=cfg.resolution,
                         center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress)
+                        force=cfg.force, device=dev, progress=cfg.progress, allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code

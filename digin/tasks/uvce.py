@@ -167,5 +167,6 @@ def run(cfg: Config):
                         cfg.batch_size, stage_config(cfg), name="uvce", resolution=cfg.resolution,
                         center_crop=cfg.center_crop,
                         required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg),
+                        allow_incomplete=cfg.allow_incomplete)
     return summary.exit_code

@@ -16,7 +16,7 @@ def write_caption_shards(images_dir, out_dir, captions_by_index: list[str], name
     """A committed shard set whose shard i holds, for every key of image shard i, the field `caption`."""
     from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, config_hash, write_json
     from digin.shards.reader import iter_shard
-    from digin.shards.writer import ShardWriter
+    from digin.shards.writer import ShardWriter, remove_orphan_partial
 
     images = ShardSet.load(Path(images_dir))
     out = Path(out_dir)
@@ -34,6 +34,7 @@ def write_caption_shards(images_dir, out_dir, captions_by_index: list[str], name
     for i, keys in sorted(keys_per_shard.items()):
         if i in done.records:
             continue
+        remove_orphan_partial(out, f"{name}-{i:06d}.tar")  # a killed earlier write's; this is the only writer
         w = ShardWriter(out, i, f"{name}-{i:06d}.tar", {"config_hash": chash})
         try:
             for k in keys:

@@ -67,18 +67,19 @@ def lock_path(output, rank=0):
     return output / "locks" / f"rank-{rank:06d}.lock"
 
 
-def plant_lock(output, pid, host=None, job=None, rank=0):
+def plant_lock(output, pid, host=None, job=None, rank=0, **extra):
     p = lock_path(output, rank)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid, "slurm_job_id": job,
-                             "torchelastic_restart_count": None, "started": "2024-01-01T00:00:00+00:00"}))
+                             "torchelastic_restart_count": None, "started": "2024-01-01T00:00:00+00:00", **extra}))
     return p
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     for k in ("SLURM_JOB_ID", "DIGIN_BREAK_LOCK", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID",
-              "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RESTART_COUNT"):
+              "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT",
+              "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(k, raising=False)
 
 
@@ -158,16 +159,27 @@ def test_dead_pid_on_this_host_is_taken_over(small, tmp_path, capsys):
     assert "taking over" in capsys.readouterr().err
 
 
-def test_same_slurm_job_takes_over_a_foreign_live_lock(small, tmp_path, live_pid, monkeypatch):
+def test_same_slurm_job_takes_over_only_an_earlier_requeued_run(small, tmp_path, live_pid, monkeypatch):
+    """Issue 16 #2: a live lock of this same Slurm job is no proof that its holder is gone (a second copy of the
+    rank inside one job); only a lock of an earlier run of the job (lower SLURM_RESTART_COUNT: the requeue ended
+    it) or a dead pid on this host is taken over."""
     out = tmp_path / "o"
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     plant_lock(out, live_pid, host="node-that-died", job="999")
     with pytest.raises(RunLocked, match="Slurm job 999"):
         run(small, out, trivial())
-    plant_lock(out, live_pid, host="node-that-died", job="4242")
+    plant_lock(out, live_pid, job="4242", slurm_restart_count=0)  # same job, this host, pid alive: a live twin
+    with pytest.raises(RunLocked, match=f"pid {live_pid}"):
+        run(small, out, trivial())
+    plant_lock(out, live_pid, host="other-node", job="4242", slurm_restart_count=0)  # same run of the job
+    with pytest.raises(RunLocked):
+        run(small, out, trivial())
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued once: the holder is from run 0
     s = run(small, out, trivial())
     assert s.committed_shards == 3
-    assert "Slurm job 4242" in events(out, "lock_takeover")[0]["reason"]
+    reason = events(out, "lock_takeover")[0]["reason"]
+    assert "Slurm job 4242" in reason and "requeued" in reason
     assert not lock_path(out).exists()
 
 

@@ -204,3 +204,25 @@ def test_name_vlm_backend_calls_caption_hook(act_data, tmp_path, monkeypatch):
     assert calls == [(3, "fake", (40, 40, 3), {"model_path": "/m"})]
     words = json.loads((out / "neuron_words.json").read_text())["neurons"]["1"]["words"]
     assert words == {"tree": 3, "sky0": 2, "sky1": 1}
+
+
+def test_activations_refuse_an_incomplete_image_set_unless_allowed(act_data, tmp_path):
+    """Issue 16 #7 for the one reader outside run_stage."""
+    import shutil
+
+    from digin.shards.runner import IncompleteInput
+
+    images = tmp_path / "images"
+    shutil.copytree(act_data["images"], images)
+    rec = json.loads((images / "commits" / "000002.json").read_text())
+    (images / "commits" / "000002.json").unlink()
+    (images / rec["file"]).unlink()
+    manifest = json.loads((images / "manifest.json").read_text())  # as if the conversion was killed
+    manifest["shards"] = [r for r in manifest.get("shards", []) if r["index"] != 2]
+    (images / "manifest.json").write_text(json.dumps(manifest))
+    d = {**act_data, "images": images}
+    with pytest.raises(IncompleteInput, match=r"shard\(s\) 2 are not committed"):
+        neurons.run(_cfg(*_act_args(d, tmp_path / "a")))
+    assert not (tmp_path / "a").exists()
+    assert neurons.run(_cfg(*_act_args(d, tmp_path / "a", "allow_incomplete=true"))) == 0
+    assert load_topk(tmp_path / "a" / "topk.safetensors")[1]["count"] == 9
