@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU check (CUDA tests + a short bench), sized for a ~15-minute device budget.
+# One prepared GPU check (CUDA tests + bench + profile), sized for a ~15-minute device budget (≈ 8 min of it).
 # On the GPU machine (torch, triton, timm, transformers present; diffusers/webdataset/omegaconf not):
 #   here, once:  echo /.whl/ >> .git/info/exclude
 #                python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #                  --platform manylinux2014_x86_64 --platform any -d .whl diffusers==0.42.1 omegaconf==2.4.0 \
 #                  antlr4-python3-runtime==4.9.3 webdataset==1.0.2 braceexpand
 #   device run:  carry=[".whl"], command: bash bench/gpu_check.sh   (timeout_s ~540)
-# Results: $OUT/bench.jsonl (copy into bench/results/<gpu>.md) and $OUT/pytest-gpu.txt.
+# Results under $OUT: gpu.txt, pytest-gpu.txt, bench.jsonl, profile.md. Copy the rows into bench/results/<gpu>.md.
 set -u
 OUT=${OUT:-/tmp/digin-gpu}
 mkdir -p "$OUT"
@@ -16,10 +16,19 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/digin-inductor}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-# 1. CUDA tests (a few minutes): GPU-marked tests plus the kernel tests on real Triton.
-TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu tests/engine/test_gpu.py tests/engine/test_augment.py \
-  2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
-# 2. Short bench: guidance + inversion, reference vs fast, SD-1.5 shapes (times scale linearly in sgd_steps).
-timeout 420 python3 bench/bench.py models=sd15 workloads=[guidance,inversion] sgd_steps=2 inner_steps=2 iters=1 \
-  batch=8 out="$OUT/bench.jsonl" 2>&1 | tail -20
+# 1. CUDA tests (≈ 2 min): GPU-marked tests, the kernel tests and the fused cutouts on real Triton, the doctor.
+TRITON_INTERPRET=0 timeout 180 python3 -m pytest -q -p no:randomly -m gpu tests/engine/test_gpu.py tests/kernels \
+  tests/tasks/test_doctor.py 2>&1 | tail -15 | tee "$OUT/pytest-gpu.txt"
+TRITON_INTERPRET=0 timeout 60 python3 -m pytest -q -p no:randomly tests/kernels \
+  "tests/engine/test_classifiers.py::test_fused_cutout_views_equal_the_eager_views_forward_and_backward" \
+  2>&1 | tail -5 | tee -a "$OUT/pytest-gpu.txt"
+# 2. Bench at SD-1.5 shapes, reference vs fast in one run (sgd_steps=2, inner_steps=2: times scale linearly), then the
+#    fast preset at batch 16 for guidance.
+timeout 240 python3 bench/bench.py models=sd15 workloads=[guidance,inversion,generation,cost] sgd_steps=2 \
+  inner_steps=2 iters=1 batch=8 attention=[sdpa] out="$OUT/bench.jsonl" 2>&1 | tail -12
+timeout 90 python3 bench/bench.py models=sd15 workloads=[guidance] modes=[fast] sgd_steps=2 iters=1 batch=16 \
+  attention=[sdpa] count_flops=false out="$OUT/bench.jsonl" 2>&1 | tail -3
+# 3. Profile one fast guidance iteration at batch 8: the top 15 CUDA kernels.
+timeout 90 python3 bench/profile_guidance.py models=sd15 batch=8 out="$OUT/profile.md" 2>&1 | tail -25

@@ -104,9 +104,11 @@ RULES: dict[str, Num] = {
     "samples_per_shard": COUNT, "workers": COUNT, "limit": COUNT,
     # demo
     "images_per_class": COUNT, "sgd_steps": COUNT0,
+    # gallery
+    "thumb_size": Int(16, 4096), "max_top_images": COUNT0,
     # bench (None: the preset's value)
     "batch": COUNT, "warmup": COUNT0, "iters": COUNT, "ddim_steps": Int(1, 1000), "loss_steps": COUNT,
-    "num_cutouts": COUNT0, "inner_steps": COUNT0, "capacity_gib": Real(0, lo_open=True),
+    "num_cutouts": COUNT0, "inner_steps": COUNT0, "capacity_gib": Real(0, lo_open=True), "top": COUNT,
     # toy-train
     "threads": COUNT, "vae_steps": COUNT0, "vae_batch": COUNT, "vae_lr": RATE, "vae_kl_weight": NONNEG,
     "num_latents": COUNT, "unet_minutes": NONNEG, "unet_steps": COUNT0, "unet_batch": COUNT, "unet_lr": RATE,
@@ -207,12 +209,6 @@ def _check_relations(cfg):
 
 def _check_strings(cfg):
     """dtype and device: refused here in one line rather than deep inside model loading."""
-    dtype = getattr(cfg, "dtype", None)
-    if isinstance(dtype, str):
-        from digin.engine.models import DTYPES
-
-        if dtype not in DTYPES:
-            _refuse("dtype", dtype, "one of " + ", ".join(sorted(DTYPES)))
     device = getattr(cfg, "device", None)
     if isinstance(device, str) and device != "auto":
         import torch
@@ -225,3 +221,16 @@ def _check_strings(cfg):
             n = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if n == 0 or (dev.index or 0) >= n:
                 _refuse("device", device, f"a device this machine has (CUDA devices visible: {n})")
+    dtype = getattr(cfg, "dtype", None)
+    if hasattr(cfg, "preset"):  # a model stage: the compute preset and its keys resolve here already
+        from digin.engine.presets import compute_of
+
+        try:
+            compute_of(cfg, device if device not in (None, "auto") else None)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif isinstance(dtype, str):
+        from digin.engine.models import DTYPES
+
+        if dtype not in DTYPES:
+            _refuse("dtype", dtype, "one of " + ", ".join(sorted(DTYPES)))

@@ -60,7 +60,7 @@ def test_each_rule_refuses_a_value_outside_its_range_naming_the_key(task):
                                   "num_ddim_steps=4])"),
     ("regularizers_ws=[1.0]", "one weight per regulariser (2 for regularizers=['latent_background_l2', "
                               "'px_background_l2'])"),
-    ("dtype=fp8", "dtype='fp8' is not allowed (allowed: one of bf16,"),
+    ("dtype=fp8", "dtype='fp8' is not allowed (allowed: one of fp32, bf16, fp16"),
     ("device=gpu0", "device='gpu0'"),
     ("device=cuda:7", "device='cuda:7'"),
 ])

@@ -18,6 +18,7 @@ import torch
 
 PRESETS = ("auto", "fast", "reference", "eager")
 DTYPES = ("fp32", "bf16", "fp16")
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 CHECKPOINTS = ("step", "none", "block")
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
@@ -65,7 +66,7 @@ def _device_type(device) -> str:
 def preset_for(preset: str, device=None) -> str:
     """The concrete preset `auto` stands for on `device` (fast on CUDA, eager elsewhere)."""
     if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r}: choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"preset={preset!r} is not allowed (allowed: one of {', '.join(PRESETS)})")
     if preset != "auto":
         return preset
     return "fast" if _device_type(device) == "cuda" else "eager"
@@ -80,12 +81,13 @@ def resolve_compute(preset: str = "auto", device=None, **overrides) -> ComputeSe
     name = preset_for(preset, device)
     values = dict(_VALUES[name])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values["dtype"] = DTYPE_ALIASES.get(values["dtype"], values["dtype"])
     for key, allowed in _ALLOWED.items():
         if values[key] not in allowed:
-            raise ValueError(f"{key}={values[key]!r}: choose one of {', '.join(allowed)}")
+            raise ValueError(f"{key}={values[key]!r} is not allowed (allowed: one of {', '.join(allowed)})")
     if isinstance(values["batch_size"], bool) or not isinstance(values["batch_size"], int) \
             or values["batch_size"] < 1:
-        raise ValueError(f"batch_size={values['batch_size']!r}: must be an integer ≥ 1")
+        raise ValueError(f"batch_size={values['batch_size']!r} is not allowed (allowed: an integer ≥ 1)")
     for key in ("compile", "cudagraphs", "kernels"):
         values[key] = bool(values[key])
     if values["attention"] == "xformers":

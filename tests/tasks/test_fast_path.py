@@ -54,16 +54,20 @@ def test_presets_and_single_key_overrides():
                                                ("checkpoint", "layer", "step, none, block")])
 def test_bad_compute_names_are_refused_before_anything_is_written(small_pipeline, tmp_path, key, value, allowed):
     p = small_pipeline
-    cfg = build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'inv'}", f"model_path={p['sd']}",
-                                       f"{key}={value}", "device=cpu"])
-    with pytest.raises(SystemExit) as e:
-        invert.run(cfg)
+    args = [f"inputs={p['images']}", f"out={tmp_path / 'inv'}", f"model_path={p['sd']}", f"{key}={value}",
+            "device=cpu"]
+    with pytest.raises(SystemExit) as e:  # the CLI refuses while building the config; run() would refuse as well
+        build_config(invert.Config, args)
     msg = str(e.value)
     assert f"{key}={value!r}" in msg and allowed in msg and "\n" not in msg
+    cfg = build_config(invert.Config, args[:3] + ["device=cpu"])
+    setattr(cfg, key, value)  # the Python API: run() resolves the preset before it writes anything
+    with pytest.raises(SystemExit, match=f"{key}={value!r}"):
+        invert.run(cfg)
     assert not (tmp_path / "inv").exists()
     with pytest.raises(SystemExit, match="attention=xformers: xformers needs a CUDA device"):
-        invert.run(build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'x'}",
-                                                f"model_path={p['sd']}", "attention=xformers", "device=cpu"]))
+        build_config(invert.Config, [f"inputs={p['images']}", f"out={tmp_path / 'x'}", f"model_path={p['sd']}",
+                                     "attention=xformers", "device=cpu"])
     assert not (tmp_path / "x").exists()
 
 
