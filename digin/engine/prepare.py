@@ -6,7 +6,8 @@ prepare_sd: weight dtype (optimised variables and the latent chain stay fp32), t
 processors on every layer, SDPA or xformers, kept for the model's life so Prompt-to-Prompt only attaches a
 controller), channels_last on CUDA, and the compiled call sites — the UNet call and the VAE decode, each one graph
 per (grad mode, shape) (engine/compile.py), CUDA graph trees for the no-grad ones under `cudagraphs`.
-prepare_classifier: dtype, the compiled classifier forward on its views, and the fused cutouts op on CUDA.
+prepare_classifier: dtype, the compiled classifier forward on its views, the fused cutouts op on CUDA, and timm's
+gradient checkpointing only under `checkpoint=block` (the reference's).
 `set_kernels(settings.kernels)` switches the fused Triton kernels (off in the reference preset).
 """
 from __future__ import annotations
@@ -93,6 +94,8 @@ def prepare_classifier(clf, settings: ComputeSettings, cache_dir: str | None = N
         clf.model.to(dtype=dt)
     dev = clf.device
     model = clf.model
+    if hasattr(model, "set_grad_checkpointing"):  # the reference checkpoints timm classifiers under cutouts; the
+        model.set_grad_checkpointing(settings.checkpoint == "block")  # per-step presets keep one loss step's graph
 
     def classify_views(x):
         return model(x)
