@@ -31,12 +31,39 @@ GIB = 2 ** 30
 
 # ------------------------------------------------------------------------------------------ counting
 
-class _Counter:
-    def __init__(self):
-        self.flops = 0
+def flop_counter():
+    """A dispatch mode counting FLOPs with torch.utils.flop_counter's per-op formulas (`.flops`). A plain dispatch
+    mode rather than FlopCounterMode: the latter's module tracker installs backward hooks that break
+    `torch.autograd.grad` on leaf tensors. The fused-attention stand-in below adds its own FLOPs to every active
+    counter."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class FlopCount(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flops = 0
+
+        def __enter__(self):
+            _ACTIVE.append(self)
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            _ACTIVE.remove(self)
+            return super().__exit__(*exc)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    return FlopCount()
 
 
-_ACTIVE: list[_Counter] = []
+_ACTIVE: list = []
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -87,20 +114,6 @@ class CallCost:
 
 def measure(fn_forward, inputs: list[torch.Tensor], params: list[torch.Tensor]) -> CallCost:
     """Run `fn_forward(*inputs)` (meta tensors) with grad, then backward to the inputs; count FLOPs and saved bytes."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    counter = _Counter()
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                counter.flops += int(formula(*args, **kwargs, out_val=out))
-            return out
-
     weight_storages = {p.untyped_storage()._cdata for p in params}
     seen: dict[int, int] = {}
 
@@ -111,46 +124,20 @@ def measure(fn_forward, inputs: list[torch.Tensor], params: list[torch.Tensor]) 
         return t
 
     leaves = [x.detach().requires_grad_(True) for x in inputs]
-    _ACTIVE.append(counter)
-    try:
-        with fused_attention_accounting(), _Count():
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = fn_forward(*leaves)
-            fwd = counter.flops
-            out_t = out if isinstance(out, torch.Tensor) else out[0]
-            torch.autograd.grad(out_t, leaves, torch.empty_like(out_t), allow_unused=True)
-    finally:
-        _ACTIVE.remove(counter)
-    return CallCost(fwd=fwd, bwd=counter.flops - fwd, saved=sum(seen.values()))
-
-
-def forward_flops(fn_forward, inputs: list[torch.Tensor]) -> int:
-    with torch.no_grad():
-        return measure_nograd(fn_forward, inputs)
+    with fused_attention_accounting(), flop_counter() as count:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn_forward(*leaves)
+        fwd = count.flops
+        out_t = out if isinstance(out, torch.Tensor) else out[0]
+        torch.autograd.grad(out_t, leaves, torch.empty_like(out_t), allow_unused=True)
+    return CallCost(fwd=fwd, bwd=count.flops - fwd, saved=sum(seen.values()))
 
 
 def measure_nograd(fn_forward, inputs) -> int:
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    counter = _Counter()
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                counter.flops += int(formula(*args, **kwargs, out_val=out))
-            return out
-
-    _ACTIVE.append(counter)
-    try:
-        with torch.no_grad(), fused_attention_accounting(), _Count():
-            fn_forward(*inputs)
-    finally:
-        _ACTIVE.remove(counter)
-    return counter.flops
+    """FLOPs of a forward without grad (meta tensors)."""
+    with torch.no_grad(), fused_attention_accounting(), flop_counter() as count:
+        fn_forward(*inputs)
+    return count.flops
 
 
 # ------------------------------------------------------------------------------------------ models

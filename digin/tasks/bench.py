@@ -165,27 +165,12 @@ def make_workload(name: str, sd, clf, settings: dict, batch: int, checkpoint: st
 
 
 def count_flops(fn) -> int:
-    """FLOPs of one call, with torch.utils.flop_counter's per-op formulas (matmul/conv/attention).
+    """FLOPs of one call (real tensors), with torch.utils.flop_counter's per-op formulas (matmul/conv/attention)."""
+    from digin.engine.costs import flop_counter
 
-    A plain dispatch mode rather than FlopCounterMode: the latter's module tracker installs backward hooks
-    that break `torch.autograd.grad` on leaf tensors (null-text inversion)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    class _Count(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                _Count.total += int(formula(*args, **kwargs, out_val=out))
-            return out
-
-    with _Count():
+    with flop_counter() as count:
         fn()
-    return _Count.total
+    return count.flops
 
 
 def workload_flops(workload, sd, clf, settings, checkpoint, seed) -> int:

@@ -1,7 +1,6 @@
 """The fast path at the stage level: compute presets and overrides (resolved, recorded, refused when bad), compiled
 stage runs equal eager ones with no recompile (padded tail batches, P2P controllers attached per edit chunk), and a
 CUDA out-of-memory error halves the engine batch of the edit stages."""
-import contextlib
 import dataclasses
 
 import pytest
@@ -13,18 +12,9 @@ from digin.engine.presets import COMPUTE_KEYS, resolve_compute
 from digin.gallery.records import records_from_shards
 from digin.shards.manifest import ShardSet
 from digin.tasks import common, invert, neurons, uvce
+from tests.engine.test_compile import no_recompiles
 
 MODEL_TASKS = ("invert", "segment", "uvce", "diff", "neurons", "eval")
-
-
-@contextlib.contextmanager
-def no_recompiles():
-    old = torch._dynamo.config.error_on_recompile
-    torch._dynamo.config.error_on_recompile = True
-    try:
-        yield
-    finally:
-        torch._dynamo.config.error_on_recompile = old
 
 
 @pytest.fixture(autouse=True)
