@@ -111,7 +111,7 @@ class Compiled:
         self._compiled: dict = {}
         self.compile_s: dict = {}
         self.fell_back, self.error = False, None
-        if self.cfg.enabled and self.cfg.cache_dir is not None:
+        if self.cfg.enabled:  # persistent FX-graph / AOT-autograd caches: reruns and other ranks skip most compiling
             enable_compile_caches(self.cfg.cache_dir)
 
     @property
