@@ -189,7 +189,7 @@ def validate(cfg, task: str | None = None):
             if rule.problem(v):
                 _refuse(key, value, f"a list of {rule.describe().replace('a ', '', 1)} values")
     _check_relations(cfg)
-    _check_strings(cfg)
+    _check_strings(cfg, report_only=task == "doctor")
 
 
 def _check_relations(cfg):
@@ -207,8 +207,9 @@ def _check_relations(cfg):
         _refuse("segmentation.xa_start_t", seg.xa_start_t, f"a number ≤ segmentation.xa_end_t={seg.xa_end_t}")
 
 
-def _check_strings(cfg):
-    """dtype and device: refused here in one line rather than deep inside model loading."""
+def _check_strings(cfg, report_only: bool = False):
+    """dtype, device and the compute preset: refused here in one line rather than deep inside model loading
+    (`digin doctor` reports a bad compute choice on its screen instead)."""
     device = getattr(cfg, "device", None)
     if isinstance(device, str) and device != "auto":
         import torch
@@ -222,7 +223,7 @@ def _check_strings(cfg):
             if n == 0 or (dev.index or 0) >= n:
                 _refuse("device", device, f"a device this machine has (CUDA devices visible: {n})")
     dtype = getattr(cfg, "dtype", None)
-    if hasattr(cfg, "preset"):  # a model stage: the compute preset and its keys resolve here already
+    if hasattr(cfg, "preset") and not report_only:  # a model stage: the compute preset resolves here already
         from digin.engine.presets import compute_of
 
         try:
