@@ -23,6 +23,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_kernel_switch():
+    """Preparing a model for a preset flips the process-wide fused-kernel switch (the reference preset turns it off);
+    every test starts from the switch as the environment sets it."""
+    from digin.kernels import switch
+
+    before = dict(switch._ENABLED)
+    yield
+    switch._ENABLED.update(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory):
     """A tiny SD-1.x model with random weights, saved with save_pretrained (loaded back via load_sd)."""
