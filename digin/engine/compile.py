@@ -131,6 +131,9 @@ class Compiled:
     def __call__(self, *args):
         if not self.cfg.enabled or self.fell_back:
             return self.eager(*args)
+        # One memory layout per graph: dynamo guards on strides, and the same tensor can arrive contiguous or not
+        # (a CPU convolution may hand back channels-last latents, an expand gives stride 0).
+        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
         grad = torch.is_grad_enabled()
         key = (grad, _signature(args))
         fn = self._compiled.get(key)

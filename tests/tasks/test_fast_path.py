@@ -206,3 +206,67 @@ def test_oom_halves_the_neuron_counterfactual_engine_batch(small_pipeline, tmp_p
     assert a.keys() == b.keys() and len(a) == 6
     for k in a:
         assert b[k]["loss"] == pytest.approx(a[k]["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_compiled_diff_on_the_toy_world_equals_eager(tmp_path):
+    """The toy world's diffusion model and its clean / spurious classifiers: a compiled classifier-difference run
+    (aot_eager) gives the losses and confidences of the eager one, with no recompile across SGD iterations."""
+    from digin import toy
+    from digin.tasks import diff
+
+    if not toy.available():
+        pytest.skip("toy model weights are not in digin/toy/models")
+    base = [f"model_path={toy.paths()['sd']}", f"classifier1={toy.classifier_spec('spurious')}",
+            f"classifier2={toy.classifier_spec('clean')}", f"class_names=[{','.join(toy.world.SHAPES)}]",
+            "target_classes=[4]", "num_images=2", f"resolution={toy.PRESET['resolution']}", "num_ddim_steps=4",
+            "optim_params.sgd_steps=2", "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2",
+            "batch_size=2", "device=cpu", "progress=false", "center_crop=false"]
+    assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'eager'}"])) == 0
+    common._SD_CACHE.clear()
+    torch._dynamo.reset()
+    with no_recompiles():
+        assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'comp'}", "compile=true",
+                                                          "compile_backend=aot_eager"])) == 0
+    a, b = _metrics(tmp_path / "eager" / "results"), _metrics(tmp_path / "comp" / "results")
+    assert a.keys() == b.keys() and len(a) == 2
+    for k in a:
+        assert b[k]["loss"] == pytest.approx(a[k]["loss"], rel=1e-4, abs=1e-5)
+        for name, conf in a[k]["confidences"].items():
+            assert b[k]["confidences"][name] == pytest.approx(conf, rel=1e-4, abs=1e-5)
+
+
+def test_compiled_invert_and_uvce_on_the_toy_world_equal_eager(tmp_path):
+    """Toy scenes → shards + captions → null-text inversion → UVCEs (P2P, masks, blending), eager and compiled."""
+    from digin import toy
+    from digin.shards.convert import convert
+    from digin.toy.demo import write_caption_shards
+
+    if not toy.available():
+        pytest.skip("toy model weights are not in digin/toy/models")
+    import json
+
+    raw = toy.world.make_dataset_folder(tmp_path / "raw", n_per_class=1, seed=7, split="dev")
+    convert("imagefolder", tmp_path / "raw", "dev", tmp_path / "images", name="toy", samples_per_shard=3,
+            progress=False)
+    caps = json.loads((raw / "captions.json").read_text())
+    write_caption_shards(tmp_path / "images", tmp_path / "captions", [caps[k] for k in sorted(caps)])
+    common_args = [f"model_path={toy.paths()['sd']}", "resolution=64", "center_crop=false", "num_ddim_steps=4",
+                   "device=cpu", "batch_size=3"]
+    outs = {}
+    for mode, extra in (("eager", []), ("comp", ["compile=true", "compile_backend=aot_eager"])):
+        common._SD_CACHE.clear()
+        torch._dynamo.reset()
+        with no_recompiles():
+            assert invert.run(build_config(invert.Config, common_args + extra + [
+                f"inputs={tmp_path / 'images'}", f"captions={tmp_path / 'captions'}", f"out={tmp_path / mode / 'inv'}",
+                "num_inner_steps=2"])) == 0
+            assert uvce.run(build_config(uvce.Config, common_args + extra + [
+                f"images={tmp_path / 'images'}", f"inversions={tmp_path / mode / 'inv'}", f"out={tmp_path / mode / 'u'}",
+                f"classifier={toy.classifier_spec('clean')}", "optim_params.sgd_steps=2",
+                "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2", "pairs=explicit",
+                "explicit_pairs=[[0,1],[1,2],[2,3]]", "segmentation.xa_map_resolution=16", "progress=false"])) == 0
+        outs[mode] = _metrics(tmp_path / mode / "u")
+    assert outs["eager"].keys() == outs["comp"].keys() and len(outs["eager"]) == 3
+    for k, m in outs["eager"].items():
+        assert outs["comp"][k]["loss"] == pytest.approx(m["loss"], rel=1e-3, abs=1e-5)
+        assert outs["comp"][k]["conf_0_ours"] == pytest.approx(m["conf_0_ours"], rel=1e-3, abs=1e-5)
