@@ -7,7 +7,8 @@
 Work items are (class, i) pairs written as a work-list shard set (`<out>/worklist`), so the run is split over
 ranks, resumable and exactly-once like every stage; results go to `<out>/results`. Prompt "{prompt_template}
 {label}", or with `prompts=[...]` every target class starts from each of those prompts (e.g. scenes of other
-classes: which change makes classifier1 see the target where classifier2 does not?); start noise per (class, i) from `seed` (no giant pre-allocated table); with classifier2 the loss is
+classes: which change makes classifier1 see the target where classifier2 does not?); start noise per (class, i)
+from `seed` (no giant pre-allocated table); with classifier2 the loss is
 the two-classifier `conf` (−p1(y) + p2(y)) unless `loss` names another two-classifier loss (log_conf, logits).
 Unlike the reference, `regularizers` are applied when given (the reference parses and ignores them).
 """
