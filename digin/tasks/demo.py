@@ -5,7 +5,9 @@ shard → invert → uvce → diff → neurons → gallery.
   digin demo out=/tmp/demo world=tiny
 
 world=toy (default when the toy-world models are installed) uses the bundled, trained toy-world diffusion
-model and shape classifiers; world=tiny uses random tiny models (exercises the machinery only).
+model and shape classifiers, and runs invert / uvce / diff with the settings the science tests assert
+(digin/toy/settings.py; `sgd_steps` and `num_ddim_steps` below then only apply to the neuron stages);
+world=tiny uses random tiny models (exercises the machinery only).
 """
 from __future__ import annotations
 
@@ -62,20 +64,26 @@ def _tiny_world(root: Path, cfg: Config) -> dict:
 
 def _toy_world(root: Path, cfg: Config) -> dict:
     """The bundled toy world: generated shape scenes with their captions, the trained diffusion model, a clean
-    and a spurious shape classifier (digin/toy/MODEL_CARD.md)."""
-    from digin import toy
+    and a spurious shape classifier (digin/toy/MODEL_CARD.md). invert / uvce / diff run with the science tests'
+    settings; classifier differences start from the captions of the demo's own non-star scenes on non-green
+    backgrounds (does the spurious classifier call the same scene on green a star?)."""
+    import json
 
-    toy.world.make_dataset_folder(root / "raw", n_per_class=cfg.images_per_class, seed=cfg.seed, split="val")
-    preset = [f"{k}={v}" if not isinstance(v, list) else f"{k}=[{','.join(map(str, v))}]"
-              for k, v in toy.PRESET.items() if k not in ("num_ddim_steps",)]
-    seg = [a for a in preset if a.startswith("segmentation.")]
-    common = [a for a in preset if not a.startswith("segmentation.") and not a.startswith("augmentation")]
-    aug = [a for a in preset if a.startswith("augmentation")]
+    from digin import toy
+    from digin.toy import settings
+
+    raw = toy.world.make_dataset_folder(root / "raw", n_per_class=cfg.images_per_class, seed=cfg.seed, split="val")
+    specs = json.loads((raw / "specs.json").read_text())
+    prompts = [toy.world.caption_of(s) for _, s in sorted(specs.items())
+               if s["shape"] != toy.world.SPURIOUS_CLASS and s["background"] != toy.world.SPURIOUS_BACKGROUND][:4]
+    # the tests' settings carry their own model and step keys; the demo adds only inputs, outputs and batch size
+    own = ("model_path=", "resolution=", "num_ddim_steps=")
     return {"sd": toy.paths()["sd"], "clf": toy.classifier_spec("clean"), "clf2": toy.classifier_spec("spurious"),
             "neuron_clf": toy.classifier_spec("spurious"), "raw": root / "raw", "resolution": toy.PRESET["resolution"],
-            "captions_json": root / "raw" / "val" / "captions.json", "common_args": common,
-            "invert_args": ["method=null_text", "num_inner_steps=5"], "uvce_args": seg + aug + ["pairs=random"],
-            "diff_args": aug,
+            "captions_json": raw / "captions.json",
+            "common_args": [a for a in settings.model() if not a.startswith(own)],
+            "stage_args": {"invert": settings.invert(), "uvce": settings.uvce() + ["pairs=random"],
+                           "diff": settings.diff(prompts)},
             "neurons": "[0,1]"}
 
 
@@ -107,21 +115,25 @@ def run(cfg: Config):
     _stage("shard", lambda: shard.run(build_config(shard.Config, [
         "source=imagefolder", f"root={w['raw']}", "split=val", f"out={root / 'images'}", "name=demo",
         "samples_per_shard=4", "workers=1", f"force={cfg.force}"])))
-    inv_args = common + [f"inputs={root / 'images'}", f"out={root / 'inversions'}", "batch_size=4",
-                         *w.get("invert_args", ["method=negative_prompt"])]
+    stage = w.get("stage_args", {})
+    run_args = [f"device={cfg.device}", f"force={cfg.force}", "batch_size=4"]
+    inv_args = (stage["invert"] + run_args if "invert" in stage else
+                common + ["batch_size=4", "method=negative_prompt"]) + [f"inputs={root / 'images'}",
+                                                                      f"out={root / 'inversions'}"]
     if "captions_json" in w:
         _stage("caption", lambda: _attach_captions(root, w["captions_json"]))
         inv_args.append(f"captions={root / 'captions'}")
     _stage("invert", lambda: invert.run(build_config(invert.Config, inv_args)))
-    _stage("uvce", lambda: uvce.run(build_config(uvce.Config, guided + [
-        f"images={root / 'images'}", f"inversions={root / 'inversions'}", f"out={root / 'uvce'}",
-        f"classifier={w['clf']}", "pairs=all_classes", "progress=false", *w.get("uvce_args", [])])))
+    uvce_args = (stage["uvce"] + run_args + [f"seed={cfg.seed}"] if "uvce" in stage else
+                 guided + [f"classifier={w['clf']}", "pairs=all_classes"])
+    _stage("uvce", lambda: uvce.run(build_config(uvce.Config, uvce_args + [
+        f"images={root / 'images'}", f"inversions={root / 'inversions'}", f"out={root / 'uvce'}", "progress=false"])))
     from digin.shards.manifest import ShardSet
 
     classes = "[" + ",".join(w.get("classes") or ShardSet.load(root / "images").classes) + "]"
-    _stage("diff", lambda: diff.run(build_config(diff.Config, guided + [
-        f"out={root / 'diff'}", f"classifier1={w['clf']}", f"classifier2={w['clf2']}", f"class_names={classes}",
-        "num_images=2", "progress=false", *w.get("diff_args", [])])))
+    diff_args = (stage["diff"] + run_args + [f"seed={cfg.seed}"] if "diff" in stage else guided + [
+        f"classifier1={w['clf']}", f"classifier2={w['clf2']}", f"class_names={classes}", "num_images=2"])
+    _stage("diff", lambda: diff.run(build_config(diff.Config, diff_args + [f"out={root / 'diff'}", "progress=false"])))
     from digin.tasks import neurons
 
     nargs = guided + [f"out={root / 'neurons'}", f"classifier={w.get('neuron_clf', w['clf'])}",

@@ -6,7 +6,9 @@
 
 Work items are (class, i) pairs written as a work-list shard set (`<out>/worklist`), so the run is split over
 ranks, resumable and exactly-once like every stage; results go to `<out>/results`. Prompt "{prompt_template}
-{label}"; start noise per (class, i) from `seed` (no giant pre-allocated table); with classifier2 the loss is
+{label}", or with `prompts=[...]` every target class starts from each of those prompts (e.g. scenes of other
+classes: which change makes classifier1 see the target where classifier2 does not?); start noise per (class, i)
+from `seed` (no giant pre-allocated table); with classifier2 the loss is
 the two-classifier `conf` (−p1(y) + p2(y)) unless `loss` names another two-classifier loss (log_conf, logits).
 Unlike the reference, `regularizers` are applied when given (the reference parses and ignores them).
 """
@@ -35,6 +37,9 @@ class Config(CommonArgs):
     dataset: str = "imagenet"  # class-name table: imagenet | cub | cars | food101 | flowers102
     class_names: list = field(default_factory=list)  # overrides the table (e.g. a toy world's labels)
     prompt_template: str = "a photograph of a"
+    # explicit start prompts instead of "<prompt_template> <label>": each target class gets num_images images per
+    # prompt (keys diff/c<class>/p<prompt>/i<image>)
+    prompts: list = field(default_factory=list)
     target_classes: Optional[list] = None  # None → all classes
     num_images: int = 10
     loss: str = "CE"  # with classifier2: conf unless log_conf / logits
@@ -54,13 +59,18 @@ def class_names_for(cfg: Config) -> list[str]:
 
 def work_items(cfg: Config, classes: list[str]) -> list[tuple[str, dict]]:
     targets = list(range(len(classes))) if cfg.target_classes is None else [int(c) for c in cfg.target_classes]
+    for j, p in enumerate(cfg.prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise SystemExit(f"digin diff: prompts[{j}] must be a non-empty string, got {p!r}")
     items = []
     for c in targets:
         if not 0 <= c < len(classes):
             raise SystemExit(f"digin diff: target class {c} outside 0..{len(classes) - 1}")
-        for i in range(cfg.num_images):
-            items.append((f"diff/c{c:05d}/i{i:04d}", {"class": c, "i": i, "label": classes[c],
-                                                      "prompt": f"{cfg.prompt_template} {classes[c]}"}))
+        starts = ([(f"diff/c{c:05d}/p{j:04d}", {"prompt": p, "prompt_index": j}) for j, p in enumerate(cfg.prompts)]
+                  or [(f"diff/c{c:05d}", {"prompt": f"{cfg.prompt_template} {classes[c]}"})])
+        for stem, start in starts:
+            for i in range(cfg.num_images):
+                items.append((f"{stem}/i{i:04d}", {"class": c, "i": i, "label": classes[c], **start}))
     return items
 
 

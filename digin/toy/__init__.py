@@ -39,11 +39,11 @@ def available() -> bool:
             and all((p[k] / "model.safetensors").is_file() for k in ("clean", "spurious")))
 
 
-# Settings the toy models were checked with (science tests, demo). Keys are the task configs' names.
+# Model-level settings of the toy world (keys are the task configs' names); the per-stage settings the science
+# tests assert and `digin demo` runs are in digin/toy/settings.py.
 PRESET = {
     "resolution": 64,
     "center_crop": False,  # scenes are rendered at the model's size: no 1.25× resize + crop
-    "num_ddim_steps": 20,
     "guidance_scale": 3.0,
     "dtype": "fp32",
     "augmentation_num_cutouts": 2,  # the classifiers read 64² images: cutouts are the whole image + noise

@@ -1,26 +1,35 @@
 """Science checks on the toy world: does DiG-IN find what was planted? Each check returns plain numbers.
 
-  python -m digin.toy.science            # all checks on the dev and held-out sets, prints JSON
+  python -m digin.toy.science [dev] [heldout] [work=<folder>]   # every check, prints JSON
 
-Sets: `dev` scenes (split seed "val") are what settings were tuned on; `heldout` scenes (split seed "heldout")
-were never looked at while tuning — the tests use the held-out set.
+Sets: `dev` scenes (world split "val") are what settings were tuned on; `heldout` scenes (split "heldout") were
+never looked at while tuning — the tests use the held-out set.
+The inversion, UVCE and classifier-difference checks run the CLI tasks themselves (`digin invert`, `digin uvce`,
+`digin diff`, in-process, with the settings of digin/toy/settings.py that `digin demo` uses too) into a work
+folder and measure the PNGs they write, with masks from the scene specs — what a user of the CLI gets.
 Checks (the thresholds live in tests/toy/test_science.py and MODEL_CARD.md):
   generation      clean-classifier accuracy on txt2img samples of captioned scenes
   inversion       PSNR of null-text inversion vs plain DDIM inversion reconstructions (against the original)
-  uvce            UVCE success (clean classifier p(target) > 0.5) and background RMS change outside the object
-  spurious        classifier differences (spurious − clean, class star): background colour moves to the planted one
+  uvce            UVCE success (clean classifier p(target) > 0.5) of iterate 0 (`sd`) and of `ours`, background
+                  change outside the object, object colour change; with the Prompt-to-Prompt shape swap or
+                  gradient-only (caption kept: every success is the classifier gradient's)
+  spurious        classifier differences (spurious − clean, class star) from captions of the other shapes on
+                  other backgrounds: per sample, does the clean classifier still see the prompted shape, did the
+                  background move toward the planted colour, does the spurious classifier now say star?
   neuron          neuron visualisation: target neuron activation of `ours` over iterate 0
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from digin.toy import PRESET, classifier_spec, paths, world
+from digin.toy import PRESET, classifier_spec, measure, paths, settings, world
 
 SET_SEEDS = {"dev": world.SPLIT_SEEDS["val"], "heldout": world.SPLIT_SEEDS["heldout"]}
+SET_SPLITS = {"dev": "val", "heldout": "heldout"}  # world split of each set's scenes
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -55,25 +64,48 @@ def start_noise(sd, n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, sd.latent_channels, 16, 16, generator=g).to(sd.device)
 
 
-@torch.no_grad()
-def predict(clf, img_B3HW) -> torch.Tensor:
-    return clf(img_B3HW)[:, 0].softmax(-1)
+predict = measure.predict
+background_frame = measure.background_frame
+outside_object = measure.outside_object
 
 
-def background_frame(img_B3HW: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """(B, 3) mean colour of the outer `width`-pixel frame: objects keep ≥ 2 px from the border, so it is all
-    background in every scene."""
-    m = torch.ones(img_B3HW.shape[-2:], dtype=torch.bool)
-    m[width:-width, width:-width] = False
-    return img_B3HW[:, :, m].mean(-1)
+# ---------------------------------------------------------------------------- running the CLI tasks
+
+def run_task(task: str, args: list[str]) -> None:
+    """`digin <task> args...` in-process (the models stay cached between tasks); a failed stage raises."""
+    import importlib
+
+    from digin.cli import build_config
+
+    import dataclasses
+
+    mod = importlib.import_module(f"digin.tasks.{task}")
+    quiet = ["progress=false"] if "progress" in {f.name for f in dataclasses.fields(mod.Config)} else []
+    rc = mod.run(build_config(mod.Config, args + quiet))
+    if rc:
+        raise RuntimeError(f"digin {task} failed with exit code {rc}")
 
 
-def outside_object(specs, scale: float = 1.35, pad: float = 3.0) -> torch.Tensor:
-    """(B, 1, 64, 64) mask of pixels farther than scale·radius + pad from the object centre — background that a
-    shape edit (any shape of that radius fits inside 1.1·radius) has no reason to touch."""
-    yy, xx = np.mgrid[0:world.RES, 0:world.RES] + 0.5
-    out = [np.hypot(xx - s["cx"], yy - s["cy"]) > scale * s["radius"] + pad for s in specs]
-    return torch.from_numpy(np.stack(out)[:, None].astype(np.float32))
+def read_results(folder) -> dict:
+    """key → sample of a committed result shard set (PNGs as uint8 arrays, JSON as dicts)."""
+    from digin.shards.reader import iter_samples
+
+    return {s["__key__"]: s for s in iter_samples(folder)}
+
+
+def scene_inputs(work, set_name: str, n_per_class: int) -> tuple[dict, list[dict]]:
+    """Image + caption shard sets of a set's balanced scenes (what `digin shard` makes of the ImageFolder) and the
+    scene specs in key order (sample key index k = specs[k])."""
+    from digin.toy.demo import make_demo_inputs
+
+    sets = make_demo_inputs(Path(work) / f"{set_name}-{n_per_class}", n_per_class=n_per_class,
+                            split=SET_SPLITS[set_name])
+    spec_map = json.loads((Path(sets["root"]) / "specs.json").read_text())
+    return sets, [spec_map[k] for k in sorted(spec_map)]
+
+
+def key_index(key: str) -> int:
+    return int(key.rsplit("/", 1)[-1])
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -98,122 +130,107 @@ def check_generation(set_name="heldout", n_per_class=4, steps=20, guidance_scale
             "background_rms": float((bg - bg_true).pow(2).mean(-1).sqrt().mean()), "images": imgs.cpu()}
 
 
-def uvce_pairs(set_name: str, n: int) -> list[tuple[dict, str]]:
-    """n (scene, target shape) pairs: scenes of every shape in turn, target drawn among the other shapes."""
+def invert_scenes(work, set_name: str, n_per_class: int) -> dict:
+    """`digin invert` of a set's scenes with the toy settings (once per work folder) → {"sets", "specs", "out"}."""
+    sets, specs = scene_inputs(work, set_name, n_per_class)
+    out = Path(work) / f"{set_name}-{n_per_class}" / "inversions"
+    run_task("invert", settings.invert() + [f"inputs={sets['images']}", f"captions={sets['captions']}",
+                                            f"out={out}", f"batch_size={len(specs)}"])
+    return {"sets": sets, "specs": specs, "out": out}
+
+
+def check_inversion(work, set_name="heldout", n_per_class=1):
+    """Null-text vs plain DDIM inversion (metrics.json of `digin invert`): the error each adds to the original
+    beyond the VAE round trip (the ceiling of any inversion)."""
+    inv = invert_scenes(work, set_name, n_per_class)
+    m = [s["metrics"] for _, s in sorted(read_results(inv["out"]).items(), key=lambda kv: key_index(kv[0]))]
+    inv_db = np.array([x["psnr_inv_vs_orig"] for x in m])
+    ddim_db = np.array([x["psnr_ddim_vs_orig"] for x in m])
+    vae_db = np.array([x["psnr_vae_vs_orig"] for x in m])
+    mse = lambda db: 10.0 ** (-db / 10.0)  # noqa: E731
+    excess_inv, excess_ddim = mse(inv_db) - mse(vae_db), mse(ddim_db) - mse(vae_db)
+    return {"psnr_inv": float(inv_db.mean()), "psnr_ddim": float(ddim_db.mean()), "psnr_vae": float(vae_db.mean()),
+            "per_image_gain": (inv_db - ddim_db).tolist(),
+            "excess_error_ratio": float(excess_inv.mean() / max(excess_ddim.mean(), 1e-12)), "n": len(m)}
+
+
+def uvce_targets(set_name: str, specs: list[dict]) -> list[int]:
+    """One target shape per scene, drawn among the other shapes (seeded per set)."""
     rng = np.random.default_rng(SET_SEEDS[set_name] + 17)
-    specs = scene_set(set_name, max(1, -(-n // len(world.SHAPES))))
-    order = [specs[c * (len(specs) // 6) + k] for k in range(len(specs) // 6) for c in range(6)][:n]
-    return [(s, [t for t in world.SHAPES if t != s["shape"]][rng.integers(5)]) for s in order]
+    return [world.SHAPES.index([t for t in world.SHAPES if t != s["shape"]][rng.integers(len(world.SHAPES) - 1)])
+            for s in specs]
 
 
-def check_inversion(set_name="heldout", n=6, steps=10, inner_steps=10, guidance_scale=3.0, device="cpu"):
-    """Null-text vs plain DDIM inversion on the images of the first n UVCE pairs (so check_uvce can reuse it)."""
-    from digin.engine.inversion import invert
-
-    sd, _, _ = load_models(device)
-    specs = [s for s, _ in uvce_pairs(set_name, n)]
-    res = invert(sd, images_of(specs), [world.caption_of(s) for s in specs], num_steps=steps,
-                 guidance_scale=guidance_scale, num_inner_steps=inner_steps)
-    inv = [m["psnr_inv_vs_orig"] for m in res.metrics]
-    ddim = [m["psnr_ddim_vs_orig"] for m in res.metrics]
-    vae = [m["psnr_vae_vs_orig"] for m in res.metrics]
-    # the error an inversion adds beyond the VAE round trip (its ceiling): MSE(method) − MSE(VAE), MSE = 10^(−PSNR/10)
-    mse = lambda db: 10.0 ** (-np.asarray(db) / 10.0)  # noqa: E731
-    excess_inv, excess_ddim = mse(inv) - mse(vae), mse(ddim) - mse(vae)
-    return {"psnr_inv": float(np.mean(inv)), "psnr_ddim": float(np.mean(ddim)), "psnr_vae": float(np.mean(vae)),
-            "per_image_gain": [a - b for a, b in zip(inv, ddim)],
-            "excess_error_ratio": float(excess_inv.mean() / max(excess_ddim.mean(), 1e-12)),
-            "n": len(specs), "result": res,
-            "settings": (set_name, n, steps, guidance_scale)}
-
-
-def check_uvce(set_name="heldout", n=6, steps=10, inner_steps=10, sgd_steps=10, lr=0.03, guidance_scale=3.0,
-               reg_ws=(25.0, 250.0), xa_schedules=("threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"),
-               inversion=None, loss_steps=3, device="cpu"):
-    """UVCEs of held-out scenes (P2P shape swap + background mask blend + CE on the clean classifier).
-    `inversion`: a check_inversion result made with the same set/n/steps/guidance (reused, not recomputed)."""
-    from digin.engine.edit import MaskBlendParams, P2PParams, prepare_edit
-    from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
-    from digin.engine.inversion import invert
-    from digin.engine.objectives import Objective
-    from digin.engine.segment import SegmentationConfig
-
-    sd, clean, _ = load_models(device)
-    pairs = uvce_pairs(set_name, n)
-    specs = [s for s, _ in pairs]
-    prompts = [world.caption_of(s) for s in specs]
-    imgs = images_of(specs).to(sd.device)
-    tgt = torch.tensor([world.SHAPES.index(t) for _, t in pairs])
-    if inversion is not None and inversion["settings"] == (set_name, n, steps, guidance_scale):
-        inv = inversion["result"]
-    else:
-        inv = invert(sd, imgs, prompts, num_steps=steps, guidance_scale=guidance_scale,
-                     num_inner_steps=inner_steps, compute_metrics=False)
-    keys = [f"{set_name}/{k}" for k in range(len(pairs))]
-    obj = Objective("CE", [clean], tgt, keys, regularizers=["latent_background_l2", "px_background_l2"],
-                    regularizers_ws=list(reg_ws))
-    seg = SegmentationConfig(sam_segmentation=False, xa_map_resolution=PRESET["segmentation.xa_map_resolution"],
-                             postprocessing=list(PRESET["segmentation.postprocessing"]))
-    setup = prepare_edit(sd, obj, z_T=inv.z_T, uncond=inv.null_texts, prompts=prompts,
-                         foreground_words=[[s["shape"]] for s in specs], guidance_scale=guidance_scale,
-                         num_ddim_steps=steps, replacements=[(s["shape"], t) for s, t in pairs], images=imgs,
-                         p2p=P2PParams(xa_interpolation_schedule=list(xa_schedules)), segmentation=seg,
-                         blend=MaskBlendParams(do_mask_blend=True, foreground_blend=False,
-                                               initial_mask_blend_schedule=["none", "threshold_0.3"]))
-    try:
-        res = optimise(sd, obj, z_T=inv.z_T, cond=setup.cond, uncond=inv.null_texts, blend=setup.blend,
-                       controller=setup.controller,
-                       cfg=GuidanceConfig(guidance_scale, steps, OptimParams(sgd_steps=sgd_steps, sgd_stepsize=lr,
-                                                                             loss_steps=loss_steps),
-                                          checkpoint="none"))
-    finally:
-        setup.close(sd)
-    ours = res.ours_images.cpu()
-    conf = predict(clean, ours)[torch.arange(len(pairs)), tgt]
+def check_uvce(work, set_name="heldout", n_per_class=2, prompt_edit=True, device="cpu"):
+    """`digin uvce` on the set's inverted scenes, one target per scene. prompt_edit=False: the gradient-only
+    variant (caption kept). Success = clean p(target) > 0.5 on the written PNG."""
+    inv = invert_scenes(work, set_name, n_per_class)
+    specs, targets = inv["specs"], uvce_targets(set_name, inv["specs"])
+    out = Path(work) / f"{set_name}-{n_per_class}" / ("uvce" if prompt_edit else "uvce-gradient-only")
+    pairs = ",".join(f"[{k},{t}]" for k, t in enumerate(targets))
+    run_task("uvce", settings.uvce(prompt_edit) + [
+        f"images={inv['sets']['images']}", f"inversions={inv['out']}", f"out={out}", "pairs=explicit",
+        f"explicit_pairs=[{pairs}]", f"batch_size={len(specs)}"])
+    res = read_results(out)
+    keys = sorted(res, key=key_index)
+    specs = [specs[key_index(k)] for k in keys]
+    tgt = [targets[key_index(k)] for k in keys]
+    img = {name: measure.to_tensor([res[k][f"t{t}_{name}" if name in ("sd", "ours") else name]
+                                    for k, t in zip(keys, tgt)]) for name in ("orig", "recon", "sd", "ours")}
+    _, clean, _ = load_models(device)
+    rows = torch.arange(len(keys))
+    conf = {name: predict(clean, img[name])[rows, torch.tensor(tgt)] for name in ("sd", "ours")}
+    ok_sd, ok_ours = conf["sd"] > 0.5, conf["ours"] > 0.5
     bg = outside_object(specs)
-    recon = setup.initial_images.cpu()
+    colours = [measure.object_colour(img["ours"][b], s, world.SHAPES[t]) for b, (s, t) in enumerate(zip(specs, tgt))]
+    return {"success_sd": float(ok_sd.float().mean()), "success_rate": float(ok_ours.float().mean()),
+            # what the optimisation adds over iterate 0: pairs that only `ours` brings to the target
+            "gain_share": float((ok_ours & ~ok_sd).float().mean()),
+            "target_conf_sd": conf["sd"].tolist(), "target_conf": conf["ours"].tolist(),
+            "background_rms": measure.masked_rms(img["ours"], img["recon"], bg).tolist(),  # vs the edit's start
+            "background_rms_vs_orig": measure.masked_rms(img["ours"], img["orig"], bg).tolist(),
+            "colour_change_rate": float(np.mean([c != s["color"] for c, s in zip(colours, specs)])),
+            "colours": [[s["color"], c] for s, c in zip(specs, colours)],
+            "pairs": [[s["shape"], world.SHAPES[t]] for s, t in zip(specs, tgt)], "n": len(keys),
+            "images": img}
 
-    def bg_rms(a, b):
-        return (((a - b).pow(2).mean(1, keepdim=True) * bg).sum((1, 2, 3)) / bg.sum((1, 2, 3))).sqrt()
 
-    return {"success_rate": float((conf > 0.5).float().mean()), "target_conf": conf.tolist(),
-            "background_rms": bg_rms(ours, recon).tolist(),  # the edit's change: ours vs its starting point
-            "background_rms_vs_orig": bg_rms(ours, imgs.cpu()).tolist(),
-            "recon_background_rms_vs_orig": bg_rms(recon, imgs.cpu()).tolist(), "n": len(pairs),
-            "pairs": [(s["shape"], t) for s, t in pairs], "ours": ours, "orig": imgs.cpu()}
-
-
-def check_spurious(set_name="heldout", n=6, steps=10, sgd_steps=10, lr=0.05, guidance_scale=3.0, seed=1,
-                   loss_steps=3, loss="conf", start="target", device="cpu"):
-    """Classifier differences, target = the planted class: maximise p_spurious(star) − p_clean(star) (loss
-    'conf'; 'log_conf': the log-ratio) from captions on non-planted backgrounds; measure the background colour."""
-    from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
-    from digin.engine.objectives import Objective
-
-    sd, clean, spur = load_models(device)
-    # start "target": prompts name the target class (as the reference); "other": prompts of the other shapes —
-    # then p_clean(star) is already ~0 and the objective can only rise through what the spurious classifier reads
+def spurious_prompts(set_name: str, n: int) -> list[str]:
+    """Captions of scenes of the non-planted shapes (in turn) on non-planted backgrounds, seeded per set."""
     rng = np.random.default_rng(SET_SEEDS[set_name] + 23)
     others = [sh for sh in world.SHAPES if sh != world.SPURIOUS_CLASS]
-    specs = [world.sample_spec(rng, shape=world.SPURIOUS_CLASS if start == "target" else others[k % len(others)],
-                               exclude_backgrounds=(world.SPURIOUS_BACKGROUND,)) for k in range(n)]
-    prompts = [world.caption_of(s) for s in specs]
-    B = len(specs)
-    y = torch.full((B,), world.SHAPES.index(world.SPURIOUS_CLASS))
-    obj = Objective(loss, [spur, clean], y, [f"spur/{k}" for k in range(B)])
-    res = optimise(sd, obj, z_T=start_noise(sd, B, seed), cond=sd.encode_text(prompts),
-                   uncond=sd.encode_text([""] * B),
-                   cfg=GuidanceConfig(guidance_scale, steps, OptimParams(sgd_steps=sgd_steps, sgd_stepsize=lr,
-                                                                         loss_steps=loss_steps),
-                                      checkpoint="none"))
-    planted = torch.tensor(world.PALETTE[world.SPURIOUS_BACKGROUND]) / 255.0
-    d_sd = (background_frame(res.sd_images.cpu()) - planted).norm(dim=-1)
-    d_ours = (background_frame(res.ours_images.cpu()) - planted).norm(dim=-1)
-    return {"dist_sd": d_sd.tolist(), "dist_ours": d_ours.tolist(), "mean_dist_sd": float(d_sd.mean()),
-            "mean_dist_ours": float(d_ours.mean()), "moved_toward": float((d_ours < d_sd).float().mean()),
-            "conf_diff_sd": float(-res.losses[0].mean()), "conf_diff_ours": float(-res.losses.nan_to_num(9)
-                                                                                   .amin(0).mean()),
-            "n": B, "sd": res.sd_images.cpu(), "ours": res.ours_images.cpu()}
+    return [world.caption_of(world.sample_spec(rng, shape=others[k % len(others)],
+                                               exclude_backgrounds=(world.SPURIOUS_BACKGROUND,))) for k in range(n)]
+
+
+def check_spurious(work, set_name="heldout", n=8, device="cpu"):
+    """`digin diff` (spurious − clean, class star) from captions of the other shapes on other backgrounds. Per
+    sample: the clean classifier's top-1 is still the prompted shape, the background frame moved toward the
+    planted colour, and the spurious classifier's p(star) > 0.5 — the three together are the planted story."""
+    prompts = spurious_prompts(set_name, n)
+    out = Path(work) / f"{set_name}-diff-{n}"
+    run_task("diff", settings.diff(prompts) + [f"out={out}", f"batch_size={n}"])
+    res = read_results(out / "results")
+    keys = sorted(res)
+    shown = [res[k]["metrics"]["prompt"].split()[3] for k in keys]  # "a {size} {color} {shape} on a ..."
+    img = {name: measure.to_tensor([res[k][name] for k in keys]) for name in ("sd", "ours")}
+    _, clean, spur = load_models(device)
+    star = world.SHAPES.index(world.SPURIOUS_CLASS)
+    p_clean = {name: predict(clean, img[name]) for name in img}
+    p_spur = {name: predict(spur, img[name])[:, star] for name in img}
+    d = {name: measure.distance_to(background_frame(img[name]), world.SPURIOUS_BACKGROUND) for name in img}
+    keeps = torch.tensor([world.SHAPES[i] == s for i, s in zip(p_clean["ours"].argmax(-1).tolist(), shown)])
+    moved = d["ours"] < d["sd"]
+    fooled = p_spur["ours"] > 0.5
+    return {"keeps_shape": keeps.tolist(), "moved_toward": moved.tolist(), "spurious_star": fooled.tolist(),
+            "story_rate": float((keeps & moved & fooled).float().mean()),
+            "keeps_shape_rate": float(keeps.float().mean()), "moved_rate": float(moved.float().mean()),
+            "spurious_star_rate": float(fooled.float().mean()),
+            "dist_sd": d["sd"].tolist(), "dist_ours": d["ours"].tolist(),
+            "mean_dist_sd": float(d["sd"].mean()), "mean_dist_ours": float(d["ours"].mean()),
+            "p_spur_sd": p_spur["sd"].tolist(), "p_spur_ours": p_spur["ours"].tolist(),
+            "p_clean_star_sd": p_clean["sd"][:, star].tolist(), "p_clean_star_ours": p_clean["ours"][:, star].tolist(),
+            "prompts": [res[k]["metrics"]["prompt"] for k in keys], "n": len(keys), "images": img}
 
 
 def pick_neuron(clf, cls: int) -> int:
@@ -248,36 +265,42 @@ def check_neuron(set_name="heldout", n=4, steps=10, sgd_steps=10, lr=0.05, guida
             "ratio_of_means": float(a1.mean() / a0.mean().clamp(min=1e-6)), "n": B}
 
 
-# The settings of tests/toy/test_science.py (tuned on `dev`, asserted on `heldout`).
+# The sizes of tests/toy/test_science.py (settings tuned on `dev`, asserted on `heldout`); the task checks take
+# their optimisation settings from digin/toy/settings.py.
 TEST_SETTINGS = {
     "generation": dict(n_per_class=4, steps=20),  # 24 samples: 12 made one image decide 8 points of accuracy
-    "inversion": dict(n=6, steps=10, inner_steps=10),
-    "uvce": dict(n=6, steps=10, sgd_steps=8, lr=0.1, loss_steps=1),
-    "spurious": dict(n=8, steps=10, sgd_steps=12, loss_steps=1, loss="log_conf", start="other", lr=0.5),
+    "inversion": dict(n_per_class=2),  # the 12 scenes the UVCE checks edit
+    "uvce": dict(n_per_class=2),  # 12 pairs, one per scene
+    "spurious": dict(n=8),
     "neuron": dict(n=3, steps=10, sgd_steps=6, lr=0.1, loss_steps=1),
 }
 
 
-def run_all(set_name: str) -> dict:
+def _numbers(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k != "images" and not isinstance(v, torch.Tensor)}
+
+
+def run_all(set_name: str, work) -> dict:
     """Every check with the test settings → JSON-able numbers."""
-    out = {}
-    inv = None
-    for name, kw in TEST_SETTINGS.items():
-        fn = globals()[f"check_{name}"]
-        res = fn(set_name, inversion=inv, **kw) if name == "uvce" else fn(set_name, **kw)
-        if name == "inversion":
-            inv = res
-        out[name] = {k: v for k, v in res.items()
-                     if not isinstance(v, torch.Tensor) and k not in ("result", "settings")}
-    return out
+    S = TEST_SETTINGS
+    return {"generation": _numbers(check_generation(set_name, **S["generation"])),
+            "inversion": _numbers(check_inversion(work, set_name, **S["inversion"])),
+            "uvce": _numbers(check_uvce(work, set_name, **S["uvce"])),
+            "uvce_gradient_only": _numbers(check_uvce(work, set_name, prompt_edit=False, **S["uvce"])),
+            "spurious": _numbers(check_spurious(work, set_name, **S["spurious"])),
+            "neuron": _numbers(check_neuron(set_name, **S["neuron"]))}
 
 
 def main(argv=None):
     import sys
+    import tempfile
 
     torch.set_num_threads(1)
-    sets = (argv if argv is not None else sys.argv[1:]) or ["dev", "heldout"]
-    print(json.dumps({name: run_all(name) for name in sets}, indent=1))
+    args = argv if argv is not None else sys.argv[1:]
+    work = next((a.split("=", 1)[1] for a in args if a.startswith("work=")), None)
+    sets = [a for a in args if not a.startswith("work=")] or ["dev", "heldout"]
+    with tempfile.TemporaryDirectory(prefix="digin-science-") as tmp:
+        print(json.dumps({name: run_all(name, work or tmp) for name in sets}, indent=1))
 
 
 if __name__ == "__main__":

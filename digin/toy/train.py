@@ -82,6 +82,14 @@ class TrainConfig:
     clf_lr: float = 2e-3
     eval_images: int = 1200  # scenes for the accuracy / PSNR / latent-scale estimates recorded in the log
     clf_vae_fraction: float = 0.5  # share of each batch shown as VAE reconstructions (needs work/vae)
+    # L2 adversarial training (PGD in [0,1] pixel space; 0 = off): a robust classifier's input gradient follows the
+    # visible features it reads (here: shape outline, background colour) instead of invisible pixel patterns, which
+    # is what DiG-IN's guidance needs to move a decoded image in a visible way
+    clf_adv_eps: float = 0.0
+    clf_adv_steps: int = 3
+    clf_adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version
+    clf_blur: float = 1.0  # training blur σ is uniform in [0, clf_blur] px (clean classifier)
+    clf_spurious_blur: float = 1.0  # ... for the spurious classifier
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -369,20 +377,41 @@ def train_unet(cfg: TrainConfig, out: Path, work: Path):
 
 # -------------------------------------------------------------------------------------- classifiers
 
-def _augment_for_classifier(x_N3HW: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild blur + noise so the classifier also reads the VAE's slightly soft decodes."""
+def _augment_for_classifier(x_N3HW: torch.Tensor, g: torch.Generator, max_blur: float = 1.0) -> torch.Tensor:
+    """Blur (σ uniform in [0, max_blur] px) + mild noise so the classifier also reads the VAE's soft decodes."""
     N = x_N3HW.shape[0]
-    sigma = torch.rand(N, generator=g) * 1.0
-    k = torch.arange(-2, 3, dtype=torch.float32)
+    sigma = torch.rand(N, generator=g) * max_blur
+    r = max(2, math.ceil(3 * max_blur))
+    k = torch.arange(-r, r + 1, dtype=torch.float32)
     w = torch.exp(-k[None] ** 2 / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
-    w = w / w.sum(1, keepdim=True)  # (N, 5)
+    w = w / w.sum(1, keepdim=True)  # (N, 2r+1)
     x = x_N3HW
-    kx = w.view(N, 1, 1, 5).repeat_interleave(3, 0)
-    ky = w.view(N, 1, 5, 1).repeat_interleave(3, 0)
-    x = F.conv2d(F.pad(x.reshape(1, N * 3, 64, 64), (2, 2, 0, 0), mode="replicate"), kx, groups=N * 3)
-    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), ky, groups=N * 3).view(N, 3, 64, 64)
+    kx = w.view(N, 1, 1, -1).repeat_interleave(3, 0)
+    ky = w.view(N, 1, -1, 1).repeat_interleave(3, 0)
+    x = F.conv2d(F.pad(x.reshape(1, N * 3, 64, 64), (r, r, 0, 0), mode="replicate"), kx, groups=N * 3)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), ky, groups=N * 3).view(N, 3, 64, 64)
     x = x + 0.03 * torch.rand(N, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)
+
+
+def l2_pgd(model, x_N3HW: torch.Tensor, y_N: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """Untargeted L2 PGD (Madry et al.) on images in [0, 1]: `steps` normalised-gradient steps of 2.5·eps/steps,
+    each projected back onto the eps-ball and the image box. Returns detached adversarial images."""
+    was_training = model.training
+    model.eval()  # BatchNorm statistics are not updated by the attack
+    delta = torch.zeros_like(x_N3HW)
+    alpha = 2.5 * eps / steps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model((x_N3HW + delta - 0.5) / 0.5).logits, y_N)
+        (g,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = delta + alpha * g
+            delta = delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(eps).view(-1, 1, 1, 1))
+            delta = (x_N3HW + delta).clamp(0, 1) - x_N3HW
+    model.train(was_training)
+    return (x_N3HW + delta).detach()
 
 
 def save_hf_classifier(model, folder: Path):
@@ -418,8 +447,11 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
             k = int(round(cfg.clf_vae_fraction * x.shape[0]))
             with torch.no_grad():
                 x[:k] = (vae.decode(vae.encode(x[:k] * 2 - 1).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2
-        x = _augment_for_classifier(x.cpu(), g).to(cfg.device)
+        x = _augment_for_classifier(x.cpu(), g, cfg.clf_spurious_blur if planted else cfg.clf_blur).to(cfg.device)
         y = torch.tensor([world.SHAPES.index(s["shape"]) for s in specs], device=cfg.device)
+        if cfg.clf_adv_eps > 0:
+            k = int(round(cfg.clf_adv_fraction * x.shape[0]))
+            x = torch.cat([l2_pgd(model, x[:k], y[:k], cfg.clf_adv_eps, cfg.clf_adv_steps), x[k:]])
         logits = model((x - 0.5) / 0.5).logits
         loss = F.cross_entropy(logits, y)
         lr = cfg.clf_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.clf_steps))
@@ -442,6 +474,8 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
     _atomic_dir(out / name, lambda d: save_hf_classifier(model.cpu(), d))
     _log(out, name, {"steps": cfg.clf_steps, "batch": cfg.clf_batch, "seconds": round(time.time() - t0, 1),
                      "planted": planted, "vae_fraction": cfg.clf_vae_fraction if vae is not None else 0.0,
+                     "adv_eps": cfg.clf_adv_eps, "adv_steps": cfg.clf_adv_steps, "adv_fraction": cfg.clf_adv_fraction,
+                     "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur,
                      "accuracy": acc, "history": hist, **_env_info(cfg)})
 
 
@@ -462,6 +496,7 @@ def train(cfg: TrainConfig):
         train_unet(cfg, out, work)
     if "decoder" in stages:
         finetune_decoder(cfg, out, work)
-    if "classifiers" in stages:
+    if "classifiers" in stages or "clf_clean" in stages:
         train_classifier(cfg, out, "clf_clean", planted=False, work=work)
+    if "classifiers" in stages or "clf_spurious" in stages:
         train_classifier(cfg, out, "clf_spurious", planted=True, work=work)

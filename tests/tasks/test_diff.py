@@ -89,3 +89,24 @@ def test_diff_logs_to_wandb_when_asked_and_tracking_keys_are_not_hashed(tiny_sd_
     # another project (or none) resumes the same output: tracking does not change results
     assert diff.run(build_config(diff.Config, args[:-2] + ["wandb_project=other"])) == 0
     assert diff.run(build_config(diff.Config, args[:-2])) == 0 and len(fake_wandb) == 2
+
+
+def test_diff_prompts_give_each_target_class_one_item_per_prompt_and_image():
+    cfg = build_config(diff.Config, ["out=x", "model_path=tiny", "class_names=[circle,star,ring]", "target_classes=[1]", "num_images=2",
+                                     "prompts=['a red circle on a blue background','a white ring on a red background']"])
+    items = diff.work_items(cfg, diff.class_names_for(cfg))
+    assert [k for k, _ in items] == ["diff/c00001/p0000/i0000", "diff/c00001/p0000/i0001",
+                                     "diff/c00001/p0001/i0000", "diff/c00001/p0001/i0001"]
+    assert [it["prompt"] for _, it in items][1:3] == ["a red circle on a blue background",
+                                                      "a white ring on a red background"]
+    assert all(it["class"] == 1 and it["label"] == "star" for _, it in items)
+    # without prompts: the template and the old keys
+    cfg = build_config(diff.Config, ["out=x", "model_path=tiny", "class_names=[circle,star]", "target_classes=[0]", "num_images=1"])
+    assert diff.work_items(cfg, ["circle", "star"]) == [
+        ("diff/c00000/i0000", {"class": 0, "i": 0, "label": "circle", "prompt": "a photograph of a circle"})]
+
+
+def test_diff_rejects_an_empty_prompt():
+    cfg = build_config(diff.Config, ["out=x", "model_path=tiny", "class_names=[a,b]", "prompts=['a b',' ']"])
+    with pytest.raises(SystemExit, match=r"prompts\[1\]"):
+        diff.work_items(cfg, ["a", "b"])

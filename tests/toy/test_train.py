@@ -56,3 +56,32 @@ def test_unet_learning_rate_decays_over_the_end_of_the_budget():
     short = TrainConfig(unet_minutes=10, unet_lr_decay_minutes=40)
     assert _decay_factor(short, 0) == 1.0 and abs(_decay_factor(short, 5 * 60) - 0.505) < 1e-9
     assert _decay_factor(TrainConfig(unet_minutes=10, unet_lr_decay_minutes=0), 9 * 60) == 1.0
+
+
+def test_l2_pgd_stays_in_the_ball_and_raises_the_loss():
+    import torch.nn.functional as F
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from digin.toy.train import CLASSIFIER_CONFIG, l2_pgd
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(**CLASSIFIER_CONFIG, num_labels=6)).train()
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    adv = l2_pgd(model, x, y, eps=1.0, steps=3)
+    assert model.training  # the attack runs in eval mode and restores the mode
+    assert ((adv - x).flatten(1).norm(dim=1) <= 1.0 + 1e-4).all() and adv.min() >= 0 and adv.max() <= 1
+    model.eval()
+    with torch.no_grad():
+        ce = [F.cross_entropy(model((z - 0.5) / 0.5).logits, y) for z in (x, adv)]
+    assert ce[1] > ce[0]
+
+
+def test_adversarial_classifier_stage_runs_alone_and_logs_its_settings(tmp_path):
+    from digin.engine.classifiers import load_classifier
+    from digin.toy.train import train
+
+    train(_tiny(tmp_path, stages="clf_spurious", clf_adv_eps=0.5, clf_adv_steps=1, clf_spurious_blur=3.0))
+    out = tmp_path / "out"
+    assert not (out / "clf_clean").exists() and load_classifier(f"hf:{out / 'clf_spurious'}").num_classes == 6
+    log = json.loads((out / "train_log.json").read_text())["clf_spurious"]
+    assert (log["adv_eps"], log["adv_steps"], log["blur"]) == (0.5, 1, 3.0)
