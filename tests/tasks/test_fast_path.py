@@ -109,15 +109,8 @@ def _metrics(folder):
 def test_compiled_uvce_equals_eager_with_no_recompile(small_pipeline, tmp_path):
     """batch 4 over shards of 3 images × 2 targets: edit chunks of 4 + a padded tail of 2, a P2P controller attached
     and detached per chunk; every UNet/decoder/classifier call site compiles once per (grad mode, shape)."""
-    p = small_pipeline
-    assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "eager", "batch_size=4"))) == 0
-    common._SD_CACHE.clear()
-    torch._dynamo.reset()
-    cfg = build_config(uvce.Config, _uvce_args(p, tmp_path / "comp", "batch_size=4", "compile=true",
-                                               "compile_backend=aot_eager"))
-    with no_recompiles():
-        assert uvce.run(cfg) == 0
-    sd = next(iter(common._SD_CACHE.values()))
+    base = [a for a in _uvce_args(small_pipeline, tmp_path, "batch_size=4") if not a.startswith("out=")]
+    sd = _eager_then_compiled(uvce, base, tmp_path / "eager", tmp_path / "comp")
     graphs = sd.runtime.compiled()
     assert not sd.runtime.fell_back(), (sd.runtime.unet.error, sd.runtime.decode.error)
     # UNet: the no-grad chain (initial pass + forward + last iterate) and the per-step recompute with grad, on the
@@ -131,17 +124,22 @@ def test_compiled_uvce_equals_eager_with_no_recompile(small_pipeline, tmp_path):
         assert comp[k]["best_iter"] == eager[k]["best_iter"]
 
 
+def _eager_then_compiled(task, base: list, eager_out, compiled_out):
+    """Run a task eagerly, then compiled (aot_eager) on a freshly loaded model with recompiles turned into errors."""
+    assert task.run(build_config(task.Config, base + [f"out={eager_out}"])) == 0
+    common._SD_CACHE.clear()
+    torch._dynamo.reset()
+    with no_recompiles():
+        assert task.run(build_config(task.Config, base + [f"out={compiled_out}", "compile=true",
+                                                          "compile_backend=aot_eager"])) == 0
+    return next(iter(common._SD_CACHE.values()))
+
+
 def test_compiled_invert_equals_eager(small_pipeline, tmp_path):
     p = small_pipeline
     base = [f"inputs={p['images']}", f"model_path={p['sd']}", "resolution=32", "num_ddim_steps=3",
             "num_inner_steps=2", "batch_size=4", "device=cpu"]
-    assert invert.run(build_config(invert.Config, base + [f"out={tmp_path / 'eager'}"])) == 0
-    common._SD_CACHE.clear()
-    torch._dynamo.reset()
-    with no_recompiles():
-        assert invert.run(build_config(invert.Config, base + [f"out={tmp_path / 'comp'}", "compile=true",
-                                                              "compile_backend=aot_eager"])) == 0
-    sd = next(iter(common._SD_CACHE.values()))
+    sd = _eager_then_compiled(invert, base, tmp_path / "eager", tmp_path / "comp")
     # B-row calls without grad (DDIM inversion, ε_c, the advance) and with grad (inner steps); the 2B-row CFG chain of
     # the plain-DDIM reconstruction metric
     assert sorted((k[0], k[1][0][0][0]) for k in sd.runtime.compiled()["unet"]) == [(False, 4), (False, 8), (True, 4)]
@@ -221,12 +219,7 @@ def test_compiled_diff_on_the_toy_world_equals_eager(tmp_path):
             "target_classes=[4]", "num_images=2", f"resolution={toy.PRESET['resolution']}", "num_ddim_steps=4",
             "optim_params.sgd_steps=2", "optim_params.sgd_stepsize=0.05", "augmentation_num_cutouts=2",
             "batch_size=2", "device=cpu", "progress=false", "center_crop=false"]
-    assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'eager'}"])) == 0
-    common._SD_CACHE.clear()
-    torch._dynamo.reset()
-    with no_recompiles():
-        assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'comp'}", "compile=true",
-                                                          "compile_backend=aot_eager"])) == 0
+    _eager_then_compiled(diff, base, tmp_path / "eager", tmp_path / "comp")
     a, b = _metrics(tmp_path / "eager" / "results"), _metrics(tmp_path / "comp" / "results")
     assert a.keys() == b.keys() and len(a) == 2
     for k in a:
