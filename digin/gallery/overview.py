@@ -156,6 +156,8 @@ def result_entries(items: list, columns: list[str], page_of: dict) -> list[dict]
             title = f"{m['start_label']} → {m['target_label']}"
         elif m.get("label"):
             title = str(m["label"]) + (f" · image {m['i']}" if m.get("i") is not None else "")
+            if m.get("prompt_index") is not None:  # diff prompts=[...]: which start prompt
+                title += f" · from “{m.get('prompt', '')}”"
         else:
             title = group_title(it.group, m)
         if m.get("neuron") is not None and m.get("start") is not None:

@@ -114,6 +114,8 @@ def make_process(sd, classifiers: list, eval_clf, cfg: Config):
             extra = {"class": it["class"], "label": it["label"], "i": it["i"], "prompt": it["prompt"],
                      "start": it["class"], "group": f"{it['class']}_{it['label']}", "loss_name": loss,
                      "classifiers": [c.name for c in classifiers]}
+            if it.get("prompt_index") is not None:  # prompts=[...]: which start prompt
+                extra["prompt_index"] = it["prompt_index"]
             extra.update({k: float(v[b]) for k, v in evals.items()})
             outs.append(result_fields(res, b, extra_metrics=extra))
         return outs
