@@ -292,9 +292,3 @@ def attached_controller(unet):
     """The controller attached to the UNet's attention layers (None: plain fused attention)."""
     procs = _digin_processors(unet)
     return procs[0].controller if procs else None
-
-
-def attention_backend(unet) -> str | None:
-    """The backend of the installed DiginAttnProcessors (None: diffusers' own processors)."""
-    procs = _digin_processors(unet)
-    return procs[0].backend if procs else None

@@ -51,22 +51,6 @@ def enable_compile_caches(cache_dir: str | os.PathLike | None = None):
         functorch_config.enable_autograd_cache = True
 
 
-def compile_cache_dir() -> str:
-    """Where inductor keeps compiled kernels (for logs and `digin doctor`)."""
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if env:
-        return env
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        return cache_dir()
-    except Exception:  # older torch: the documented default
-        import getpass
-        import tempfile
-
-        return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
-
-
 def _must_propagate() -> tuple:
     """Errors that are not compile failures: OOM (the runner halves the batch) and a recompile under
     error_on_recompile (a test asking for none)."""

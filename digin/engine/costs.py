@@ -21,7 +21,7 @@ Null-text inversion: VAE encode + T conditional calls (DDIM inversion) + per ste
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -303,12 +303,13 @@ def sample_state_bytes(w: Workload, L: int, D: int, latent_hw: int) -> int:
     return 4 * variables * 5
 
 
-def cost_rows(models: str = "sd15", classifier: str | None = None, w: Workload | None = None,
-              capacity_gib: float = 139.0) -> list[dict]:
-    """All cost rows for a model set: sd15 | sdxl512 | tiny. One dict per (workload, mode)."""
+def cost_rows(models: str = "sd15", classifier: str | None = None, capacity_gib: float = 139.0,
+              **workload) -> list[dict]:
+    """All cost rows for a model set: sd15 | sdxl512 | tiny. One dict per (workload, mode). `workload`: Workload
+    fields other than the resolution (the model set's)."""
     sdxl = models in ("sdxl512", "tiny-sdxl")
     unet_cfg, vae_cfg, text_cfg, L, D, pooled = model_configs(models)
-    w = w or Workload(resolution=unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1))
+    w = Workload(resolution=unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1), **workload)
     clf_name = classifier or ("tiny" if models.startswith("tiny") else "vit_base_patch16_384")
     capacity = int(capacity_gib * GIB)
     out = []
@@ -339,11 +340,7 @@ def model_configs(models: str):
     if models == "sd15":
         return shapes.SD15_UNET, shapes.SD15_VAE, shapes.SD15_TEXT, 77, 768, 0
     if models == "sdxl512":
-        return shapes.SDXL_UNET_512, shapes.SDXL_VAE_CFG, shapes.SDXL_TEXT_CFG, 77, 2048, 1280
+        return shapes.SDXL_UNET_512, shapes.SDXL_VAE, shapes.SDXL_TEXT, 77, 2048, 1280
     if models == "tiny":
         return shapes.TINY_UNET, shapes.TINY_VAE, shapes.TINY_TEXT, 77, 32, 0
     raise ValueError(f"cost rows: models must be sd15, sdxl512 or tiny, got {models!r}")
-
-
-def workload_dict(w: Workload) -> dict:
-    return asdict(w)

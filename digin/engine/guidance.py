@@ -169,12 +169,11 @@ def chain_conditioning(cond_BLD, uncond, dC, dU, T: int):
 
 
 def chain_images(sd, sched, z, dC, dU, cond_BLD, uncond, cfg: GuidanceConfig, loss_steps, blend=None, controller=None):
-    """Forward DDIM chain with the deltas applied (with grad when enabled: one autograd graph, or per-step
-    torch.utils.checkpoint for checkpoint="step"), then decode the x̂0 of every loss step."""
+    """Forward DDIM chain with the deltas applied (with grad when enabled: one autograd graph over the chain), then
+    decode the x̂0 of every loss step."""
     cond_TBLD, uncond_TBLD = chain_conditioning(cond_BLD, uncond, dC, dU, sched.num_steps)
     out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, keep_x0=set(loss_steps), blend=blend,
-                    controller=controller, checkpoint="step" if cfg.checkpoint == "step" else "none",
-                    guidance_rescale=cfg.guidance_rescale)
+                    controller=controller, guidance_rescale=cfg.guidance_rescale)
     imgs = {i: decode_latents(sd, out.x0_kept[i]) for i in loss_steps}
     return out, imgs
 

@@ -104,9 +104,3 @@ def prepare_classifier(clf, settings: ComputeSettings, cache_dir: str | None = N
     clf.fused_cutouts = bool(settings.kernels and dev.type == "cuda")
     _apply_kernels(settings)
     return clf
-
-
-def unprepare_sd(sd):
-    """Back to plain eager calls (tests that share one model)."""
-    sd.runtime = None
-    return sd

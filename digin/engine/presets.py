@@ -12,7 +12,7 @@ The resolved values are recorded in each stage's manifest (they move results thr
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -137,7 +137,3 @@ def xformers_problem(device=None) -> str | None:
         except Exception as e:  # ImportError, or a wheel built for another torch/CUDA (no kernels)
             _XFORMERS_PROBLEM["v"] = f"xformers does not work here ({type(e).__name__}: {str(e)[:120]})"
     return _XFORMERS_PROBLEM["v"]
-
-
-def with_overrides(settings: ComputeSettings, **kw) -> ComputeSettings:
-    return replace(settings, **kw)

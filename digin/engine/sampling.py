@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint as _checkpoint
-
 from .schedule import DDIMSchedule, rescale_noise_cfg
 
 
@@ -108,10 +106,9 @@ class ChainOutput:
 
 def run_chain(sd, sched: DDIMSchedule, z_T_BCHW: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
               guidance_scale: float, *, keep_x0: set | None = None, blend: Blend | None = None, controller=None,
-              checkpoint: str = "none", record_latents: bool = False, record_inputs: bool = False,
-              guidance_rescale: float = 0.0) -> ChainOutput:
-    """Run all T steps. With grad enabled, `checkpoint="step"` stores only per-step latents and recomputes each
-    UNet call in backward (torch.utils.checkpoint, non-reentrant); "none" keeps every activation."""
+              record_latents: bool = False, record_inputs: bool = False, guidance_rescale: float = 0.0) -> ChainOutput:
+    """Run all T steps (with grad enabled: one autograd graph over the chain; the per-step recompute is
+    `step_vjp`, driven by guidance)."""
     x = z_T_BCHW
     kept, lat = {}, ([] if record_latents else None)
     ins = [] if record_inputs else None
@@ -123,11 +120,7 @@ def run_chain(sd, sched: DDIMSchedule, z_T_BCHW: torch.Tensor, cond: torch.Tenso
         if record_latents:
             lat.append((blend.apply(i, x) if blend is not None else x).detach())
         c, u = step_embedding(cond, i), step_embedding(uncond, i)
-        if checkpoint == "step" and torch.is_grad_enabled():
-            x, x0 = _checkpoint(denoise_step, sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale,
-                                blend, use_reentrant=False)
-        else:
-            x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale, blend)
+        x, x0 = denoise_step(sd, sched, i, x, c, u, guidance_scale, controller, guidance_rescale, blend)
         if i in keep_x0:
             kept[i] = x0
     return ChainOutput(x, x0, kept, lat, ins)

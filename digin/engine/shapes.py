@@ -6,7 +6,7 @@ SD-1.5: diffusers' defaults of the runwayml/stable-diffusion-v1-5 configs. SDXL 
 from __future__ import annotations
 
 from .models import TINY_SD
-from .sdxl import SDXL_TEXT, SDXL_UNET, SDXL_VAE
+from .sdxl import SDXL_TEXT, SDXL_UNET, SDXL_VAE  # noqa: F401 (the model-set table)
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
@@ -27,6 +27,4 @@ SD15_SCHEDULER = dict(_class_name="DDIMScheduler", num_train_timesteps=1000, bet
                       timestep_spacing="leading", prediction_type="epsilon")
 
 SDXL_UNET_512 = dict(SDXL_UNET, sample_size=64)
-SDXL_VAE_CFG = SDXL_VAE
-SDXL_TEXT_CFG = SDXL_TEXT
 TINY_UNET, TINY_VAE, TINY_TEXT = TINY_SD["unet"], TINY_SD["vae"], TINY_SD["text"]

@@ -299,15 +299,9 @@ def cost_rows(cfg: Config, models: str) -> list[dict]:
     from digin.engine.costs import Workload, cost_rows as rows_for
 
     cm = cfg.cost_models or ("tiny" if models.startswith("tiny") else ("sdxl512" if models == "sdxl512" else "sd15"))
-    base = dict(PRESETS.get(cm, _FULL))
-    w = {k: v for k, v in base.items() if k in Workload.__dataclass_fields__}
+    w = {k: v for k, v in PRESETS.get(cm, _FULL).items() if k in Workload.__dataclass_fields__}
     w.update({k: getattr(cfg, k) for k in w if getattr(cfg, k, None) is not None})
-    from digin.engine.costs import model_configs
-
-    unet_cfg, vae_cfg = model_configs(cm)[:2]
-    res = unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-    return [dict(kind="cost", status="ok", **r) for r in rows_for(cm, w=Workload(resolution=res, **w),
-                                                                    capacity_gib=cfg.capacity_gib)]
+    return [dict(kind="cost", status="ok", **r) for r in rows_for(cm, capacity_gib=cfg.capacity_gib, **w)]
 
 
 def run(cfg: Config):

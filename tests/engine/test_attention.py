@@ -173,6 +173,6 @@ def test_self_injection_identity_reproduces_run_and_gradients_flow(sd):
     w = torch.full((2, T), 0.5, requires_grad=True)
     c = cond.clone().requires_grad_(True)
     ctrl.set_injection(w, steps=range(T))
-    out = run_chain(sd, sched, z, c, uncond, 3.0, controller=ctrl, checkpoint="step")
+    out = run_chain(sd, sched, z, c, uncond, 3.0, controller=ctrl)
     out.x0_last.square().mean().backward()
     assert c.grad.abs().sum() > 0 and w.grad.abs().sum() > 0

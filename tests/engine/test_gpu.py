@@ -21,7 +21,7 @@ def test_fused_step_in_chain_matches_eager_on_cuda():
         old = set_kernels(on)
         try:
             zz = z.clone().requires_grad_(True)
-            out = run_chain(sd, sched, zz, cond, uncond, 3.0, keep_x0={5}, checkpoint="step")
+            out = run_chain(sd, sched, zz, cond, uncond, 3.0, keep_x0={5})
             (g,) = torch.autograd.grad(out.x0_kept[5].square().sum(), zz)
             outs[on] = (out.x0_last.detach(), g)
         finally:
