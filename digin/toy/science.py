@@ -222,12 +222,16 @@ def check_spurious(work, set_name="heldout", n=8, device="cpu"):
     keeps = torch.tensor([world.SHAPES[i] == s for i, s in zip(p_clean["ours"].argmax(-1).tolist(), shown)])
     moved = d["ours"] < d["sd"]
     fooled = p_spur["ours"] > 0.5
+    # what the diff loss drives: log p_spurious(star) − log p_clean(star), mean over samples
+    gap = {name: float((p_spur[name].clamp_min(1e-12).log() - p_clean[name][:, star].clamp_min(1e-12).log()).mean())
+           for name in img}
     return {"keeps_shape": keeps.tolist(), "moved_toward": moved.tolist(), "spurious_star": fooled.tolist(),
             "story_rate": float((keeps & moved & fooled).float().mean()),
             "keeps_shape_rate": float(keeps.float().mean()), "moved_rate": float(moved.float().mean()),
             "spurious_star_rate": float(fooled.float().mean()),
             "dist_sd": d["sd"].tolist(), "dist_ours": d["ours"].tolist(),
             "mean_dist_sd": float(d["sd"].mean()), "mean_dist_ours": float(d["ours"].mean()),
+            "log_gap_sd": gap["sd"], "log_gap_ours": gap["ours"],
             "p_spur_sd": p_spur["sd"].tolist(), "p_spur_ours": p_spur["ours"].tolist(),
             "p_clean_star_sd": p_clean["sd"][:, star].tolist(), "p_clean_star_ours": p_clean["ours"][:, star].tolist(),
             "prompts": [res[k]["metrics"]["prompt"] for k in keys], "n": len(keys), "images": img}
