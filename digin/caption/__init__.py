@@ -1,5 +1,6 @@
-"""Captioning and VLM naming (REFERENCE §6, §9): per-image captions that contain the class label, and object
-lists for neuron word search. Backends: template, open_flamingo, hf. See README_section.md for the commands."""
+"""Captioning and VLM naming (the reference's open_flamingo_*.py, cog_caption_imagenet.py and the CogAgent neuron
+stage 1): per-image captions that contain the class label, and object lists for neuron word search. Backends:
+template, open_flamingo, hf. See README_section.md for the commands."""
 from __future__ import annotations
 
 from digin.caption.labels import clean_caption, contains_label, enforce_label

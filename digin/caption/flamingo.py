@@ -1,4 +1,5 @@
-"""OpenFlamingo few-shot captioning (REFERENCE §9) driven by our own batched beam search.
+"""OpenFlamingo few-shot captioning (the reference's open_flamingo_imagenet.py and
+open_flamingo_cub_cars_food.py) driven by our own batched beam search.
 
 Why not `Flamingo.generate`: open-flamingo 2.0.1 pins torch 2.0.1 and its generate() goes through the
 transformers-4 generation API, which transformers 5 changed. We keep open_flamingo's modules (vision encoder,
@@ -187,7 +188,8 @@ class FlamingoCaptioner:
 
     def caption(self, images_BCHW: torch.Tensor, labels: list[str]) -> list[str]:
         """Few-shot captions: demos "<image>{caption}.<|endofchunk|>" then "<image>an image of a {label} "; the
-        text is prefix + continuation, cut at the first '.' after the prefix (REFERENCE §9)."""
+        text is prefix + continuation, cut at the first '.' after the prefix, as the reference's
+        open_flamingo_*.py do."""
         query = self.encode_media(images_BCHW)[:, None]  # (B, 1, n, d)
         demo = self.demo_media()
         media = query if demo is None else torch.cat([demo[None].expand(len(labels), *demo.shape), query], 1)

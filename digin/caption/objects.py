@@ -1,4 +1,5 @@
-"""VLM object naming for neurons (REFERENCE §6): the question, a tolerant parser for list answers, word counts."""
+"""VLM object naming for neurons (the reference's imagenet_cog_neuron_*_stage1.py: CogAgent lists the objects of a
+neuron's top images): the question, a tolerant parser for list answers, word counts."""
 from __future__ import annotations
 
 import re

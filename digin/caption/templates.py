@@ -1,4 +1,5 @@
-"""Per-dataset fallback captions (REFERENCE §4) and the label of a sample (meta.label_name)."""
+"""Per-dataset fallback captions (the reference's generic "an image of a {label}") and the label of a sample
+(meta.label_name)."""
 from __future__ import annotations
 
 IMAGENET_STYLE = "an image of a {label} on background"
@@ -13,7 +14,8 @@ TEMPLATES = {
     "flowers": FINE_GRAINED,
 }
 # Few-shot demo set of each dataset in digin/data/caption_fewshot_demos.json. The reference reuses the Food demos
-# for Flowers (a bug, REFERENCE §15); the demo file ships Flowers demos of their own, which we use.
+# for Flowers (a bug of its open_flamingo_cub_cars_food.py); the demo file ships Flowers demos of their own, which we
+# use.
 DEMO_SETS = {"imagenet": "imagenet_train", "imagefolder": "imagenet_train", "cub": "cub_train",
              "cars": "cars_train", "food101": "food101_train", "flowers102": "flowers_train",
              "flowers": "flowers_train"}

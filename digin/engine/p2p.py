@@ -6,7 +6,7 @@ Re-indexing is expressed as one (77 × 77) mixing matrix per sample, M, with P'[
 one-hot columns (shifted after the replaced span); every token of a new word gets the weighted mean of the
 source words' token columns, on every head. The reference edits only heads [h/2:] and only the last token of
 each new word, and its unequal-count mapping weights *distant* words more (softmax of +distance); those are
-bugs (REFERENCE §15) and are not reproduced: we weight by softmax(−distance/τ).
+bugs of its src/utils/cross_attention.py and are not reproduced: we weight by softmax(−distance/τ).
 
 Schedule search: N candidate (xa, self, blend) schedules × B samples run as one batch of N·B rows,
 candidate-major (row n·B + b = candidate n of sample b); `pick_best` takes the per-sample argmin.

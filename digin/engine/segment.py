@@ -1,5 +1,6 @@
 """Foreground masks: cross-attention maps of the label tokens → squash → optional SAM-HQ refinement →
-morphological post-processing (REFERENCE §5.2). Batched over samples; masks are computed on demand.
+morphological post-processing (the reference's `calculate_segmentation`).
+Batched over samples; masks are computed on demand.
 
 Maps come from AttentionController.cross_maps_at(queries=res², steps=mask_steps(T)) as (B, N, Q, 77),
 N = layers × steps × heads.

@@ -1,4 +1,5 @@
-"""Streaming per-neuron top-k over activation batches (REFERENCE §6 step 1: top-20 images per neuron).
+"""Streaming per-neuron top-k over activation batches (the reference's imagenet_cog_neuron_activations.py keeps
+the top-20 images per neuron).
 
 The reference keeps all 1.28M×2048 activations in a dict (~10 GB) and sorts afterwards; here each neuron keeps
 only its k best (value, sample id) — memory O(F·k) whatever the dataset size. Each rank streams its shards and
