@@ -1,7 +1,7 @@
 """`cal:<car|bird|aircraft|num_classes>`: the WS-DAN + CAL (counterfactual attention learning) fine-grained
 classifier, as the reference's Cars UVCEs use it (its load_cal_model in src/utils/models/: ResNet-101 trunk, M = 32
-attention maps, 448 px, ImageNet normalisation, first output only). Parameter names follow the published checkpoints (`features.<i>`, `attentions.{conv,bn}`, `fc`), so a
-`model_bestacc.pth` loads strictly.
+attention maps, 448 px, ImageNet normalisation, first output only). Parameter names follow the published
+checkpoints (`features.<i>`, `attentions.{conv,bn}`, `fc`), so a `model_bestacc.pth` loads strictly.
 
 Inference path: trunk features F (B, C, h, w) with output stride 16 (the last stage keeps stride 1), attention maps
 A = ReLU(BN(conv1×1(F))) (B, M, h, w); bilinear attention pooling f = mean over positions of A_m·F_c → (B, M·C),
