@@ -1,10 +1,10 @@
 """Cutout + noise augmentation for classifier guidance (eager reference of the fused kernel).
 
-The reference wrapper (REFERENCE §3.3) takes `num_cutouts` square crops of the image, side
-`int(u**cut_power · (S − s) + s)` with u ~ U(0,1), S = min(H, W), s = min(S, size), at a uniform offset, average-pools
-each crop to `size` and adds `noise_sd · N(0,1)`. Here every random number of a sample comes from its own CPU
-`torch.Generator`, seeded from the sample key (`sample_seed`), so a sample's augmentation never depends on
-which batch it lands in, and CPU and GPU runs draw the very same boxes and noise.
+The reference's MakeCutouts (src/utils/models/model_wrappers.py) takes `num_cutouts` square crops of the image,
+side `int(u**cut_power · (S − s) + s)` with u ~ U(0,1), S = min(H, W), s = min(S, size), at a uniform offset,
+average-pools each crop to `size` and adds `noise_sd · N(0,1)`. Here every random number of a sample comes from
+its own CPU `torch.Generator`, seeded from the sample key (`sample_seed`), so a sample's augmentation never depends
+on which batch it lands in, and CPU and GPU runs draw the very same boxes and noise.
 
 `make_cutouts` is a pure function of (image, boxes): crop + adaptive average pool, written as two batched
 matrix products (pool_y · crop · pool_xᵀ) so it runs at fixed shapes with no host syncs. It equals

@@ -3,13 +3,15 @@
 Families: `sd1` (SD-1.x, ε-prediction, 512 px), `sd2` (SD-2.x: OpenCLIP-H text encoder, D = 1024; the 768-px
 checkpoints predict v), `sdxl` (two text encoders, pooled embedding + time ids; see engine/sdxl.py). SD-1.x and
 SD-2.x share `SDModel` — v-prediction is read from the scheduler config and handled by the schedule — SDXL
-loads as `SDXLModel` with the same interface.
+loads as `SDXLModel` with the same interface. A folder's family is read from its configs by
+`detect_family` (engine/model_files.py, beside the completeness checks that also need it).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+from .model_files import detect_family, require_complete
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -21,27 +23,6 @@ FAMILY_DEFAULTS = {
 }
 
 TINY = {"tiny": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def detect_family(folder: str | os.PathLike) -> str:
-    """sdxl when there is a second text encoder (or the pipeline class says XL); sd2 for v-prediction or an
-    OpenCLIP-H (hidden 1024) text encoder; otherwise sd1."""
-    f = Path(folder)
-    if (f / "text_encoder_2").is_dir() or "XL" in _json(f / "model_index.json").get("_class_name", ""):
-        return "sdxl"
-    if _json(f / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction":
-        return "sd2"
-    if _json(f / "text_encoder" / "config.json").get("hidden_size") == 1024:
-        return "sd2"
-    return "sd1"
 
 
 def family_of(model_path: str | os.PathLike, model_config: str | None = None) -> str:
@@ -66,7 +47,6 @@ def build_tiny_sd2(seed: int = 0, folder: str | os.PathLike | None = None, words
 def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None):
     """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, or a tiny
     preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
-    from .model_files import require_complete
     from .models import load_sd, resolve_dtype
 
     if str(model_path) not in TINY:

@@ -4,11 +4,13 @@ checked from file headers, without loading a weight.
 `check_model` answers for a diffusers folder (SD-1.x / SD-2.x / SDXL) or a single-file checkpoint (+ its
 `model_config` folder) with every problem, each naming the file and where it was looked for; `require_complete`
 raises with them before a loader meets a half-copied folder (a truncated safetensors file otherwise fails with
-a message that names no file). `digin doctor model_path=...` prints the same report.
+a message that names no file). `digin doctor model_path=...` prints the same report. `detect_family` reads a
+folder's family from its configs (engine/families.py builds on it).
 """
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,27 @@ SDXL_WEIGHTS = {**WEIGHTS, "text_encoder_2": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 FAST_TOKENIZER = "tokenizer.json"
 MAX_HEADER = 100 * 2**20  # a safetensors header is JSON; anything this large is garbage
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def detect_family(folder: str | os.PathLike) -> str:
+    """sdxl when there is a second text encoder (or the pipeline class says XL); sd2 for v-prediction or an
+    OpenCLIP-H (hidden 1024) text encoder; otherwise sd1."""
+    f = Path(folder)
+    if (f / "text_encoder_2").is_dir() or "XL" in _json(f / "model_index.json").get("_class_name", ""):
+        return "sdxl"
+    if _json(f / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction":
+        return "sd2"
+    if _json(f / "text_encoder" / "config.json").get("hidden_size") == 1024:
+        return "sd2"
+    return "sd1"
 
 
 @dataclass
@@ -136,8 +159,6 @@ def _check_configs(folder: Path, components, report: ModelReport, weights: bool)
 
 
 def check_folder(folder: Path, weights: bool = True) -> ModelReport:
-    from digin.engine.families import detect_family
-
     family = detect_family(folder)
     kind = f"{family} diffusers folder" if (folder / "unet").is_dir() else "folder without unet/ (not diffusers SD?)"
     report = ModelReport(folder, kind=kind + ("" if weights else " (configs)"))

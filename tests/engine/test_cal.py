@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from digin.engine.cal import NUM_CLASSES, WSDANCAL
+from digin.engine.classifiers.cal import NUM_CLASSES, WSDANCAL
 from digin.engine.classifiers import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 
 

@@ -1,7 +1,7 @@
-"""WS-DAN + CAL (counterfactual attention learning) fine-grained classifier, as the reference's Cars UVCEs use it
-(REFERENCE §10 load_cal_model: ResNet-101 trunk, M = 32 attention maps, 448 px, ImageNet normalisation, first
-output only). Parameter names follow the published checkpoints (`features.<i>`, `attentions.{conv,bn}`, `fc`), so a
-`model_bestacc.pth` loads strictly.
+"""`cal:<car|bird|aircraft|num_classes>`: the WS-DAN + CAL (counterfactual attention learning) fine-grained
+classifier, as the reference's Cars UVCEs use it (its load_cal_model in src/utils/models/: ResNet-101 trunk, M = 32
+attention maps, 448 px, ImageNet normalisation, first output only). Parameter names follow the published
+checkpoints (`features.<i>`, `attentions.{conv,bn}`, `fc`), so a `model_bestacc.pth` loads strictly.
 
 Inference path: trunk features F (B, C, h, w) with output stride 16 (the last stage keeps stride 1), attention maps
 A = ReLU(BN(conv1×1(F))) (B, M, h, w); bilinear attention pooling f = mean over positions of A_m·F_c → (B, M·C),
@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .weights import load_into
 
 NUM_CLASSES = {"car": 196, "cars": 196, "bird": 200, "cub": 200, "aircraft": 100}
 SIZE = 448
@@ -64,10 +67,8 @@ class WSDANCAL(nn.Module):
         return self.fc(bilinear_attention_pool(f, self.attentions(f)) * 100.0)
 
 
-def build_cal(arg: str, checkpoint, kw) -> tuple[nn.Module, dict]:
+def build_cal(arg: str, checkpoint, kw: dict, **_) -> tuple[nn.Module, dict]:
     """cal:<car|bird|aircraft|num_classes> + checkpoint=<model_bestacc.pth> → (model, preprocessing)."""
-    from digin.engine.classifiers import IMAGENET_MEAN, IMAGENET_STD, _load_into
-
     key = (arg or "car").lower()
     if key in NUM_CLASSES:
         n = NUM_CLASSES[key]
@@ -80,5 +81,5 @@ def build_cal(arg: str, checkpoint, kw) -> tuple[nn.Module, dict]:
         raise ValueError(f"cal:{arg} needs checkpoint=<WS-DAN-CAL model_bestacc.pth> (random init refused)")
     model = WSDANCAL(n, int(kw.get("num_attentions", 32)), kw.get("arch", "resnet101"))
     if checkpoint:
-        _load_into(model, checkpoint)
+        load_into(model, checkpoint)
     return model, dict(size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)
