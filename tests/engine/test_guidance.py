@@ -82,8 +82,8 @@ def test_per_step_adjoint_gradients_equal_one_autograd_graph(tiny_sd):
         dC = torch.zeros(2, T, *cond.shape[1:]).requires_grad_(True)
         dU = torch.zeros(2, T, *cond.shape[1:]).requires_grad_(True)
         cfg = GuidanceConfig(checkpoint=mode, num_ddim_steps=T)
-        log = IterateLog(1, 2, "cpu", False)
-        args = (tiny_sd, sched, obj, zz, dC, dU, cond, uncond, cfg, steps, w, 0, log)
+        log = IterateLog(1, 2, "cpu", False, obj)
+        args = (tiny_sd, sched, zz, dC, dU, cond, uncond, cfg, steps, w, 0, log)
         if mode == "step":
             grads[mode] = _grads_adjoint(*args, None, None)
             continue

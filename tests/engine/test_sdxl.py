@@ -265,7 +265,8 @@ def test_sdxl_p2p_identity_injection_and_masks(sdxl):
         assert setup.px_mask.shape == (B, 1, 32, 32) and setup.latent_mask.shape == (B, 1, 16, 16)
         assert (setup.px_mask.amax((1, 2, 3)) > setup.px_mask.amin((1, 2, 3))).all()  # not a constant mask
         cfg = GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=0))
-        res = optimise(sdxl, obj, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg, controller=setup.controller)
+        res = optimise(sdxl, setup.objective, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg,
+                       controller=setup.controller)
         torch.testing.assert_close(res.sd_images, setup.initial_images, atol=1e-5, rtol=0)
     finally:
         setup.close(sdxl)
