@@ -1,6 +1,7 @@
 """Batched real-image inversion: DDIM inversion + per-timestep null-text optimisation (or negative-prompt).
 
-Semantics follow REFERENCE §4 (prompt-to-prompt's null-text inversion), done for B images at once:
+Semantics follow the reference's src/utils/null_text_inversion.py (prompt-to-prompt's null-text inversion), for B
+images at once:
 
 1. z_0 = VAE posterior mean × scaling.
 2. DDIM inversion z_0 → z_T with the *conditional* prediction only (guidance 1, the p2p convention).

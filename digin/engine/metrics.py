@@ -1,4 +1,5 @@
-"""Per-sample evaluation metrics (REFERENCE §3.1 eval helpers, §8.1 wandb metrics, §12 FID).
+"""Per-sample evaluation metrics (the reference's eval helpers in src/utils/loss_functions.py, the wandb metrics of
+uvces_imagenet.py, FID of src/utils/fid.py).
 
 Images are float tensors in [0, 1], shape (B, 3, H, W). Masks are foreground masks in [0, 1], (B, 1, H, W) or
 (B, H, W); `region="background"` weights pixels by 1 − M, `"foreground"` by M, `None` uses every pixel.
