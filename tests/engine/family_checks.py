@@ -60,15 +60,16 @@ def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=32, mode="bilinear")
 
 
-def inputs(sd, B, seed=0):
+def inputs(sd, B, seed=0, words=WORDS):
+    """Start noise (B, C, 16, 16) and the prompt / empty-prompt embeddings."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(B, sd.latent_channels, 16, 16, generator=g)
-    cond = sd.encode_text([WORDS[b % len(WORDS)] for b in range(B)])
+    cond = sd.encode_text([words[b % len(words)] for b in range(B)])
     uncond = sd.encode_text([""] * B)
     return z, cond, uncond
 
 
-def _cfg(K=3, **op):
+def guidance_cfg(K=3, **op):
     return GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=K, **op))
 
 
@@ -76,7 +77,7 @@ def check_batch_independence(sd):
     B = 3
     z, cond, uncond = inputs(sd, B, seed=1)
     targets, keys, net = torch.tensor([0, 2, 4]), ["s0", "s1", "s2"], tiny_net()
-    cfg = _cfg(K=2)
+    cfg = guidance_cfg(K=2)
     together = optimise(sd, NoiseCE(net, targets, keys), z_T=z, cond=cond, uncond=uncond, cfg=cfg)
     assert (together.z_T - z).abs().amax() > 1e-6  # something was optimised
     for b in (0, 2):
@@ -94,7 +95,7 @@ def check_loss_decreases(sd):
     B = 2
     z, cond, uncond = inputs(sd, B, seed=5)
     res = optimise(sd, NoiseCE(tiny_net(2), torch.tensor([1, 3]), ["x", "y"]), z_T=z, cond=cond, uncond=uncond,
-                   cfg=_cfg(K=5, sgd_stepsize=0.05))
+                   cfg=guidance_cfg(K=5, sgd_stepsize=0.05))
     best = res.losses.gather(0, res.best_iter[None])[0]
     assert (best < res.losses[0] - 1e-4).all(), (res.losses[0], best)
     return res

@@ -6,22 +6,17 @@ import torch.nn.functional as F
 from digin.engine.guidance import (GuidanceConfig, IterateLog, MaskedOptimizer, OptimParams, _grads_adjoint,
                                    _grads_autograd, cosine_lrs, optimise)
 from digin.engine.schedule import loss_step_weights, make_ddim_schedule
-from tests.engine.family_checks import NoiseCE, tiny_net
+from tests.engine.family_checks import NoiseCE, inputs, tiny_net
+from tests.engine.family_checks import guidance_cfg as _cfg
 
-T = 4  # DDIM steps in these tests
+T = 4  # DDIM steps in these tests (the T of guidance_cfg)
+
+
+WORDS = ["a red star", "a blue circle", "a green square", "a cat", "a dog"]
 
 
 def _inputs(sd, B, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, 4, 16, 16, generator=g)
-    words = ["a red star", "a blue circle", "a green square", "a cat", "a dog"]
-    cond = sd.encode_text([words[b % len(words)] for b in range(B)])
-    uncond = sd.encode_text([""] * B)
-    return z, cond, uncond
-
-
-def _cfg(K=3, **op):
-    return GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=K, **op))
+    return inputs(sd, B, seed, WORDS)
 
 
 def test_per_step_adjoint_gradients_equal_one_autograd_graph(tiny_sd):
