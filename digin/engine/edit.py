@@ -139,6 +139,18 @@ def _search(sd, sched, objective, grid, controller, use_p2p, blend, latent_mask,
     return search_schedules(evaluate, grid, B, search_chunk)
 
 
+def _controller_for_sgd(sd, controller, use_p2p: bool, xa_BT, self_BT):
+    """P2P: the controller injecting each sample's chosen schedules. Masks only: None, the UNet back on plain fused
+    attention for the SGD loop."""
+    if use_p2p:
+        controller.set_injection(xa_BT, self_BT if self_BT.abs().sum() > 0 else None)
+        return controller
+    controller.clear_injection()
+    restore_attention(sd.unet)
+    controller.free()
+    return None
+
+
 def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prompts: list[str],
                  foreground_words: list[list[str]], guidance_scale: float, num_ddim_steps: int,
                  replacements: list[tuple[str, str]] | None = None, images: torch.Tensor | None = None,
@@ -202,14 +214,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
         xa_BT, self_BT, blend_BT = (t[rows].to(dev) for t in (grid.xa_NT, grid.self_NT, grid.blend_NT))
 
     if controller is not None:
-        if use_p2p:
-            controller.set_injection(xa_BT, self_BT if self_BT.abs().sum() > 0 else None)
-        else:
-            controller.clear_injection()
-        if not use_p2p:  # masks only: go back to plain fused attention for the SGD loop
-            restore_attention(sd.unet)
-            controller.free()
-            controller = None
+        controller = _controller_for_sgd(sd, controller, use_p2p, xa_BT, self_BT)
     bl = make_blend(latent_mask, templates, blend_BT, foreground=blend.foreground_blend) if blend.do_mask_blend else None
     return EditSetup(cond=cond, prompts=new_prompts, controller=controller, blend=bl, initial_images=initial_images,
                      px_mask=px_mask, latent_mask=latent_mask, word_maps=wmaps, chosen=chosen,
