@@ -1,9 +1,9 @@
-"""Editing set-up shared by UVCEs, neuron counterfactuals and masked txt2img (REFERENCE §2.3 steps 7–12).
+"""Editing set-up shared by UVCEs, neuron counterfactuals and masked txt2img (the reference's UVCE editing path).
 
 One no-grad initial pass with cross-attention capture → foreground masks (cross-attention, optional SAM-HQ,
 post-processing) → Prompt-to-Prompt re-indexing to the edited prompt → latent blend templates → a batched
 search over (xa × self × blend) schedule candidates that keeps, per sample, the candidate with the lowest
-non-augmented objective. The result plugs straight into `guidance.optimise(blend=..., controller=...)`.
+non-augmented objective. `guidance.optimise(setup.objective, blend=..., controller=...)` takes the result as it is.
 Masks are computed whenever blending or a masked regulariser needs them (no "needs a masked regulariser" quirk).
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ class EditSetup:
     word_maps: list | None  # per sample: word → (1,H,W) unsquashed map
     chosen: list  # per sample: (xa, self, blend) schedule names
     search_losses: torch.Tensor | None  # (N, B) non-augmented objective per candidate
+    objective: object  # the objective given, comparing against this edit's reference image/latent and masks
 
     def close(self, sd):
         if self.controller is not None:
@@ -60,6 +61,94 @@ class EditSetup:
 
 def _names(x):
     return None if x is None else ([x] if isinstance(x, str) else list(x))
+
+
+def _with_reference(objective, **ref):
+    """The objective comparing against `ref` (an objective without regularisers may not take one)."""
+    return objective.with_reference(**ref) if hasattr(objective, "with_reference") else objective
+
+
+def _mask_queries(seg_cfg: SegmentationConfig, latent_hw: int) -> int:
+    """Query count of the cross-attention maps the masks come from: the reference's map resolution is for 64²
+    latents, scaled to this model's latent size."""
+    res = seg_cfg.xa_map_resolution
+    return (res * latent_hw // 64) ** 2 if latent_hw >= 64 else res * res
+
+
+def _attach_controller(sd, T: int, grid, mask_q: int | None, seg_cfg, use_p2p: bool):
+    """An attention controller capturing what the masks (mask_q set) and P2P need, installed in the UNet."""
+    controller = AttentionController()
+    if mask_q is not None:
+        controller.capture_cross(mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t), queries={mask_q})
+    if use_p2p:
+        xa_steps = (grid.xa_NT.amax(0) > 0).nonzero().flatten().tolist()
+        if xa_steps:
+            controller.capture_cross(xa_steps)
+        se_steps = (grid.self_NT.amax(0) > 0).nonzero().flatten().tolist()
+        if se_steps:
+            controller.capture_self(se_steps)
+    install_attention(sd.unet, controller)
+    return controller
+
+
+def _foreground(sd, controller, mask_q, prompts, foreground_words, T, latent_size, img0, seg_cfg, generator):
+    """Foreground masks from the captured cross-attention (+ SAM-HQ) → (px (B,1,H,W), latent (B,1,h,w),
+    per-sample word maps)."""
+    from .segment import word_maps
+
+    dev = img0.device
+    weights = torch.stack([token_weights(word_token_positions(sd.tokenizer, p), kws, sd.max_tokens)
+                           for p, kws in zip(prompts, foreground_words)]).to(dev)
+    maps = controller.cross_maps_at(mask_q, mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t))
+    seg = segment_foreground(maps, weights, latent_size, tuple(img0.shape[-2:]), seg_cfg,
+                             images_B3HW=img0 if seg_cfg.sam_segmentation else None, generator=generator)
+    wmaps = word_maps(maps, [word_token_positions(sd.tokenizer, p) for p in prompts], tuple(img0.shape[-2:]))
+    return seg["px"], seg["latent"], wmaps
+
+
+def _p2p_prompts(sd, controller, prompts, replacements, dev):
+    """Prompt-to-Prompt: re-index the captured cross-attention to the edited prompts → (prompts, cond)."""
+    embed = token_mean_embedder(sd)
+    new_prompts, mats = list(prompts), []
+    for b, (src, tgt) in enumerate(replacements):
+        new_prompts[b], M = replacement_matrix(sd.tokenizer, prompts[b], src, tgt, embed=embed,
+                                               num_tokens=sd.max_tokens)
+        mats.append(M)
+    controller.reindex_cross(torch.stack(mats).to(dev))
+    return new_prompts, sd.encode_text(new_prompts)
+
+
+def _search(sd, sched, objective, grid, controller, use_p2p, blend, latent_mask, templates, z_T, cond, uncond,
+            guidance_scale, guidance_rescale, search_chunk):
+    """Per sample, the (xa × self × blend) candidate with the lowest non-augmented objective → (best (B,) row
+    indices into the grid, losses (N, B))."""
+    B, dev = z_T.shape[0], z_T.device
+
+    def evaluate(xa_MT, self_MT, blend_MT, n):
+        if controller is not None and use_p2p:
+            controller.set_injection(xa_MT.to(dev), self_MT.to(dev) if self_MT.abs().sum() > 0 else None)
+        bl = (make_blend(latent_mask, templates, blend_MT.to(dev), foreground=blend.foreground_blend)
+              if blend.do_mask_blend else None)
+        out = run_chain(sd, sched, expand_candidates(z_T, n), expand_candidates(cond, n),
+                        expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller,
+                        guidance_rescale=guidance_rescale)
+        obj = objective.select(torch.arange(B).repeat(n))
+        total, _ = obj(decode_latents(sd, out.x0_last), out.x0_last, None)
+        return torch.nan_to_num(total, nan=float("inf"))
+
+    return search_schedules(evaluate, grid, B, search_chunk)
+
+
+def _controller_for_sgd(sd, controller, use_p2p: bool, xa_BT, self_BT):
+    """P2P: the controller injecting each sample's chosen schedules. Masks only: None, the UNet back on plain fused
+    attention for the SGD loop."""
+    if use_p2p:
+        controller.set_injection(xa_BT, self_BT if self_BT.abs().sum() > 0 else None)
+        return controller
+    controller.clear_injection()
+    restore_attention(sd.unet)
+    controller.free()
+    return None
 
 
 def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prompts: list[str],
@@ -73,7 +162,8 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
 
     images: real images in [0,1] (img2img; used for SAM-HQ and as the regularisers' reference); None for txt2img
     (the initial output becomes the reference, as in the reference). replacements: per-sample (source, target)
-    words for P2P (identity pairs keep the structure); None disables the prompt edit.
+    words for P2P (identity pairs keep the structure); None disables the prompt edit. The objective is not
+    changed: `setup.objective` is the one to optimise, with this edit's reference and masks.
     """
     p2p = p2p or P2PParams(do_p2p=False)
     blend = blend or MaskBlendParams(do_mask_blend=False)
@@ -87,24 +177,8 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
                          _names(blend.initial_mask_blend_schedule) if blend.do_mask_blend else None, T)
 
     cond0 = sd.encode_text(prompts)
-    controller = None
-    if use_p2p or need_masks:
-        controller = AttentionController()
-        if need_masks:
-            res = seg_cfg.xa_map_resolution
-            latent_hw = z_T.shape[-1]
-            # the reference's map resolution is for 64² latents; scale to this model's latent size
-            q = (res * latent_hw // 64) ** 2 if latent_hw >= 64 else res * res
-            mask_q = q
-            controller.capture_cross(mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t), queries={q})
-        if use_p2p:
-            xa_steps = (grid.xa_NT.amax(0) > 0).nonzero().flatten().tolist()
-            if xa_steps:
-                controller.capture_cross(xa_steps)
-            se_steps = (grid.self_NT.amax(0) > 0).nonzero().flatten().tolist()
-            if se_steps:
-                controller.capture_self(se_steps)
-        install_attention(sd.unet, controller)
+    mask_q = _mask_queries(seg_cfg, z_T.shape[-1]) if need_masks else None
+    controller = _attach_controller(sd, T, grid, mask_q, seg_cfg, use_p2p) if use_p2p or need_masks else None
 
     with torch.no_grad():
         init = run_chain(sd, sched, z_T, cond0, uncond, guidance_scale, controller=controller,
@@ -113,53 +187,26 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
         initial_images = decode_latents(sd, init.x0_last)
         img0 = images.to(dev).float() if images is not None else initial_images
         z0 = sd.encode_image(img0) if images is not None else init.x0_last
-        if hasattr(objective, "set_reference"):
-            objective.set_reference(img0, z0)
+        objective = _with_reference(objective, img0=img0, z0=z0)
 
         px_mask = latent_mask = wmaps = None
         if need_masks:
-            weights = torch.stack([token_weights(word_token_positions(sd.tokenizer, p), kws, sd.max_tokens)
-                                   for p, kws in zip(prompts, foreground_words)]).to(dev)
-            maps = controller.cross_maps_at(mask_q,
-                                            mask_steps(T, seg_cfg.xa_start_t, seg_cfg.xa_end_t))
-            seg = segment_foreground(maps, weights, tuple(z_T.shape[-2:]), tuple(img0.shape[-2:]), seg_cfg,
-                                     images_B3HW=img0 if seg_cfg.sam_segmentation else None, generator=generator)
-            px_mask, latent_mask = seg["px"], seg["latent"]
-            if hasattr(objective, "set_masks"):
-                objective.set_masks(px_mask, latent_mask)
-            from .segment import word_maps as _word_maps
-            wmaps = _word_maps(maps, [word_token_positions(sd.tokenizer, p) for p in prompts], tuple(img0.shape[-2:]))
+            px_mask, latent_mask, wmaps = _foreground(sd, controller, mask_q, prompts, foreground_words, T,
+                                                      tuple(z_T.shape[-2:]), img0, seg_cfg, generator)
+            objective = _with_reference(objective, px_mask=px_mask, latent_mask=latent_mask)
 
         new_prompts, cond = list(prompts), cond0
         if controller is not None:
             controller.stop_capture()
         if use_p2p:
-            embed = token_mean_embedder(sd)
-            mats = []
-            for b, (src, tgt) in enumerate(replacements):
-                new_prompts[b], M = replacement_matrix(sd.tokenizer, prompts[b], src, tgt, embed=embed,
-                                                       num_tokens=sd.max_tokens)
-                mats.append(M)
-            controller.reindex_cross(torch.stack(mats).to(dev))
-            cond = sd.encode_text(new_prompts)
+            new_prompts, cond = _p2p_prompts(sd, controller, prompts, replacements, dev)
 
         templates = torch.stack(init.latents) if blend.do_mask_blend else None
         chosen = [grid.names[0]] * B
         losses_NB = None
         if grid.size > 1:
-            def evaluate(xa_MT, self_MT, blend_MT, n):
-                if controller is not None and use_p2p:
-                    controller.set_injection(xa_MT.to(dev), self_MT.to(dev) if self_MT.abs().sum() > 0 else None)
-                bl = (make_blend(latent_mask, templates, blend_MT.to(dev), foreground=blend.foreground_blend)
-                      if blend.do_mask_blend else None)
-                out = run_chain(sd, sched, expand_candidates(z_T, n), expand_candidates(cond, n),
-                                expand_candidates(uncond, n), guidance_scale, blend=bl, controller=controller,
-                                guidance_rescale=guidance_rescale)
-                obj = objective.select(torch.arange(B).repeat(n))
-                total, _ = obj(decode_latents(sd, out.x0_last), out.x0_last, None)
-                return torch.nan_to_num(total, nan=float("inf"))
-
-            best, losses_NB = search_schedules(evaluate, grid, B, search_chunk)
+            best, losses_NB = _search(sd, sched, objective, grid, controller, use_p2p, blend, latent_mask, templates,
+                                      z_T, cond, uncond, guidance_scale, guidance_rescale, search_chunk)
             chosen = [grid.names[int(i)] for i in best.tolist()]
             rows = best.cpu()
         else:
@@ -167,18 +214,11 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
         xa_BT, self_BT, blend_BT = (t[rows].to(dev) for t in (grid.xa_NT, grid.self_NT, grid.blend_NT))
 
     if controller is not None:
-        if use_p2p:
-            controller.set_injection(xa_BT, self_BT if self_BT.abs().sum() > 0 else None)
-        else:
-            controller.clear_injection()
-        if not use_p2p:  # masks only: go back to plain fused attention for the SGD loop
-            restore_attention(sd.unet)
-            controller.free()
-            controller = None
+        controller = _controller_for_sgd(sd, controller, use_p2p, xa_BT, self_BT)
     bl = make_blend(latent_mask, templates, blend_BT, foreground=blend.foreground_blend) if blend.do_mask_blend else None
     return EditSetup(cond=cond, prompts=new_prompts, controller=controller, blend=bl, initial_images=initial_images,
                      px_mask=px_mask, latent_mask=latent_mask, word_maps=wmaps, chosen=chosen,
-                     search_losses=losses_NB)
+                     search_losses=losses_NB, objective=objective)
 
 
 __all__ = ["P2PParams", "MaskBlendParams", "EditSetup", "prepare_edit", "take_best"]

@@ -23,6 +23,7 @@ The only host sync is the per-iteration "every sample stopped → leave the loop
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -187,12 +188,21 @@ def augmented_loss(objective, imgs: dict, x0s: dict, weights: list[float], k: in
     return total
 
 
-class IterateLog:
-    """Per-iterate non-augmented logs and the best iterate so far (per sample, masked)."""
+def with_iterate0_reference(objective, img, x0):
+    """txt2img: regularisers without a given reference compare against iterate 0 (the reference
+    implementation's behaviour). A new objective; the caller's is left as it was."""
+    if getattr(objective, "needs_reference", False):
+        return objective.with_reference(img0=img, z0=x0)
+    return objective
 
-    def __init__(self, K: int, B: int, dev, keep_trajectory: bool):
+
+class IterateLog:
+    """Per-iterate non-augmented logs and the best iterate so far (per sample, masked), and the objective this
+    run evaluates (the caller's, given iterate 0 as its reference when it had none)."""
+
+    def __init__(self, K: int, B: int, dev, keep_trajectory: bool, objective):
         nan = float("nan")
-        self.K, self.dev = K, dev
+        self.K, self.dev, self.objective = K, dev, objective
         self.losses = torch.full((K + 1, B), nan, device=dev)
         self.aug_losses = torch.full((max(K, 1), B), nan, device=dev)
         self.parts, self.confs = {}, {}
@@ -212,10 +222,11 @@ class IterateLog:
             torch.where(logged, val.float(), nan)
 
     @torch.no_grad()
-    def record(self, k: int, objective, img_final, x0_final, variables):
+    def record(self, k: int, img_final, x0_final, variables):
         """Log iterate k's non-augmented objective on the reported image; update the best iterate."""
-        if k == 0 and getattr(objective, "needs_reference", False):
-            objective.set_reference(img_final, x0_final)
+        if k == 0:
+            self.objective = with_iterate0_reference(self.objective, img_final, x0_final)
+        objective = self.objective
         total, parts = objective(img_final, x0_final, None)
         confs = objective.confidences(img_final) if hasattr(objective, "confidences") else {}
         logged = self.active.clone()
@@ -254,15 +265,15 @@ class IterateLog:
         return self.active
 
 
-def _grads_autograd(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
+def _grads_autograd(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
                     variables, blend, controller):
     """One iterate with a single autograd graph over the chain (checkpoint none | block). → grads or None."""
     T = sched.num_steps
     with torch.enable_grad():
         out, imgs = chain_images(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, blend, controller)
-    log.record(k, objective, imgs[T - 1].detach(), out.x0_kept[T - 1].detach(), (z, dC, dU))
+    log.record(k, imgs[T - 1].detach(), out.x0_kept[T - 1].detach(), (z, dC, dU))
     with torch.enable_grad():
-        aug_total = augmented_loss(objective, imgs, out.x0_kept, weights, k)
+        aug_total = augmented_loss(log.objective, imgs, out.x0_kept, weights, k)
     active = log.record_augmented(k, aug_total, cfg.optim_params.early_stopping_loss)
     if not bool(active.any()):  # the loop's one host sync per iteration
         return None
@@ -271,7 +282,7 @@ def _grads_autograd(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss
     return [torch.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
 
 
-def _grads_adjoint(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
+def _grads_adjoint(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
                    blend, controller):
     """One iterate by the per-step adjoint (checkpoint step). → (g_z, g_dC, g_dU) or None when all stopped."""
     T = sched.num_steps
@@ -286,8 +297,8 @@ def _grads_adjoint(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_
         with torch.enable_grad():
             img = decode_latents(sd, x0)
             if i == T - 1:
-                log.record(k, objective, img.detach(), x0.detach(), (z, dC, dU))
-            loss_B, _ = objective(img, x0, (k, i))
+                log.record(k, img.detach(), x0.detach(), (z, dC, dU))
+            loss_B, _ = log.objective(img, x0, (k, i))
             loss_B = weights[i] * loss_B
             masked = torch.where(log.active, loss_B, torch.zeros_like(loss_B)).sum()
             (g_x0[i],) = torch.autograd.grad(masked, x0)
@@ -315,24 +326,16 @@ def _grads_adjoint(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_
 
 
 @torch.no_grad()
-def _evaluate(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, k, log, blend, controller):
+def _evaluate(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, k, log, blend, controller):
     """The last iterate: forward chain and the reported image only."""
     T = sched.num_steps
     cond_TBLD, uncond_TBLD = chain_conditioning(cond_f, uncond_f, dC, dU, T)
     out = run_chain(sd, sched, z, cond_TBLD, uncond_TBLD, cfg.guidance_scale, blend=blend, controller=controller,
                     guidance_rescale=cfg.guidance_rescale)
-    log.record(k, objective, decode_latents(sd, out.x0_last), out.x0_last, (z, dC, dU))
+    log.record(k, decode_latents(sd, out.x0_last), out.x0_last, (z, dC, dU))
 
 
-def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-             cfg: GuidanceConfig | None = None, blend: Blend | None = None, controller=None,
-             progress=None) -> GuidanceResult:
-    """Optimise B samples at once.
-
-    z_T (B,C,h,w) start latent (noise or an inversion); cond (B,L,D) prompt embedding; uncond (B,L,D) or per-step
-    null texts (B,T,L,D). `objective(img, z, augment_salt) -> (total_B, parts)` and `objective.confidences(img)`.
-    """
-    cfg = cfg or GuidanceConfig()
+def _check_config(cfg: GuidanceConfig) -> None:
     op = cfg.optim_params
     if op.solver_order != 1:
         raise ValueError("only first-order DDIM (solver_order=1) is supported")
@@ -340,18 +343,13 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
         raise ValueError(f"checkpoint must be step, none or block, got {cfg.checkpoint!r}")
     if op.sgd_scheduler not in (None, "cosine", "none"):
         raise ValueError(f"optim_params.sgd_scheduler must be None or cosine, got {op.sgd_scheduler!r}")
-    dev = z_T.device
-    T, K = cfg.num_ddim_steps, op.sgd_steps
-    sched = make_schedule(sd.scheduler_config, T, cfg.solver).to(dev)
-    weights = loss_step_weights(T, op.loss_steps, op.loss_steps_schedule)
-    loss_steps = [i for i, w in enumerate(weights) if w > 0]
-    B = z_T.shape[0]
-    if uncond.dim() == 4 and uncond.shape[1] != T:
-        raise ValueError(f"null-text embeddings have {uncond.shape[1]} steps but num_ddim_steps={T}")
 
-    # Optimised variables (fp32, batch-first).
+
+def optimised_variables(z_T, cond, op: OptimParams, T: int):
+    """z_T and the conditioning deltas ΔC, Δ∅ (fp32, batch-first), the ones switched on with their learning rates.
+    → (z, dC, dU, variables, lrs)."""
+    B, dev = z_T.shape[0], z_T.device
     z = z_T.detach().float().clone()
-    z_norm0 = _per_sample(lambda f: f.norm(dim=1), z)
     L, D = cond.shape[-2:]
     dC = torch.zeros(B, T if op.per_timestep_conditioning_delta else 1, L, D, device=dev)
     dU = torch.zeros(B, T if op.per_timestep_uncond_delta else 1, L, D, device=dev)
@@ -363,42 +361,35 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
             var.requires_grad_(True)
             variables.append(var)
             lrs.append(op.sgd_stepsize * factor)
-    opt = MaskedOptimizer(op.sgd_optim, variables, lrs) if variables else None
+    return z, dC, dU, variables, lrs
 
-    cond_f, uncond_f = cond.float(), uncond.float()
-    block_ckpt = cfg.checkpoint == "block"
-    if block_ckpt:  # the reference's compute path: diffusers' block checkpointing in the UNet and the VAE
+
+@contextmanager
+def block_checkpointing(sd, on: bool):
+    """The reference's compute path: diffusers' block checkpointing in the UNet and the VAE, for one run."""
+    if on:
         sd.unet.enable_gradient_checkpointing()
         sd.vae.enable_gradient_checkpointing()
-    log = IterateLog(K, B, dev, cfg.keep_trajectory)
-    chain = dict(blend=blend, controller=controller)
     try:
-        for k in range(K + 1):
-            if k == K or opt is None:
-                _evaluate(sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, k, log, **chain)
-                break
-            args = (sd, sched, objective, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log)
-            if cfg.checkpoint == "step":
-                all_grads = _grads_adjoint(*args, **chain)
-                grads = None if all_grads is None else [g for g, on in zip(all_grads, (
-                    op.optimize_latents, op.optimize_conditioning, op.optimize_uncond)) if on]
-            else:
-                grads = _grads_autograd(*args, variables, **chain)
-            if grads is None:  # every sample has stopped: the remaining iterations would change nothing
-                break
-            grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
-            grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
-            lrs = cosine_lrs(opt.base_lrs, k, K, op.sgd_stepsize / 10) if op.sgd_scheduler == "cosine" else None
-            opt.step(grads, log.active, lrs)
-            if op.optimize_latents:
-                with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
-                    z.copy_(_select_rows(log.active, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
-            if progress is not None:
-                progress(k, log.losses[k])
+        yield
     finally:
-        if block_ckpt:
+        if on:
             sd.unet.disable_gradient_checkpointing()
             sd.vae.disable_gradient_checkpointing()
+
+
+def sgd_update(opt: MaskedOptimizer, grads, active_B, z, z_norm0, op: OptimParams, k: int, K: int) -> None:
+    """Clean and condition the gradients, one masked optimiser step, then put each z_T back on its norm."""
+    grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+    grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
+    lrs = cosine_lrs(opt.base_lrs, k, K, op.sgd_stepsize / 10) if op.sgd_scheduler == "cosine" else None
+    opt.step(grads, active_B, lrs)
+    if op.optimize_latents:
+        with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
+            z.copy_(_select_rows(active_B, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
+
+
+def guidance_result(log: IterateLog, op: OptimParams, K: int) -> GuidanceResult:
     trajectory = log.trajectory
     if trajectory:  # after an all-stopped break the later iterates equal the last one
         trajectory += [trajectory[-1]] * (K + 1 - len(trajectory))
@@ -410,3 +401,49 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
         cond_delta=best[1] if op.optimize_conditioning else None,
         uncond_delta=best[2] if op.optimize_uncond else None,
         trajectory=torch.stack(trajectory) if trajectory else None)
+
+
+def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+             cfg: GuidanceConfig | None = None, blend: Blend | None = None, controller=None,
+             progress=None) -> GuidanceResult:
+    """Optimise B samples at once.
+
+    z_T (B,C,h,w) start latent (noise or an inversion); cond (B,L,D) prompt embedding; uncond (B,L,D) or per-step
+    null texts (B,T,L,D). `objective(img, z, augment_salt) -> (total_B, parts)` and `objective.confidences(img)`;
+    an objective that `needs_reference` is run as `objective.with_reference(iterate 0's image, x̂0)`.
+    """
+    cfg = cfg or GuidanceConfig()
+    op = cfg.optim_params
+    _check_config(cfg)
+    dev = z_T.device
+    T, K = cfg.num_ddim_steps, op.sgd_steps
+    sched = make_schedule(sd.scheduler_config, T, cfg.solver).to(dev)
+    weights = loss_step_weights(T, op.loss_steps, op.loss_steps_schedule)
+    loss_steps = [i for i, w in enumerate(weights) if w > 0]
+    if uncond.dim() == 4 and uncond.shape[1] != T:
+        raise ValueError(f"null-text embeddings have {uncond.shape[1]} steps but num_ddim_steps={T}")
+    z, dC, dU, variables, lrs = optimised_variables(z_T, cond, op, T)
+    z_norm0 = _per_sample(lambda f: f.norm(dim=1), z)
+    opt = MaskedOptimizer(op.sgd_optim, variables, lrs) if variables else None
+    switched_on = (op.optimize_latents, op.optimize_conditioning, op.optimize_uncond)
+
+    cond_f, uncond_f = cond.float(), uncond.float()
+    log = IterateLog(K, z.shape[0], dev, cfg.keep_trajectory, objective)
+    chain = dict(blend=blend, controller=controller)
+    with block_checkpointing(sd, cfg.checkpoint == "block"):
+        for k in range(K + 1):
+            if k == K or opt is None:
+                _evaluate(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, k, log, **chain)
+                break
+            args = (sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log)
+            if cfg.checkpoint == "step":
+                all_grads = _grads_adjoint(*args, **chain)
+                grads = None if all_grads is None else [g for g, on in zip(all_grads, switched_on) if on]
+            else:
+                grads = _grads_autograd(*args, variables, **chain)
+            if grads is None:  # every sample has stopped: the remaining iterations would change nothing
+                break
+            sgd_update(opt, grads, log.active, z, z_norm0, op, k, K)
+            if progress is not None:
+                progress(k, log.losses[k])
+    return guidance_result(log, op, K)

@@ -1,6 +1,7 @@
 """Batched real-image inversion: DDIM inversion + per-timestep null-text optimisation (or negative-prompt).
 
-Semantics follow REFERENCE §4 (prompt-to-prompt's null-text inversion), done for B images at once:
+Semantics follow the reference's src/utils/null_text_inversion.py (prompt-to-prompt's null-text inversion), for B
+images at once:
 
 1. z_0 = VAE posterior mean × scaling.
 2. DDIM inversion z_0 → z_T with the *conditional* prediction only (guidance 1, the p2p convention).
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .distances import l2_norm, mean_lp, psnr
 from .guidance import MaskedOptimizer
 from .sampling import call_unet, cfg_ddim_update, decode_latents, denoise
 from .schedule import DDIMSchedule, ddim_invert_step, make_ddim_schedule
@@ -131,22 +133,6 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
     return NullTextTrace(null_BTLD, inner_BT, loss_BT, nonfinite_B, x0, calls, grads)
 
 
-# ------------------------------------------------------------------------------------------ metrics
-
-def _mse_B(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
-
-
-def psnr_B(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB for images in [0, 1] (capped at 100 dB for identical images, so JSON stays finite)."""
-    return (10 * torch.log10(1.0 / _mse_B(a, b).clamp_min(1e-10))).clamp(max=100.0)
-
-
-def l2_B(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of the difference image (over all pixels and channels)."""
-    return (a.float() - b.float()).flatten(1).norm(dim=1)
-
-
 def _finite(x: float) -> float | None:
     return x if x == x and abs(x) != float("inf") else None
 
@@ -210,12 +196,12 @@ def invert(sd, images_B3HW: torch.Tensor, prompts: list[str], num_steps: int = 2
         _, x0_ddim = denoise(sd, sched, z_T, cond, empty, guidance_scale)
         rec_inv, rec_ddim = decode_latents(sd, x0_inv), decode_latents(sd, x0_ddim)
         rows = {
-            "psnr_inv_vs_vae": psnr_B(rec_inv, vae_rec), "l2_inv_vs_vae": l2_B(rec_inv, vae_rec),
-            "psnr_inv_vs_orig": psnr_B(rec_inv, images), "l2_inv_vs_orig": l2_B(rec_inv, images),
-            "psnr_ddim_vs_vae": psnr_B(rec_ddim, vae_rec), "l2_ddim_vs_vae": l2_B(rec_ddim, vae_rec),
-            "psnr_ddim_vs_orig": psnr_B(rec_ddim, images), "l2_ddim_vs_orig": l2_B(rec_ddim, images),
-            "psnr_vae_vs_orig": psnr_B(vae_rec, images),
-            "latent_mse_inv": _mse_B(x0_inv, z0), "latent_mse_ddim": _mse_B(x0_ddim, z0),
+            "psnr_inv_vs_vae": psnr(rec_inv, vae_rec), "l2_inv_vs_vae": l2_norm(rec_inv, vae_rec),
+            "psnr_inv_vs_orig": psnr(rec_inv, images), "l2_inv_vs_orig": l2_norm(rec_inv, images),
+            "psnr_ddim_vs_vae": psnr(rec_ddim, vae_rec), "l2_ddim_vs_vae": l2_norm(rec_ddim, vae_rec),
+            "psnr_ddim_vs_orig": psnr(rec_ddim, images), "l2_ddim_vs_orig": l2_norm(rec_ddim, images),
+            "psnr_vae_vs_orig": psnr(vae_rec, images),
+            "latent_mse_inv": mean_lp(x0_inv, z0, 2), "latent_mse_ddim": mean_lp(x0_ddim, z0, 2),
         }
         host = {k: v.cpu().tolist() for k, v in rows.items()}
     result.metrics = _base_metrics(trace, fwd_alone, bwd_alone, B)

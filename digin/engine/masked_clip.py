@@ -1,7 +1,7 @@
-"""Masked CLIP distance, the regulariser px_{foreground,background}_clip (REFERENCE §3.2, the reference's
-MaskedLatentDist): both images go through an open_clip ViT (the reference's ViT-L-14-CLIPA-336); each output patch
-token is weighted by the mask averaged over its patch; the weighted tokens are average-pooled (no division by mask
-area), pass the tower's final LayerNorm and projection, and the distance is 1 − cos of the two embeddings.
+"""Masked CLIP distance, the regulariser px_{foreground,background}_clip (the reference's MaskedLatentDist, set up in
+`setup_regularizers`): both images go through an open_clip ViT (the reference's ViT-L-14-CLIPA-336); each output
+patch token is weighted by the mask averaged over its patch; the weighted tokens are average-pooled (no division by
+mask area), pass the tower's final LayerNorm and projection, and the distance is 1 − cos of the two embeddings.
 
 With a mask of ones (or none) the embedding is exactly the tower's own image embedding for average-pool towers
 (CLIPA). Class-token towers (OpenAI ViTs) get the same masked average of their patch tokens, with the LayerNorm

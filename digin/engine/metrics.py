@@ -1,4 +1,5 @@
-"""Per-sample evaluation metrics (REFERENCE §3.1 eval helpers, §8.1 wandb metrics, §12 FID).
+"""Per-sample evaluation metrics (the reference's eval helpers in src/utils/loss_functions.py, the wandb metrics of
+uvces_imagenet.py, FID of src/utils/fid.py).
 
 Images are float tensors in [0, 1], shape (B, 3, H, W). Masks are foreground masks in [0, 1], (B, 1, H, W) or
 (B, H, W); `region="background"` weights pixels by 1 − M, `"foreground"` by M, `None` uses every pixel.
@@ -6,10 +7,10 @@ Images are float tensors in [0, 1], shape (B, 3, H, W). Masks are foreground mas
 - L1 / L2 follow the reference's `calculate_lp_distances`: norms of the pixel difference over the whole image,
   L1 = Σ w·|x − y|, L2 = sqrt(Σ w·(x − y)²) (sums over channels and pixels, w = mask weight or 1). They are not
   normalised by area; divide by `mask_area` for a per-pixel mean.
-- LPIPS: `lpips.LPIPS(net='alex')` on [0,1] inputs (normalize=True). `pnet_rand=True` builds the AlexNet trunk
-  with random weights (works offline; the linear heads ship with the package) — numbers are then only useful
-  for tests; pass `lpips_model=` built with ImageNet AlexNet weights for real evaluation. Masked LPIPS is the
-  mask-weighted mean of the spatial LPIPS map (not the reference's per-layer MaskedLPIPS regulariser).
+- LPIPS: `lpips.LPIPS(net='alex', spatial=True)` on [0,1] inputs (normalize=True), built by
+  `perceptual.build_lpips` (the AlexNet trunk file must be in the torch hub cache; a random trunk only when asked
+  for). Masked LPIPS is the mask-weighted mean of the spatial LPIPS map (not the per-layer MaskedLPIPS
+  regulariser).
 - FID: torchvision Inception-v3, 2048-d pool features after Mixed_7c, inputs resized (bilinear) to 299 and scaled
   to [−1, 1]; Fréchet distance via scipy.linalg.sqrtm with an eps·I fallback when the product is singular.
   Like the reference this uses torchvision's ImageNet Inception weights, not the TF-FID network, so values are
@@ -20,6 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from digin.engine.distances import sum_lp
+from digin.engine.perceptual import build_lpips
 
 
 # ---------------------------------------------------------------- classifier metrics
@@ -65,14 +69,12 @@ def _weights(mask, region, like_BCHW):
 
 def l1_distance(x_BCHW, y_BCHW, mask=None, region=None) -> torch.Tensor:
     """(B,) Σ w·|x − y| over channels and pixels."""
-    w_B1HW = _weights(mask, region, x_BCHW)
-    return (w_B1HW * (x_BCHW - y_BCHW).abs()).flatten(1).sum(1)
+    return sum_lp(x_BCHW, y_BCHW, 1, _weights(mask, region, x_BCHW))
 
 
 def l2_distance(x_BCHW, y_BCHW, mask=None, region=None) -> torch.Tensor:
     """(B,) sqrt(Σ w·(x − y)²) over channels and pixels."""
-    w_B1HW = _weights(mask, region, x_BCHW)
-    return (w_B1HW * (x_BCHW - y_BCHW).square()).flatten(1).sum(1).sqrt()
+    return sum_lp(x_BCHW, y_BCHW, 2, _weights(mask, region, x_BCHW)).sqrt()
 
 
 def mask_area(mask, region, like_BCHW) -> torch.Tensor:
@@ -82,20 +84,10 @@ def mask_area(mask, region, like_BCHW) -> torch.Tensor:
 
 # ---------------------------------------------------------------- LPIPS
 
-def build_lpips(pretrained_trunk: bool = False, device="cpu"):
-    """LPIPS-alex. pretrained_trunk=False -> random AlexNet trunk (offline, tests only); True downloads
-    torchvision AlexNet weights unless they are cached."""
-    from digin.extras import require
-
-    lpips = require("lpips", "LPIPS metrics")
-    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not pretrained_trunk, spatial=True, verbose=False)
-    return model.to(device).eval().requires_grad_(False)
-
-
 @torch.no_grad()
 def lpips_distance(x_BCHW, y_BCHW, mask=None, region=None, lpips_model=None) -> torch.Tensor:
     """(B,) LPIPS-alex on [0,1] images; with a mask, the mask-weighted mean of the spatial LPIPS map."""
-    model = lpips_model if lpips_model is not None else build_lpips(device=x_BCHW.device)
+    model = lpips_model if lpips_model is not None else build_lpips(x_BCHW.device, spatial=True)
     dist_B1HW = model(x_BCHW, y_BCHW, normalize=True)
     if dist_B1HW.ndim < 4:  # a model built without spatial=True returns (B,1,1,1) or (B,)
         return dist_B1HW.flatten()

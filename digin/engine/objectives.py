@@ -1,23 +1,26 @@
-"""Guidance losses and regularisers (REFERENCE §3.1, §3.2), all per sample.
+"""Guidance losses and regularisers (the reference's `losses.py` and its regularisers), all per sample.
 
 Every loss and regulariser returns shape (B,): means run over cutouts / pixels / channels of ONE sample,
 never over the batch, so a sample's value (and gradient) does not depend on its batch mates.
 
-`Objective` bundles a named classifier loss, its targets, the regularisers and their references for a batch of
-samples; the guidance loop calls it with the decoded image, the x̂0 latent and an augmentation salt.
+`Objective` = one named classifier loss (`ClassifierLoss`: classifiers, targets, sample keys) plus weighted
+regularisers looked up in `REGULARIZERS`, compared against an explicit `Reference` (image, latent, masks). The
+guidance loop calls it with the decoded image, the x̂0 latent and an augmentation salt. An objective is never
+changed by the code that uses it: `with_reference` returns a new one.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
-import warnings
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from digin.engine.augment import sample_seed
-from digin.engine.resize import tv_resize
+from digin.engine.distances import mean_lp
+from digin.engine.perceptual import build_lpips, lpips_trunk_file, masked_lpips
 
 ONE_CLASSIFIER_LOSSES = ("CE", "log_conf", "NLL", "conf")
 TWO_CLASSIFIER_LOSSES = ("conf", "log_conf", "logits")
@@ -26,7 +29,7 @@ NEURON_LOSSES = ("neuron_activation", "neg_neuron_activation", "neuron_activatio
 TEXT_LOSSES = ("inner_product", "spherical_distance", "cross_entropy")
 LOSS_NAMES = tuple(dict.fromkeys(ONE_CLASSIFIER_LOSSES + TWO_CLASSIFIER_LOSSES + NEURON_LOSSES + TEXT_LOSSES))
 
-_REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_(l1|l2|lpips|clip)$")
+_REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_([a-z0-9]+)$")
 
 
 # ------------------------------------------------------------------------------------ classifier losses
@@ -100,166 +103,113 @@ def text_loss(name: str, img_emb_BND, text_emb, factor: float = 1.0):
 
 
 # ------------------------------------------------------------------------------------------ regularisers
+# name = <space>[_<region>]_<distance>: space px (decoded image) or latent (x̂0); region foreground / background
+# weights the distance by the mask M or 1 − M; the distance comes from REGULARIZERS.
+
+
+@dataclass(frozen=True)
+class Distance:
+    spaces: tuple  # where it applies: "px", "latent"
+    fn: object  # (x, ref, mask | None, models: RegularizerModels) → (B,)
+
+
+def lp_distance(x_BCHW, x0_BCHW, p: int, mask_B1HW=None):
+    """mean over C,H,W of M·|x − x0|^p per sample (M broadcast over channels; no division by mask area)."""
+    return mean_lp(x_BCHW, x0_BCHW, p, mask_B1HW)
+
+
+REGULARIZERS = {
+    "l1": Distance(("px", "latent"), lambda x, ref, mask, models: lp_distance(x, ref, 1, mask)),
+    "l2": Distance(("px", "latent"), lambda x, ref, mask, models: lp_distance(x, ref, 2, mask)),
+    "lpips": Distance(("px",), lambda x, ref, mask, models: masked_lpips(models.lpips(x.device), x, ref, mask)),
+    "clip": Distance(("px",), lambda x, ref, mask, models: models.clip(x, ref, mask)),
+}
 
 
 def parse_regularizer(name: str) -> tuple[str, str | None, str]:
     """'px_background_l2' → ('px', 'background', 'l2'). ValueError for unknown / unsupported names."""
     m = _REG_RE.match(name)
-    if m is None or (m.group(1) == "latent" and m.group(3) in ("lpips", "clip")):
+    if m is None or m.group(3) not in REGULARIZERS or m.group(1) not in REGULARIZERS[m.group(3)].spaces:
         raise ValueError(f"unknown regulariser {name!r}; valid: px_l1, px_l2, px_lpips, px_clip, latent_l1, latent_l2, "
                          f"px_/latent_{{foreground,background}}_{{l1,l2}}, px_{{foreground,background}}_{{lpips,clip}}")
     return m.group(1), m.group(2), m.group(3)
 
 
-def lp_distance(x_BCHW, x0_BCHW, p: int, mask_B1HW=None):
-    """mean over C,H,W of M·|x − x0|^p per sample (M broadcast over channels; no division by mask area)."""
-    d = (x_BCHW.float() - x0_BCHW.float()).abs()
-    d = d if p == 1 else d.pow(p)
-    if mask_B1HW is not None:
-        d = d * mask_B1HW.float()
-    return d.flatten(1).mean(1)
+class RegularizerModels:
+    """Networks some distances need: LPIPS (built on first use, or given) and the masked CLIP distance (built by
+    the task from a local weights file). Shared by an objective and its select()ed / re-referenced copies."""
+
+    def __init__(self, lpips_model=None, clip_model=None):
+        self._lpips, self.clip = lpips_model, clip_model
+
+    def lpips(self, device):
+        if self._lpips is None:
+            self._lpips = build_lpips(device)
+        return self._lpips
 
 
-def lpips_trunk_file() -> Path:
-    """Where LPIPS' AlexNet backbone weights are looked for (torchvision's file name in the torch hub cache)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+def _take(t, rows):
+    return None if t is None else t[torch.as_tensor(rows, dtype=torch.long, device=t.device)]
 
 
-def build_lpips(device=None):
-    """LPIPS-alex. The linear heads ship with the `lpips` package; the AlexNet backbone loads from the torch hub
-    cache when present, else stays random (offline) — then LPIPS values are not perceptual, only well defined."""
-    from digin.extras import require
-
-    lpips = require("lpips", "the px_lpips regulariser")
-    cached = lpips_trunk_file()
-    if not cached.is_file():
-        warnings.warn("LPIPS: AlexNet weights not in the torch hub cache; using a random backbone", stacklevel=2)
-    with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' `pretrained=` argument
-        warnings.simplefilter("ignore", UserWarning)
-        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not cached.is_file(), verbose=False)
-    return net.eval().requires_grad_(False).to(device)
+def _fp32(t):
+    return None if t is None else t.detach().float()
 
 
-def lpips_distance(net, x_BCHW, x0_BCHW, mask_B1HW=None):
-    """LPIPS (inputs in [0,1]) → (B,). With a mask: per layer diff = (M⊙(f0 − f1))² on unit-normalised features,
-    M resized to the layer's resolution as the reference's TF.resize (antialiased bilinear), then the layer's
-    linear head and spatial mean (MaskedLPIPS)."""
-    import lpips
+@dataclass(frozen=True)
+class Reference:
+    """What the regularisers compare against, per sample: image img0 (B,3,H,W), latent z0 (B,C,h,w) and
+    foreground masks (B,1,H,W) / (B,1,h,w). Fields may be None until a caller has them."""
 
-    in0 = net.scaling_layer(2 * x_BCHW.float() - 1)
-    in1 = net.scaling_layer(2 * x0_BCHW.float() - 1)
-    outs0, outs1 = net.net.forward(in0), net.net.forward(in1)
-    total = 0
-    for kk in range(net.L):
-        diff = lpips.normalize_tensor(outs0[kk]) - lpips.normalize_tensor(outs1[kk])
-        if mask_B1HW is not None:
-            diff = diff * tv_resize(mask_B1HW.float(), diff.shape[-2:])
-        total = total + net.lins[kk](diff.pow(2)).mean(dim=(1, 2, 3))
-    return total
+    img0: torch.Tensor | None = None
+    z0: torch.Tensor | None = None
+    px_mask: torch.Tensor | None = None
+    latent_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        for name in ("px_mask", "latent_mask"):
+            m = getattr(self, name)
+            if m is not None and (m.dim() != 4 or m.shape[1] != 1):
+                raise ValueError(f"{name} must be (B, 1, H, W), got {tuple(m.shape)}")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _fp32(getattr(self, f.name)))
+
+    def filled(self, **given) -> "Reference":
+        """This reference with `given` fields where it has none (a reference given earlier is kept)."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items()
+                                            if v is not None and getattr(self, k) is None})
+
+    def select(self, rows) -> "Reference":
+        return Reference(*(_take(getattr(self, f.name), rows) for f in dataclasses.fields(self)))
 
 
-# --------------------------------------------------------------------------------------------- objective
+# ----------------------------------------------------------------------------------------- classifier loss
 
 
-class Objective:
-    """Per-sample guidance objective for a batch: total = loss_weight·loss + Σ w_reg·reg, each (B,)."""
+class ClassifierLoss:
+    """A named classifier loss for a batch: its classifiers, targets and per-sample keys (augmentation seeds)."""
 
-    def __init__(self, loss: str, classifiers: list, targets: torch.Tensor, sample_keys: list[str],
-                 loss_weight: float = 1.0, regularizers=(), regularizers_ws=(), img0: torch.Tensor | None = None,
-                 z0: torch.Tensor | None = None, px_mask=None, latent_mask=None, text_embeddings=None,
-                 noise_scale_fn=None, *, text_loss_factor: float = 1.0, lpips_model=None, clip_model=None):
+    def __init__(self, loss: str, classifiers: list, targets, sample_keys: list[str], text_embeddings=None,
+                 noise_scale_fn=None, text_loss_factor: float = 1.0):
         classifiers = list(classifiers)
-        if loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
-        n = len(classifiers)
-        if loss in NEURON_LOSSES + TEXT_LOSSES + ("CE", "NLL") and n != 1:
-            raise ValueError(f"loss {loss!r} needs exactly one classifier, got {n}")
-        if loss == "logits" and n != 2:
-            raise ValueError(f"loss 'logits' needs two classifiers, got {n}")
-        if loss in ("conf", "log_conf") and n not in (1, 2):
-            raise ValueError(f"loss {loss!r} needs one or two classifiers, got {n}")
-        regularizers, regularizers_ws = list(regularizers or ()), [float(w) for w in (regularizers_ws or ())]
-        if len(regularizers) != len(regularizers_ws):
-            raise ValueError(f"{len(regularizers)} regularizers {regularizers} but {len(regularizers_ws)} "
-                             f"regularizers_ws {regularizers_ws}")
-        self._reg_specs = [parse_regularizer(r) for r in regularizers]
-        if clip_model is None and any(kind == "clip" for _, _, kind in self._reg_specs):
-            raise ValueError(f"regularizers {regularizers} need the masked CLIP distance model: set "
-                             f"clip_regularizer_model=<open_clip name or folder> clip_regularizer_weights=<file> "
-                             f"(digin.engine.masked_clip.build_masked_clip)")
         targets = torch.as_tensor(targets)
-        if loss in NEURON_LOSSES:
-            if targets.dim() != 2 or targets.shape[1] != 2:
-                raise ValueError(f"loss {loss!r} needs targets of shape (B, 2) = [class, neuron], "
-                                 f"got {tuple(targets.shape)}")
-        elif loss not in TEXT_LOSSES and targets.dim() != 1:
-            raise ValueError(f"loss {loss!r} needs class targets of shape (B,), got {tuple(targets.shape)}")
-        if len(sample_keys) != targets.shape[0]:
-            raise ValueError(f"{len(sample_keys)} sample keys for {targets.shape[0]} targets")
-        if loss in TEXT_LOSSES:
-            if text_embeddings is None:
-                raise ValueError(f"text loss {loss!r} needs text_embeddings")
-            if loss == "cross_entropy" and (text_embeddings.dim() != 3 or text_embeddings.shape[1] != 2):
-                raise ValueError("text loss 'cross_entropy' needs text_embeddings (B, 2, D) = [positive, negative]")
-        self.loss = loss
+        _check_loss(loss, len(classifiers), targets, sample_keys, text_embeddings)
+        self.name = loss
         self.classifiers = classifiers
         self.targets = targets.long()
         self.sample_keys = list(sample_keys)
-        self.loss_weight = float(loss_weight)
-        self.regularizers = regularizers
-        self.regularizers_ws = regularizers_ws
         self.text_embeddings = text_embeddings
         self.noise_scale_fn = noise_scale_fn
         self.text_loss_factor = float(text_loss_factor)
-        self._lpips = {"net": lpips_model}  # shared with select()ed copies; built on first use
-        self._clip = clip_model  # MaskedCLIPDistance, built by the task (needs a local weights file)
-        self.img0 = self.z0 = self.px_mask = self.latent_mask = None
-        self.set_reference(img0, z0)
-        self.set_masks(px_mask, latent_mask)
 
-    # ----- state the guidance loop may fill in later
-
-    @property
-    def needs_reference(self) -> bool:
-        """True when a regulariser compares against a reference image/latent that was not given."""
-        need_px = any(s == "px" for s, _, _ in self._reg_specs)
-        need_lat = any(s == "latent" for s, _, _ in self._reg_specs)
-        return (need_px and self.img0 is None) or (need_lat and self.z0 is None)
-
-    @property
-    def needs_masks(self) -> bool:
-        return any(region is not None for _, region, _ in self._reg_specs)
-
-    def set_reference(self, img0=None, z0=None) -> None:
-        if img0 is not None:
-            self.img0 = img0.detach().float()
-        if z0 is not None:
-            self.z0 = z0.detach().float()
-
-    def set_masks(self, px_mask=None, latent_mask=None) -> None:
-        for name, m in (("px_mask", px_mask), ("latent_mask", latent_mask)):
-            if m is not None:
-                if m.dim() != 4 or m.shape[1] != 1:
-                    raise ValueError(f"{name} must be (B, 1, H, W), got {tuple(m.shape)}")
-                setattr(self, name, m.detach().float())
-
-    def select(self, idx) -> "Objective":
-        """The same objective restricted to batch rows idx (shares classifiers and the LPIPS net)."""
-        rows = idx.tolist() if torch.is_tensor(idx) else list(idx)
+    def select(self, rows) -> "ClassifierLoss":
         new = copy.copy(self)
-
-        def take(t):
-            return None if t is None else t[torch.as_tensor(rows, dtype=torch.long, device=t.device)]
-
-        new.targets = take(self.targets)
+        new.targets, new.text_embeddings = _take(self.targets, rows), _take(self.text_embeddings, rows)
         new.sample_keys = [self.sample_keys[i] for i in rows]
-        for attr in ("img0", "z0", "px_mask", "latent_mask", "text_embeddings"):
-            setattr(new, attr, take(getattr(self, attr)))
         return new
 
-    # ----- evaluation
-
-    def _seeds(self, augment_salt):
+    def augmentation(self, augment_salt):
+        """Per-sample cutout seeds and the noise scale for this salt; (None, 1.0) = no augmentation."""
         if augment_salt is None:
             return None, 1.0
         seeds = [sample_seed(k, *augment_salt) for k in self.sample_keys]
@@ -272,9 +222,9 @@ class Objective:
             self.targets = self.targets.to(device)
         return self.targets
 
-    def classifier_loss(self, img_B3HW, seeds=None, noise_scale: float = 1.0) -> torch.Tensor:
+    def __call__(self, img_B3HW, seeds=None, noise_scale: float = 1.0) -> torch.Tensor:
         y = self._targets_on(img_B3HW.device)
-        name, clfs = self.loss, self.classifiers
+        name, clfs = self.name, self.classifiers
         if name in NEURON_LOSSES:
             logits, feats = clfs[0].features(img_B3HW, seeds, noise_scale)
             return neuron_loss(name, logits, feats, y)
@@ -287,34 +237,134 @@ class Objective:
             return fn(logits[0], logits[1], y)
         return conf_loss(logits[0], y) if name == "conf" else ce_loss(logits[0], y)
 
+    @torch.no_grad()
+    def confidences(self, img_B3HW: torch.Tensor) -> dict:
+        """Non-augmented scores: 'conf_i' = p_i(target) per classifier; 'activation' for neuron losses;
+        'similarity' = cos(image, positive text) for text losses."""
+        y = self._targets_on(img_B3HW.device)
+        if self.name in TEXT_LOSSES:
+            _, emb = self.classifiers[0].features(img_B3HW)
+            t = self.text_embeddings.to(img_B3HW.device)
+            t = t[:, 0] if t.dim() == 3 else t
+            return {"similarity": F.cosine_similarity(emb[:, 0].float(), t.float(), dim=-1)}
+        if self.name in NEURON_LOSSES:
+            logits, feats = self.classifiers[0].features(img_B3HW)
+            return {"conf_0": _target_logprob(logits, y[:, 0]).exp()[:, 0],
+                    "activation": feats[:, 0].gather(-1, y[:, 1:2]).squeeze(-1)}
+        return {f"conf_{i}": _target_logprob(c(img_B3HW), y).exp()[:, 0] for i, c in enumerate(self.classifiers)}
+
+
+def _check_loss(loss: str, n: int, targets: torch.Tensor, sample_keys, text_embeddings) -> None:
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
+    if loss in NEURON_LOSSES + TEXT_LOSSES + ("CE", "NLL") and n != 1:
+        raise ValueError(f"loss {loss!r} needs exactly one classifier, got {n}")
+    if loss == "logits" and n != 2:
+        raise ValueError(f"loss 'logits' needs two classifiers, got {n}")
+    if loss in ("conf", "log_conf") and n not in (1, 2):
+        raise ValueError(f"loss {loss!r} needs one or two classifiers, got {n}")
+    if loss in NEURON_LOSSES:
+        if targets.dim() != 2 or targets.shape[1] != 2:
+            raise ValueError(f"loss {loss!r} needs targets of shape (B, 2) = [class, neuron], "
+                             f"got {tuple(targets.shape)}")
+    elif loss not in TEXT_LOSSES and targets.dim() != 1:
+        raise ValueError(f"loss {loss!r} needs class targets of shape (B,), got {tuple(targets.shape)}")
+    if len(sample_keys) != targets.shape[0]:
+        raise ValueError(f"{len(sample_keys)} sample keys for {targets.shape[0]} targets")
+    if loss in TEXT_LOSSES:
+        if text_embeddings is None:
+            raise ValueError(f"text loss {loss!r} needs text_embeddings")
+        if loss == "cross_entropy" and (text_embeddings.dim() != 3 or text_embeddings.shape[1] != 2):
+            raise ValueError("text loss 'cross_entropy' needs text_embeddings (B, 2, D) = [positive, negative]")
+
+
+# --------------------------------------------------------------------------------------------- objective
+
+
+class Objective:
+    """Per-sample guidance objective for a batch: total = loss_weight·loss + Σ w_reg·reg, each (B,)."""
+
+    def __init__(self, loss: str, classifiers: list, targets: torch.Tensor, sample_keys: list[str],
+                 loss_weight: float = 1.0, regularizers=(), regularizers_ws=(), img0: torch.Tensor | None = None,
+                 z0: torch.Tensor | None = None, px_mask=None, latent_mask=None, text_embeddings=None,
+                 noise_scale_fn=None, *, text_loss_factor: float = 1.0, lpips_model=None, clip_model=None):
+        self.classifier_loss = ClassifierLoss(loss, classifiers, targets, sample_keys, text_embeddings,
+                                              noise_scale_fn, text_loss_factor)
+        regularizers, regularizers_ws = list(regularizers or ()), [float(w) for w in (regularizers_ws or ())]
+        if len(regularizers) != len(regularizers_ws):
+            raise ValueError(f"{len(regularizers)} regularizers {regularizers} but {len(regularizers_ws)} "
+                             f"regularizers_ws {regularizers_ws}")
+        self._reg_specs = [parse_regularizer(r) for r in regularizers]
+        kinds = {kind for _, _, kind in self._reg_specs}
+        if clip_model is None and "clip" in kinds:
+            raise ValueError(f"regularizers {regularizers} need the masked CLIP distance model: set "
+                             f"clip_regularizer_model=<open_clip name or folder> clip_regularizer_weights=<file> "
+                             f"(digin.engine.masked_clip.build_masked_clip)")
+        if lpips_model is None and "lpips" in kinds and not lpips_trunk_file().is_file():
+            build_lpips()  # raises, naming the missing AlexNet weights file, before anything runs
+        self.loss = loss
+        self.loss_weight = float(loss_weight)
+        self.regularizers = regularizers
+        self.regularizers_ws = regularizers_ws
+        self.models = RegularizerModels(lpips_model, clip_model)
+        self.reference = Reference(img0, z0, px_mask, latent_mask)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.classifier_loss.targets
+
+    @property
+    def sample_keys(self) -> list[str]:
+        return self.classifier_loss.sample_keys
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when a regulariser compares against a reference image/latent that was not given."""
+        ref = self.reference
+        need_px = any(s == "px" for s, _, _ in self._reg_specs)
+        need_lat = any(s == "latent" for s, _, _ in self._reg_specs)
+        return (need_px and ref.img0 is None) or (need_lat and ref.z0 is None)
+
+    @property
+    def needs_masks(self) -> bool:
+        return any(region is not None for _, region, _ in self._reg_specs)
+
+    def with_reference(self, img0=None, z0=None, px_mask=None, latent_mask=None) -> "Objective":
+        """A copy comparing against these where this objective has none (a reference given earlier is kept)."""
+        new = copy.copy(self)
+        new.reference = self.reference.filled(img0=img0, z0=z0, px_mask=px_mask, latent_mask=latent_mask)
+        return new
+
+    def select(self, idx) -> "Objective":
+        """The same objective restricted to batch rows idx (shares classifiers and the regulariser models)."""
+        rows = idx.tolist() if torch.is_tensor(idx) else list(idx)
+        new = copy.copy(self)
+        new.classifier_loss = self.classifier_loss.select(rows)
+        new.reference = self.reference.select(rows)
+        return new
+
     def regularizer(self, name: str, img_B3HW, z_BCHW) -> torch.Tensor:
         space, region, kind = parse_regularizer(name)
-        x, ref, mask = (img_B3HW, self.img0, self.px_mask) if space == "px" else (z_BCHW, self.z0, self.latent_mask)
-        if ref is None:
+        ref = self.reference
+        x, x0, mask = (img_B3HW, ref.img0, ref.px_mask) if space == "px" else (z_BCHW, ref.z0, ref.latent_mask)
+        if x0 is None:
             raise ValueError(f"regulariser {name!r} needs a reference {'image img0' if space == 'px' else 'latent z0'}"
-                             f" (pass it or call set_reference)")
+                             f" (pass it, or take the objective prepare_edit returns)")
         if region is not None:
             if mask is None:
                 raise ValueError(f"regulariser {name!r} needs a {'pixel' if space == 'px' else 'latent'} mask "
-                                 f"(pass px_mask/latent_mask or call set_masks)")
+                                 f"(pass px_mask/latent_mask, or take the objective prepare_edit returns)")
             if mask.shape[-2:] != x.shape[-2:]:
                 raise ValueError(f"regulariser {name!r}: mask {tuple(mask.shape)} does not match {tuple(x.shape)}")
             mask = mask.to(x.device)
             mask = mask if region == "foreground" else 1.0 - mask
         else:
             mask = None
-        ref = ref.to(x.device)
-        if kind == "lpips":
-            if self._lpips["net"] is None:
-                self._lpips["net"] = build_lpips(x.device)
-            return lpips_distance(self._lpips["net"], x, ref, mask)
-        if kind == "clip":
-            return self._clip(x, ref, mask)
-        return lp_distance(x, ref, 1 if kind == "l1" else 2, mask)
+        return REGULARIZERS[kind].fn(x, x0.to(x.device), mask, self.models)
 
     def __call__(self, img_B3HW: torch.Tensor, z_BCHW: torch.Tensor | None, augment_salt=None):
         """→ (total (B,), parts {loss name / regulariser name: (B,)}). augment_salt None = no augmentation."""
-        seeds, noise_scale = self._seeds(augment_salt)
+        seeds, noise_scale = self.classifier_loss.augmentation(augment_salt)
         loss_B = self.classifier_loss(img_B3HW, seeds, noise_scale)
         parts = {self.loss: loss_B}
         total_B = self.loss_weight * loss_B
@@ -324,18 +374,5 @@ class Objective:
             total_B = total_B + w * reg_B
         return total_B, parts
 
-    @torch.no_grad()
     def confidences(self, img_B3HW: torch.Tensor) -> dict:
-        """Non-augmented scores: 'conf_i' = p_i(target) per classifier; 'activation' for neuron losses;
-        'similarity' = cos(image, positive text) for text losses."""
-        y = self._targets_on(img_B3HW.device)
-        if self.loss in TEXT_LOSSES:
-            _, emb = self.classifiers[0].features(img_B3HW)
-            t = self.text_embeddings.to(img_B3HW.device)
-            t = t[:, 0] if t.dim() == 3 else t
-            return {"similarity": F.cosine_similarity(emb[:, 0].float(), t.float(), dim=-1)}
-        if self.loss in NEURON_LOSSES:
-            logits, feats = self.classifiers[0].features(img_B3HW)
-            return {"conf_0": _target_logprob(logits, y[:, 0]).exp()[:, 0],
-                    "activation": feats[:, 0].gather(-1, y[:, 1:2]).squeeze(-1)}
-        return {f"conf_{i}": _target_logprob(c(img_B3HW), y).exp()[:, 0] for i, c in enumerate(self.classifiers)}
+        return self.classifier_loss.confidences(img_B3HW)

@@ -74,7 +74,22 @@ class DDIMSchedule:
                             self.prediction_type, self.num_train_timesteps)
 
 
+SCHEDULER_FILE = "scheduler/scheduler_config.json"
+# Scheduler options whose non-default value changes the sampler in ways these tables do not reproduce.
+DDIM_UNSUPPORTED = ("clip_sample", "thresholding", "rescale_betas_zero_snr")
+EULER_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr")
+
+
+def refuse_unsupported(cfg: dict | None, flags: tuple, solver: str) -> None:
+    """A one-line error for the first of `flags` set (truthy) in the model's scheduler config."""
+    for flag in flags:
+        if (cfg or {}).get(flag):
+            raise ValueError(f"{solver} solver: {flag}={cfg[flag]!r} in the model's {SCHEDULER_FILE} is not "
+                             f"supported (set it to false there or use another model)")
+
+
 def make_ddim_schedule(cfg: dict | None, num_steps: int, prediction_type: str | None = None) -> DDIMSchedule:
+    refuse_unsupported(cfg, DDIM_UNSUPPORTED, "DDIM")
     full = dict(SD_SCHEDULER_DEFAULTS)
     full.update({k: v for k, v in (cfg or {}).items() if k in SD_SCHEDULER_DEFAULTS})
     if prediction_type is not None:
@@ -165,9 +180,7 @@ EULER_DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 def _euler_cfg(cfg: dict | None) -> dict:
     full = dict(EULER_DEFAULTS)
     full.update({k: v for k, v in (cfg or {}).items() if k in EULER_DEFAULTS and v is not None})
-    for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr"):
-        if (cfg or {}).get(flag):
-            raise ValueError(f"Euler solver: scheduler option {flag}=True is not supported")
+    refuse_unsupported(cfg, EULER_UNSUPPORTED, "Euler")
     if full["interpolation_type"] != "linear" or full["timestep_type"] != "discrete":
         raise ValueError("Euler solver supports interpolation_type='linear' and timestep_type='discrete' only")
     return full

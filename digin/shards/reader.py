@@ -25,7 +25,7 @@ def assign_shards(indices, rank: int = 0, world: int = 1, worker: int = 0, num_w
     return [i for i in sorted(indices) if i % world == rank and (i // world) % num_workers == worker]
 
 
-def _group_members(data: bytes, where: str, naming: str = "digin"):
+def group_shard_members(data: bytes, where: str, naming: str = "digin"):
     """Tar bytes -> list of [key, {field: (ext, bytes)} | reject reason] (webdataset's iteration and grouping with
     digin's name checks, see tario.group_members). Structural problems -> ShardError naming the shard.
     naming="webdataset" (an indexed foreign tar): [source key, {suffix: bytes} | reason]."""
@@ -53,7 +53,7 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
     rec = ss.records[index]
     where = ss.where(index)
     foreign = "webdataset" in ss.meta
-    groups = _group_members(ss.read_verified(index, check_hash), where, "webdataset" if foreign else "digin")
+    groups = group_shard_members(ss.read_verified(index, check_hash), where, "webdataset" if foreign else "digin")
     if len(groups) != rec["count"]:
         raise ShardError(f"shard {where}: {len(groups)} samples, manifest says {rec['count']}")
     keys = rec.get("source_keys" if foreign else "keys")

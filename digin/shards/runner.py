@@ -485,34 +485,151 @@ def run_stage(inputs, output, process, batch_size: int, config: dict | None = No
     return summary
 
 
-def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
-                required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
-                budget: _ErrorBudget, lock: RunLock, tracking: dict | None, incomplete: dict) -> StageSummary:
-    """The body of run_stage, run while this rank holds the output's lock."""
-    import torch
-
-    meta = _prepare_output(output, name, ins, config, force, world, incomplete)
-
-    out = ShardSet.load(output)
+def _shards_to_do(ins: list[ShardSet], out: ShardSet, output: Path, name: str, rank: int, world: int,
+                  incomplete: dict, summary: StageSummary) -> list[int]:
+    """This rank's shards not committed yet (committed ones are counted as skipped); leftovers of an earlier
+    attempt at a shard to do are removed (the lock makes sure we own it)."""
     # allow_incomplete: only shards committed in every input (all of ins[0]'s otherwise: nothing is missing)
     available = [i for i in ins[0].indices() if all(i in ss.records for ss in ins[1:])] if incomplete else \
         ins[0].indices()
-    mine = assign_shards(available, rank, world)
-    todo, summary = [], StageSummary(final_batch_size=batch_size)
-    for i in mine:
+    todo = []
+    for i in assign_shards(available, rank, world):
         if _is_committed(out, i):
             summary.skipped_shards += 1
             summary.skipped_samples += out.records[i]["count"] + len(out.records[i].get("rejects", []))
         else:
             todo.append(i)
-            remove_orphan_partial(output, f"{name}-{i:06d}.tar")  # we own shard i: the lock made sure of it
+            remove_orphan_partial(output, f"{name}-{i:06d}.tar")
             for tmp in (output / "commits").glob(f"{i:06d}.json.tmp.*"):
                 tmp.unlink(missing_ok=True)
+    return todo
 
-    tracker = None  # made before the log file is opened: a failing wandb.init leaves nothing open
-    if tracking and tracking.get("project"):
-        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
-                               entity=tracking.get("entity"), mode=tracking.get("mode"))
+
+class _StageRun:
+    """One rank's pass over its shards: batches through `process` (halving the batch size on OOM), per-sample
+    outputs into open shard writers, commits, and the log / summary / error budget / tracker bookkeeping."""
+
+    def __init__(self, output: Path, name: str, rank: int, process, batch_size: int, resolution, device,
+                 config_hash: str, budget: _ErrorBudget, log: _RunLog, tracker, summary: StageSummary):
+        self.output, self.name, self.rank, self.process = output, name, rank, process
+        self.bs, self.resolution, self.device, self.config_hash = batch_size, resolution, device, config_hash
+        self.budget, self.log, self.tracker, self.summary = budget, log, tracker, summary
+        self.open_shards: dict[int, dict] = {}
+
+    def _say(self, message: str) -> None:
+        print(f"[{self.name}] rank {self.rank}: {message}", file=sys.stderr, flush=True)
+
+    def run_batch(self, samples: list[dict]) -> list:
+        """process() on these samples padded to the current batch size; on OOM redo them at half the size."""
+        import torch
+
+        try:
+            outs = self.process(make_batch(samples, self.bs, self.resolution, self.device))
+        except Exception as e:
+            if not is_oom(e) or self.bs == 1:
+                raise
+            old = self.bs
+            self.bs = max(1, old // 2)
+            self.summary.oom_retries += 1
+            self.log.event("oom_retry", shard=samples[0]["__shard__"], keys=[s["__key__"] for s in samples],
+                           from_batch_size=old, to_batch_size=self.bs, error=str(e)[:300])
+            self._say(f"out of memory at batch size {old}; redoing these {len(samples)} samples at {self.bs}")
+            del e
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            outs = []
+            while len(outs) < len(samples):  # bs may shrink again inside: re-read it every step
+                outs += self.run_batch(samples[len(outs):len(outs) + self.bs])
+            return outs
+        outs = list(outs)
+        if len(outs) not in (len(samples), self.bs):
+            raise ValueError(f"process returned {len(outs)} outputs for {len(samples)} real samples")
+        return outs[:len(samples)]
+
+    def open_shard(self, i: int) -> dict:
+        st = self.open_shards.get(i)
+        if st is None:
+            st = self.open_shards[i] = {"writer": ShardWriter(self.output, i, f"{self.name}-{i:06d}.tar",
+                                                              {"config_hash": self.config_hash}),
+                                        "rejects": [], "rows": []}
+        return st
+
+    def fail_shard(self, i: int, error: str) -> None:
+        self.open_shards.pop(i)["writer"].discard()
+        self.summary.failed_shards.append({"shard": i, "error": error})
+        self.log.event("shard_failed", shard=i, error=error)
+        self._say(f"input shard {i} failed: {error}")
+
+    def record(self, i: int, st: dict, smp: dict, o) -> None:
+        """One sample's output: written to its shard, or recorded as not selected / rejected."""
+        summary = self.summary
+        if o is not None and o.get("__skip__"):
+            st["rejects"].append({"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]})
+            summary.not_selected += 1
+            return
+        reason = ("process_returned_none" if o is None else o.get("__reject__"))
+        if not reason and not o:
+            raise ValueError(f"process returned an empty output for {smp['__key__']}")
+        if not reason:
+            try:
+                st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
+            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
+                reason = f"unwritable:{str(e)[:200]}"
+        if reason:
+            r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
+            st["rejects"].append(r)
+            self.log.event("reject", shard=i, **r)
+            summary.rejected += 1
+            self.budget.reject(i, r)
+            return
+        for status in result_statuses(o):
+            if status in ("nonfinite", "no_improvement"):
+                setattr(summary, status, getattr(summary, status) + 1)
+                self.log.event(status, shard=i, key=smp["__key__"])
+        if self.tracker is not None:
+            st["rows"] += scalar_rows(o)
+        summary.processed += 1
+        self.budget.ok()
+
+    def commit(self, i: int) -> None:
+        st = self.open_shards.pop(i)
+        rec = st["writer"].commit(sorted(st["rejects"], key=lambda r: r["pos"]))
+        self.summary.committed_shards += 1
+        self.log.event("commit", shard=i, count=rec["count"], rejects=len(rec["rejects"]), sha256=rec["sha256"])
+        if self.tracker is not None:
+            self.tracker.shard_committed(i, st["rows"], rec["count"], len(rec["rejects"]))
+
+    def chunk(self, chunk: dict, stopper, bar) -> None:
+        """One chunk of an input shard: its decode rejects, its samples in batches, the commit after the last."""
+        i = chunk["shard"]
+        st = self.open_shard(i)
+        if chunk["error"]:
+            self.fail_shard(i, chunk["error"])
+            return
+        for r in chunk["rejects"]:
+            st["rejects"].append(r)
+            self.log.event("reject", shard=i, **r)
+        self.summary.rejected += len(chunk["rejects"])
+        bar.update(len(chunk["rejects"]))
+        # decode rejects lie between this chunk's samples: count them in input order for the budget
+        decode_rejects = deque(sorted(chunk["rejects"], key=lambda r: r["pos"]))
+        samples, done = chunk["samples"], 0
+        while done < len(samples) and not stopper.stop:
+            part = samples[done:done + self.bs]
+            done += len(part)
+            for smp, o in zip(part, self.run_batch(part)):
+                self.budget.reject_until(decode_rejects, i, smp["__pos__"])
+                self.record(i, st, smp, o)
+            bar.update(len(part))
+        if stopper.stop:
+            return
+        self.budget.reject_until(decode_rejects, i, math.inf)  # rejects after the chunk's last sample
+        if chunk["last"]:
+            self.commit(i)
+
+
+def _start_log(output: Path, name: str, rank: int, world: int, device, meta: dict, todo: list[int], lock: RunLock,
+               incomplete: dict, ins: list[ShardSet], batch_size: int, summary: StageSummary) -> _RunLog:
     log = _RunLog(output / "logs", rank)
     summary.log_path = str(log.path)
     if lock.takeover:
@@ -524,123 +641,51 @@ def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, con
         log.event("incomplete_inputs", missing=incomplete, allow_incomplete=True)
         print(f"[{name}] rank {rank}: allow_incomplete=true: {_incomplete_message(incomplete, ins)}; processing "
               "the committed shards only", file=sys.stderr, flush=True)
+    return log
+
+
+def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
+                required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
+                budget: _ErrorBudget, lock: RunLock, tracking: dict | None, incomplete: dict) -> StageSummary:
+    """The body of run_stage, run while this rank holds the output's lock."""
+    meta = _prepare_output(output, name, ins, config, force, world, incomplete)
+    summary = StageSummary(final_batch_size=batch_size)
+    todo = _shards_to_do(ins, ShardSet.load(output), output, name, rank, world, incomplete, summary)
+    tracker = None  # made before the log file is opened: a failing wandb.init leaves nothing open
+    if tracking and tracking.get("project"):
+        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
+                               entity=tracking.get("entity"), mode=tracking.get("mode"))
+    log = _start_log(output, name, rank, world, device, meta, todo, lock, incomplete, ins, batch_size, summary)
     bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
-    state = {"bs": batch_size}
-
-    def run_batch(samples: list[dict]) -> list:
-        try:
-            outs = process(make_batch(samples, state["bs"], resolution, device))
-        except Exception as e:
-            if not is_oom(e) or state["bs"] == 1:
-                raise
-            old = state["bs"]
-            state["bs"] = max(1, old // 2)
-            summary.oom_retries += 1
-            log.event("oom_retry", shard=samples[0]["__shard__"], keys=[s["__key__"] for s in samples],
-                      from_batch_size=old, to_batch_size=state["bs"], error=str(e)[:300])
-            print(f"[{name}] rank {rank}: out of memory at batch size {old}; redoing these {len(samples)} samples "
-                  f"at {state['bs']}", file=sys.stderr, flush=True)
-            del e
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            outs = []
-            while len(outs) < len(samples):  # bs may shrink again inside: re-read it every step
-                outs += run_batch(samples[len(outs):len(outs) + state["bs"]])
-            return outs
-        outs = list(outs)
-        if len(outs) not in (len(samples), state["bs"]):
-            raise ValueError(f"process returned {len(outs)} outputs for {len(samples)} real samples")
-        return outs[:len(samples)]
-
-    open_shards: dict[int, dict] = {}
+    run = _StageRun(output, name, rank, process, batch_size, resolution, device, meta["config_hash"], budget, log,
+                    tracker, summary)
     try:
         with _Stopper() as stopper:
             stream = ChunkStream(ins, todo, batch_size, resolution, required, check_hash, center_crop)
             for chunk in _chunks(stream, num_workers):
                 if stopper.stop:
                     break
-                i = chunk["shard"]
-                st = open_shards.get(i)
-                if st is None:
-                    st = open_shards[i] = {"writer": ShardWriter(output, i, f"{name}-{i:06d}.tar",
-                                                                 {"config_hash": meta["config_hash"]}),
-                                           "rejects": [], "rows": []}
-                if chunk["error"]:
-                    open_shards.pop(i)["writer"].discard()
-                    summary.failed_shards.append({"shard": i, "error": chunk["error"]})
-                    log.event("shard_failed", shard=i, error=chunk["error"])
-                    print(f"[{name}] rank {rank}: input shard {i} failed: {chunk['error']}", file=sys.stderr)
-                    continue
-                for r in chunk["rejects"]:
-                    st["rejects"].append(r)
-                    log.event("reject", shard=i, **r)
-                summary.rejected += len(chunk["rejects"])
-                bar.update(len(chunk["rejects"]))
-                # decode rejects lie between this chunk's samples: count them in input order for the budget
-                decode_rejects = deque(sorted(chunk["rejects"], key=lambda r: r["pos"]))
-                samples, done = chunk["samples"], 0
-                while done < len(samples) and not stopper.stop:
-                    part = samples[done:done + state["bs"]]
-                    done += len(part)
-                    for smp, o in zip(part, run_batch(part)):
-                        budget.reject_until(decode_rejects, i, smp["__pos__"])
-                        if o is not None and o.get("__skip__"):
-                            r = {"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]}
-                            st["rejects"].append(r)
-                            summary.not_selected += 1
-                            continue
-                        reason = ("process_returned_none" if o is None else o.get("__reject__"))
-                        if not reason and not o:
-                            raise ValueError(f"process returned an empty output for {smp['__key__']}")
-                        if not reason:
-                            try:
-                                st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
-                            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
-                                reason = f"unwritable:{str(e)[:200]}"
-                        if reason:
-                            r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
-                            st["rejects"].append(r)
-                            log.event("reject", shard=i, **r)
-                            summary.rejected += 1
-                            budget.reject(i, r)
-                            continue
-                        for status in result_statuses(o):
-                            if status in ("nonfinite", "no_improvement"):
-                                setattr(summary, status, getattr(summary, status) + 1)
-                                log.event(status, shard=i, key=smp["__key__"])
-                        if tracker is not None:
-                            st["rows"] += scalar_rows(o)
-                        summary.processed += 1
-                        budget.ok()
-                    bar.update(len(part))
+                run.chunk(chunk, stopper, bar)
                 if stopper.stop:
                     break
-                budget.reject_until(decode_rejects, i, math.inf)  # rejects after the chunk's last sample
-                if chunk["last"]:
-                    rec = open_shards.pop(i)["writer"].commit(sorted(st["rejects"], key=lambda r: r["pos"]))
-                    summary.committed_shards += 1
-                    log.event("commit", shard=i, count=rec["count"], rejects=len(rec["rejects"]),
-                              sha256=rec["sha256"])
-                    if tracker is not None:
-                        tracker.shard_committed(i, st["rows"], rec["count"], len(rec["rejects"]))
             if stopper.stop:
                 summary.interrupted = True
-                log.event("interrupted", signal=stopper.signum, discarded=sorted(open_shards))
+                log.event("interrupted", signal=stopper.signum, discarded=sorted(run.open_shards))
     except _BudgetExceeded as e:  # like a graceful stop: open shards are discarded below, committed ones stay
         summary.error_budget_exceeded = str(e)
-        log.event("error_budget_exceeded", **e.numbers, discarded=sorted(open_shards))
-        print(f"[{name}] rank {rank}: {e}; discarding open shards {sorted(open_shards)}", file=sys.stderr,
+        log.event("error_budget_exceeded", **e.numbers, discarded=sorted(run.open_shards))
+        print(f"[{name}] rank {rank}: {e}; discarding open shards {sorted(run.open_shards)}", file=sys.stderr,
               flush=True)
     except Exception as e:  # the traceback belongs in the rank's log (the CLI prints expected errors in one line)
-        log.event("error", type=type(e).__name__, message=str(e)[:2000], discarded=sorted(open_shards),
+        log.event("error", type=type(e).__name__, message=str(e)[:2000], discarded=sorted(run.open_shards),
                   traceback=traceback.format_exc())
         e.digin_log = str(log.path)
         raise
     finally:
-        for st in open_shards.values():
+        for st in run.open_shards.values():
             st["writer"].discard()
-        open_shards.clear()
-        summary.final_batch_size = state["bs"]
+        run.open_shards.clear()
+        summary.final_batch_size = run.bs
         bar.close()
         log.event("summary", **{k: v for k, v in summary.__dict__.items()})
         log.close()

@@ -479,7 +479,7 @@ def verify_foreign_shard(ss: ShardSet, index: int, check_hash: bool, deep: bool,
     """`digin verify` of one indexed foreign tar: size and sha256 against the record, and with `deep` its samples
     (count, the tar's keys, refused members, the mapped members' headers). Problems go to add(kind, path, detail);
     returns the bytes read."""
-    from digin.shards.verify import member_problem
+    from digin.shards.members import member_problem
 
     rec, url = ss.records[index], ss.where(index)
     local = urlparse(url).scheme == ""

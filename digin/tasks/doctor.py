@@ -223,8 +223,8 @@ def _probe_lpips() -> tuple[str, str]:
     trunk = lpips_trunk_file()
     if trunk.is_file():
         return "ok", f"linear heads and AlexNet trunk weights found ({trunk})"
-    return "warn", (f"AlexNet trunk weights not found: looked for {trunk}; LPIPS then uses a random trunk "
-                    "(defined, not perceptual) — copy torchvision's alexnet-owt-7be5be79.pth there")
+    return "warn", (f"AlexNet trunk weights not found: looked for {trunk}; px_lpips and eval's LPIPS then stop "
+                    "with an error — copy torchvision's alexnet-owt-7be5be79.pth there")
 
 
 def check_stack(key: str, dev, needed: bool, cfg: Config) -> Check:

@@ -63,7 +63,7 @@ def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_
                              blend=cfg.mask_blend, segmentation=cfg.segmentation, solver=cfg.solver,
                              guidance_rescale=cfg.guidance_rescale)
         try:
-            res = optimise(sd, obj, z_T=z, cond=setup.cond, uncond=null, cfg=gcfg, blend=setup.blend,
+            res = optimise(sd, setup.objective, z_T=z, cond=setup.cond, uncond=null, cfg=gcfg, blend=setup.blend,
                            controller=setup.controller)
         finally:
             setup.close(sd)

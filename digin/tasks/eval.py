@@ -205,7 +205,7 @@ def run(cfg: Config, records=None, classifiers: dict | None = None):
     lpips_model, lpips_note = None, None
     if cfg.lpips:
         try:  # the pretrained AlexNet trunk comes from the torch hub cache; offline without it -> skip, say so
-            lpips_model = M.build_lpips(pretrained_trunk=not cfg.lpips_random_trunk, device=cfg.device)
+            lpips_model = M.build_lpips(cfg.device, random_trunk=cfg.lpips_random_trunk, spatial=True)
         except Exception as e:  # URLError / OSError when the weights are not cached
             lpips_note = f"LPIPS skipped: could not build LPIPS-alex ({type(e).__name__}: {str(e)[:120]})"
     inception = M.InceptionPool(cfg.inception_weights).to(cfg.device) if cfg.inception_weights else None

@@ -45,9 +45,13 @@ def test_uvce_style_edit_search_and_optimise(tiny_sd):
                  ("threshold_0.0_0.6", None, "none"), ("threshold_0.0_0.6", None, "threshold_0.5")]
         assert setup.chosen == [names[i] for i in best.tolist()]
         assert setup.px_mask.shape == (B, 1, 32, 32) and setup.latent_mask.shape == (B, 1, 16, 16)
-        assert obj.img0 is not None and obj.px_mask is not None
+        # the edit's objective compares against the real images and the masks; the one given is left as it was
+        ref = setup.objective.reference
+        assert torch.equal(ref.img0, images) and torch.equal(ref.px_mask, setup.px_mask)
+        assert torch.equal(ref.latent_mask, setup.latent_mask) and ref.z0.shape == z.shape
+        assert obj.reference.img0 is None and obj.reference.px_mask is None and obj.needs_reference
         cfg = GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=2))
-        res = optimise(tiny_sd, obj, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg, blend=setup.blend,
+        res = optimise(tiny_sd, setup.objective, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg, blend=setup.blend,
                        controller=setup.controller)
         assert torch.isfinite(res.losses).all()
         # iterate 0 is the chosen candidate of the search: same loss
@@ -67,7 +71,8 @@ def test_identity_p2p_full_injection_reproduces_initial_pass(tiny_sd):
                          blend=MaskBlendParams(do_mask_blend=False))
     try:
         cfg = GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=0))
-        res = optimise(tiny_sd, obj, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg, controller=setup.controller)
+        res = optimise(tiny_sd, setup.objective, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg,
+                       controller=setup.controller)
         torch.testing.assert_close(res.sd_images, setup.initial_images, atol=1e-5, rtol=0)
     finally:
         setup.close(tiny_sd)

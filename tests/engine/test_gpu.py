@@ -42,4 +42,7 @@ def test_bf16_guidance_runs_and_improves_on_cuda():
     res = optimise(sd, obj, z_T=z, cond=sd.encode_text(["x", "y"]), uncond=sd.encode_text(["", ""]),
                    cfg=GuidanceConfig(num_ddim_steps=6, optim_params=OptimParams(sgd_steps=4, sgd_stepsize=0.05)))
     assert res.z_T.dtype == torch.float32 and torch.isfinite(res.losses[: int(res.num_logged.min())]).all()
-    assert (res.losses.gather(0, res.best_iter[None])[0] <= res.losses[0]).all()
+    # a real improvement, not the argmin's `best <= iterate 0`: the same run in fp32 / bf16 on CPU lowers the CE of
+    # both samples by about 7e-3 in 4 steps, monotonically (bf16 rounding of the loss is ~3e-4)
+    best = res.losses.gather(0, res.best_iter[None])[0]
+    assert (res.best_iter > 0).all() and (best < res.losses[0] - 2e-3).all(), (res.losses[0], best)

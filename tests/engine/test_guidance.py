@@ -1,6 +1,4 @@
 """The batched DiG-IN loop: checkpointing, batch independence, parity with a naive loop, NaN handling."""
-import hashlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,64 +6,17 @@ import torch.nn.functional as F
 from digin.engine.guidance import (GuidanceConfig, IterateLog, MaskedOptimizer, OptimParams, _grads_adjoint,
                                    _grads_autograd, cosine_lrs, optimise)
 from digin.engine.schedule import loss_step_weights, make_ddim_schedule
+from tests.engine.family_checks import NoiseCE, inputs, tiny_net
+from tests.engine.family_checks import guidance_cfg as _cfg
 
-T = 4  # DDIM steps in these tests
-
-
-def tiny_net(seed=0, num_classes=5):
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(16, num_classes))
-    return net.eval().requires_grad_(False)
+T = 4  # DDIM steps in these tests (the T of guidance_cfg)
 
 
-def _seed(key, salt):
-    return int.from_bytes(hashlib.blake2b(f"{key}|{salt}".encode(), digest_size=8).digest(), "little") >> 1
-
-
-class NoiseCE:
-    """A minimal objective with the engine's protocol: per-sample CE, per-sample seeded noise augmentation."""
-
-    def __init__(self, net, targets, keys, noise=0.05, nets=None):
-        self.nets = nets or [net]
-        self.targets, self.keys, self.noise = targets, list(keys), noise
-
-    def _augment(self, img, salt):
-        if salt is None:
-            return img
-        n = torch.stack([torch.randn(img.shape[1:], generator=torch.Generator().manual_seed(_seed(k, salt)))
-                         for k in self.keys])
-        return img + self.noise * n.to(img)
-
-    def __call__(self, img, z, salt):
-        x = self._augment(img, salt)
-        if len(self.nets) == 1:
-            ce = F.cross_entropy(self.nets[0](x), self.targets, reduction="none")
-            return ce, {"CE": ce}
-        p = [net(x).softmax(-1).gather(1, self.targets[:, None])[:, 0] for net in self.nets]
-        loss = -p[0] + p[1]
-        return loss, {"conf": loss}
-
-    def confidences(self, img):
-        return {f"conf_{j}": net(img).softmax(-1).gather(1, self.targets[:, None])[:, 0]
-                for j, net in enumerate(self.nets)}
-
-    def select(self, idx):
-        return NoiseCE(None, self.targets[idx], [self.keys[i] for i in idx], self.noise, self.nets)
+WORDS = ["a red star", "a blue circle", "a green square", "a cat", "a dog"]
 
 
 def _inputs(sd, B, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, 4, 16, 16, generator=g)
-    words = ["a red star", "a blue circle", "a green square", "a cat", "a dog"]
-    cond = sd.encode_text([words[b % len(words)] for b in range(B)])
-    uncond = sd.encode_text([""] * B)
-    return z, cond, uncond
-
-
-def _cfg(K=3, **op):
-    return GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=K, **op))
+    return inputs(sd, B, seed, WORDS)
 
 
 def test_per_step_adjoint_gradients_equal_one_autograd_graph(tiny_sd):
@@ -82,8 +33,8 @@ def test_per_step_adjoint_gradients_equal_one_autograd_graph(tiny_sd):
         dC = torch.zeros(2, T, *cond.shape[1:]).requires_grad_(True)
         dU = torch.zeros(2, T, *cond.shape[1:]).requires_grad_(True)
         cfg = GuidanceConfig(checkpoint=mode, num_ddim_steps=T)
-        log = IterateLog(1, 2, "cpu", False)
-        args = (tiny_sd, sched, obj, zz, dC, dU, cond, uncond, cfg, steps, w, 0, log)
+        log = IterateLog(1, 2, "cpu", False, obj)
+        args = (tiny_sd, sched, zz, dC, dU, cond, uncond, cfg, steps, w, 0, log)
         if mode == "step":
             grads[mode] = _grads_adjoint(*args, None, None)
             continue

@@ -4,13 +4,9 @@ import torch
 
 from digin.engine.inversion import ddim_inversion, invert
 from digin.engine.schedule import make_ddim_schedule
+from tests.engine.family_checks import smooth_images
 
 PROMPTS = ["a cat", "a dog on grass", "an image of a bird", "x"]
-
-
-def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=32, mode="bilinear")
 
 
 class _XFreeModel:

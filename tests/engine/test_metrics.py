@@ -91,7 +91,7 @@ def test_confidences_and_flip_rate():
 
 
 def test_lpips_random_trunk_masked():
-    model = M.build_lpips()
+    model = M.build_lpips(random_trunk=True, spatial=True)  # eval's explicit lpips_random_trunk=true
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 64, 64, generator=g)
     y = x.clone()

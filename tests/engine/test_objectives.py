@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from digin.engine.augment import sample_seed
 from digin.engine.classifiers import load_classifier
 from digin.engine.objectives import (Objective, ce_loss, conf_diff_loss, conf_loss, log_conf_diff_loss,
-                                     logits_diff_loss, lp_distance, lpips_distance, neuron_loss, parse_regularizer,
-                                     text_loss)
+                                     logits_diff_loss, lp_distance, neuron_loss, parse_regularizer, text_loss)
+from digin.engine.perceptual import build_lpips
+from digin.engine.perceptual import masked_lpips as lpips_distance
+from tests.engine.lpips_trunk import torch_home_with_alexnet
 
 # Two samples, two cutouts, three classes.
 L1 = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]],
@@ -89,11 +91,20 @@ def clf():
 
 
 @pytest.fixture(scope="module")
-def lpips_net():
-    from digin.engine.objectives import build_lpips
-
-    with pytest.warns(UserWarning, match="random backbone"):
+def lpips_net(tmp_path_factory):
+    with torch_home_with_alexnet(tmp_path_factory.mktemp("torch_home")):
         return build_lpips("cpu")
+
+
+def test_lpips_without_its_alexnet_file_is_an_error_naming_it(tmp_path, monkeypatch, clf):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    want = str(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(FileNotFoundError, match=want):
+        build_lpips("cpu")
+    with pytest.raises(FileNotFoundError, match=want):  # at construction, before any image is made
+        Objective("CE", [clf], torch.tensor([0, 1, 2]), KEYS, regularizers=["px_lpips"], regularizers_ws=[1.0])
+    with torch_home_with_alexnet(tmp_path):  # the same file present: the objective builds
+        Objective("CE", [clf], torch.tensor([0, 1, 2]), KEYS, regularizers=["px_lpips"], regularizers_ws=[1.0])
 
 
 def _batch(B=3, seed=0):
@@ -287,19 +298,23 @@ def test_noise_scale_fn_is_applied(clf):
     assert calls[0] == (3, 1)
 
 
-def test_reference_and_masks_set_later(clf):
+def test_reference_and_masks_given_later_make_a_new_objective(clf):
     img, z, img0, z0, pm, lm = _batch()
     obj = Objective("CE", [clf], torch.tensor([0, 1, 2]), KEYS, regularizers=["latent_background_l2"],
                     regularizers_ws=[25.0])
     assert obj.needs_reference and obj.needs_masks
     with pytest.raises(ValueError, match="latent_background_l2.*reference"):
         obj(img, z, None)
-    obj.set_reference(img0, z0)
-    assert not obj.needs_reference
+    with_ref = obj.with_reference(img0=img0, z0=z0)
+    assert not with_ref.needs_reference and obj.needs_reference  # the first objective is unchanged
     with pytest.raises(ValueError, match="latent_background_l2.*mask"):
-        obj(img, z, None)
-    obj.set_masks(pm, lm)
-    close(obj(img, z, None)[1]["latent_background_l2"], ((1 - lm) * (z - z0) ** 2).mean(dim=(1, 2, 3)))
+        with_ref(img, z, None)
+    full = with_ref.with_reference(px_mask=pm, latent_mask=lm)
+    close(full(img, z, None)[1]["latent_background_l2"], ((1 - lm) * (z - z0) ** 2).mean(dim=(1, 2, 3)))
+    # a reference given earlier is kept (txt2img's iterate-0 fill-in never overrides an explicit one)
+    assert torch.equal(full.with_reference(img0=img, z0=z).reference.z0, z0)
+    with pytest.raises(ValueError, match="px_mask must be"):
+        obj.with_reference(px_mask=pm[:, 0])
 
 
 def test_clear_errors(clf):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from digin.engine.schedule import (ddim_invert_step, ddim_step, inference_timesteps, loss_step_weights,
+from digin.engine.schedule import (ddim_invert_step, make_schedule, ddim_step, inference_timesteps, loss_step_weights,
                                    make_ddim_schedule)
 
 SD14 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -72,3 +72,11 @@ def test_loss_step_weights_reference_values():
     assert loss_step_weights(20, 4, "uniform")[16:] == [0.25] * 4
     with pytest.raises(ValueError):
         loss_step_weights(5, 6)
+
+
+@pytest.mark.parametrize("flag", ["clip_sample", "thresholding", "rescale_betas_zero_snr"])
+def test_ddim_refuses_scheduler_flags_its_tables_ignore(flag):
+    """diffusers' DDIM would clip / threshold x̂0 or rescale the betas; the tables do neither, so say so."""
+    with pytest.raises(ValueError, match=f"DDIM solver: {flag}=True in the model's scheduler/scheduler_config.json"):
+        make_schedule({**SD14, flag: True}, 10)
+    assert torch.equal(make_schedule({**SD14, flag: False}, 10).alpha_t, make_schedule(SD14, 10).alpha_t)

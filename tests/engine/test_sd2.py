@@ -7,7 +7,7 @@ import torch
 
 from digin.engine.sampling import denoise
 from digin.engine.schedule import make_ddim_schedule
-from tests.engine.test_sdxl import check_batch_independence, check_inversion_beats_ddim, check_loss_decreases
+from tests.engine.family_checks import check_batch_independence, check_inversion_beats_ddim, check_loss_decreases
 
 T = 4
 

@@ -1,7 +1,7 @@
 """SDXL family: packed conditioning, Euler solver, guidance rescale, parity with diffusers' SDXL pipeline,
 batch independence, optimisation, inversion, P2P/masks and the loader (tiny random models, CPU, fp32).
 
-The `check_*` helpers are family-generic; tests/engine/test_sd2.py runs them on the SD-2.x (v-prediction) model.
+The family-generic checks live in tests/engine/family_checks.py (tests/engine/test_sd2.py runs them on SD-2.x).
 """
 import json
 
@@ -11,15 +11,11 @@ import torch
 from digin.engine.attention import attached_controller
 
 from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
-from digin.engine.inversion import invert
 from digin.engine.sampling import denoise
 from digin.engine.schedule import (ddim_step, euler_init_scale, euler_timesteps_sigmas, make_euler_schedule,
                                    make_schedule, rescale_noise_cfg)
-from tests.engine.test_guidance import NoiseCE, tiny_net
-from tests.engine.test_inversion import smooth_images
-
-T = 4
-WORDS = ["a red star", "a blue ring", "a green square", "a cat"]
+from tests.engine.family_checks import (T, WORDS, check_batch_independence, check_inversion_beats_ddim,
+                                        check_loss_decreases, inputs)
 
 
 def _eps(sd, x, t, emb):
@@ -42,56 +38,6 @@ def sdxl(sdxl_dir):
     from digin.engine.families import load_model
 
     return load_model(sdxl_dir, dtype="fp32")
-
-
-# ----------------------------------------------------------------------------- family-generic checks
-
-def inputs(sd, B, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, sd.latent_channels, 16, 16, generator=g)
-    cond = sd.encode_text([WORDS[b % len(WORDS)] for b in range(B)])
-    uncond = sd.encode_text([""] * B)
-    return z, cond, uncond
-
-
-def _cfg(K=3, **op):
-    return GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=K, **op))
-
-
-def check_batch_independence(sd):
-    B = 3
-    z, cond, uncond = inputs(sd, B, seed=1)
-    targets, keys, net = torch.tensor([0, 2, 4]), ["s0", "s1", "s2"], tiny_net()
-    cfg = _cfg(K=2)
-    together = optimise(sd, NoiseCE(net, targets, keys), z_T=z, cond=cond, uncond=uncond, cfg=cfg)
-    assert (together.z_T - z).abs().amax() > 1e-6  # something was optimised
-    for b in (0, 2):
-        idx = torch.tensor([b])
-        alone = optimise(sd, NoiseCE(net, targets, keys).select(idx), z_T=z[idx], cond=cond[idx],
-                         uncond=uncond[idx], cfg=cfg)
-        torch.testing.assert_close(alone.losses[:, 0], together.losses[:, b], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(alone.z_T[0], together.z_T[b], atol=1e-5, rtol=0)
-        torch.testing.assert_close(alone.cond_delta[0], together.cond_delta[b], atol=1e-5, rtol=0)
-        torch.testing.assert_close(alone.ours_images[0], together.ours_images[b], atol=1e-5, rtol=0)
-    return together
-
-
-def check_loss_decreases(sd):
-    B = 2
-    z, cond, uncond = inputs(sd, B, seed=5)
-    res = optimise(sd, NoiseCE(tiny_net(2), torch.tensor([1, 3]), ["x", "y"]), z_T=z, cond=cond, uncond=uncond,
-                   cfg=_cfg(K=5, sgd_stepsize=0.05))
-    best = res.losses.gather(0, res.best_iter[None])[0]
-    assert (best < res.losses[0] - 1e-4).all(), (res.losses[0], best)
-    return res
-
-
-def check_inversion_beats_ddim(sd):
-    r = invert(sd, smooth_images(2), ["a cat", "a dog on grass"], num_steps=6, guidance_scale=3.0)
-    for m in r.metrics:
-        assert m["status"] == "ok"
-        assert m["latent_mse_inv"] < 0.9 * m["latent_mse_ddim"], m
-    return r
 
 
 # ----------------------------------------------------------------------------- solvers
@@ -265,7 +211,8 @@ def test_sdxl_p2p_identity_injection_and_masks(sdxl):
         assert setup.px_mask.shape == (B, 1, 32, 32) and setup.latent_mask.shape == (B, 1, 16, 16)
         assert (setup.px_mask.amax((1, 2, 3)) > setup.px_mask.amin((1, 2, 3))).all()  # not a constant mask
         cfg = GuidanceConfig(guidance_scale=3.0, num_ddim_steps=T, optim_params=OptimParams(sgd_steps=0))
-        res = optimise(sdxl, obj, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg, controller=setup.controller)
+        res = optimise(sdxl, setup.objective, z_T=z, cond=setup.cond, uncond=uncond, cfg=cfg,
+                       controller=setup.controller)
         torch.testing.assert_close(res.sd_images, setup.initial_images, atol=1e-5, rtol=0)
     finally:
         setup.close(sdxl)

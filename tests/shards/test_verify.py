@@ -9,7 +9,8 @@ import pytest
 
 from digin.cli import main
 from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, sha256_bytes, write_json
-from digin.shards.verify import safetensors_header_problem, verify_shard_set, verify_tree
+from digin.shards.members import safetensors_header_problem
+from digin.shards.verify import verify_shard_set, verify_tree
 from digin.shards.writer import ShardWriter
 
 

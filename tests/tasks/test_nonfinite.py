@@ -55,8 +55,9 @@ class _DriftAway:
 
     needs_reference = True
 
-    def set_reference(self, img, x0):
-        self.img0 = img.clone()
+    def with_reference(self, img0, z0):
+        self.img0 = img0.clone()
+        return self
 
     def __call__(self, img, x0, salt):
         if salt is None:
