@@ -1,6 +1,6 @@
 """Foreground masks for inspection: cross-attention maps of the label words (+ optional SAM-HQ refinement and
 post-processing) from the initial pass of each inverted image (the reference's
-`calculate_segmentation`, src/utils/cross_attention.py).
+`calculate_segmentation`, src/utils/foreground_segmentation.py).
 
   digin segment images=<image shards> inversions=<digin invert output> out=<folder> model_path=<sd folder>
   digin segment ... segmentation.sam_segmentation=true segmentation.sam_checkpoint=/ckpt/sam_hq_vit_h.pth
