@@ -10,7 +10,7 @@ functions; nothing is patched here.
 """
 import sys
 
-from digin.tasks.bench import main
+from digin.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -4,7 +4,7 @@
   python bench/profile_guidance.py out=/tmp/profile.md                  # GPU: sd15, batch 8, top 15 CUDA kernels
   python bench/profile_guidance.py models=tiny batch=2 compile=false    # CPU smoke run (CPU ops)
 
-Models and preparation are the benchmark's (digin/tasks/bench.py), i.e. what the stages run; the profiled call is
+Models and preparation are the benchmark's (digin/stages/bench.py), i.e. what the stages run; the profiled call is
 engine.guidance.optimise with one SGD step (UVCE settings otherwise), after one untimed warm-up call (compiles).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from digin.engine.models import resolve_dtype
     from digin.engine.prepare import prepare_classifier, prepare_sd
     from digin.engine.presets import resolve_compute
-    from digin.tasks.bench import PRESETS, build_classifier, build_sd, make_workload
+    from digin.stages.bench import PRESETS, build_classifier, build_sd, make_workload
 
     cfg = build_config(Config, list(sys.argv[1:] if argv is None else argv))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,25 +13,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
-from pathlib import Path
 
-TASKS = {
-    "demo": "digin.tasks.demo",
-    "shard": "digin.tasks.shard",
-    "caption": "digin.tasks.caption",
-    "invert": "digin.tasks.invert",
-    "segment": "digin.tasks.segment",
-    "uvce": "digin.tasks.uvce",
-    "diff": "digin.tasks.diff",
-    "neurons": "digin.tasks.neurons",
-    "eval": "digin.tasks.eval",
-    "export": "digin.tasks.export",
-    "gallery": "digin.tasks.gallery",
-    "bench": "digin.tasks.bench",
-    "toy-train": "digin.tasks.toy_train",
-    "verify": "digin.tasks.verify",
-    "doctor": "digin.tasks.doctor",
-}
+from digin.config_check import PRESET_DIR, build_config  # noqa: F401  (PRESET_DIR: part of the CLI's API)
+from digin.shards.environment import version_line
+from digin.tasks import TASKS
 
 # `digin --help`: every task with one line, grouped in the order a run goes.
 TASK_GROUPS = {
@@ -62,9 +47,6 @@ TASK_GROUPS = {
 GLOBAL_KEYS = ("  verbose=false   true: third-party warnings and hints on the terminal too (default: only in the "
                "rank's log)")
 
-PRESET_DIR = Path(__file__).parent / "configs"
-
-
 def available_tasks() -> dict[str, str]:
     return {k: v for k, v in TASKS.items() if importlib.util.find_spec(v) is not None}
 
@@ -93,15 +75,6 @@ def main_help(tasks: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def version_line() -> str:
-    """`digin <version>`, plus the git commit when digin runs from a checkout (editable installs on clusters)."""
-    from digin.shards.environment import git_commit, package_version
-
-    commit = git_commit()
-    return f"digin {package_version('digin') or '(version unknown: not installed)'}" + (
-        f" (git {commit})" if commit else "")
-
-
 def pop_verbose(argv: list[str]) -> tuple[bool, list[str]]:
     """(verbose, the other arguments): `verbose=true|false` is a key of every task, handled here."""
     flags = [a for a in argv if a.split("=", 1)[0] == "verbose"]
@@ -112,53 +85,6 @@ def pop_verbose(argv: list[str]) -> tuple[bool, list[str]]:
     if value not in ("true", "false", "1", "0", "yes", "no"):
         raise SystemExit(f"digin: verbose must be true or false, got {flags[-1]!r}")
     return value in ("true", "1", "yes"), rest
-
-
-def build_config(config_cls, overrides: list[str]):
-    """Dataclass defaults ← preset YAML ← key=value overrides; returns an instance of `config_cls`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
-    base = OmegaConf.structured(config_cls)
-    family = [o for o in overrides if o.startswith("config=")]
-    rest = [o for o in overrides if not o.startswith("config=")]
-    for o in rest:
-        value = o.split("=", 1)[1] if o.startswith("preset=") else None
-        if value and (value.endswith((".yaml", ".yml")) or (PRESET_DIR / f"{value}.yaml").exists()):
-            raise SystemExit(f"digin: preset={value} names a model-family config file; use config={value} "
-                             f"(preset= is the compute preset: fast, reference, eager or auto)")
-    layers = [base]
-    if family:
-        name = family[-1].split("=", 1)[1]
-        path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-            raise SystemExit(f"digin: config {name!r} not found ({path}); bundled: {known}")
-        layers.append(OmegaConf.load(path))
-    for o in rest:
-        if "=" not in o:
-            raise SystemExit(f"digin: argument {o!r} is not key=value")
-    try:
-        layers.append(OmegaConf.from_dotlist(rest))
-        merged = OmegaConf.merge(*layers)
-    except (ConfigAttributeError, ConfigKeyError) as e:
-        key = getattr(e, "full_key", None) or str(e)
-        raise SystemExit(f"digin: unknown config key {key!r} for {config_cls.__name__}") from None
-    except ValidationError as e:
-        raise SystemExit(f"digin: bad value for {getattr(e, 'full_key', '?')!r}: {e.msg}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
-                         f"(give them as key=value)")
-    cfg = OmegaConf.to_object(merged)
-    from digin.config_check import validate
-    from digin.errors import ConfigError
-
-    try:  # numeric ranges, dtype, device: before the task writes anything
-        validate(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"digin: {e}") from None
-    return cfg
 
 
 def _field_default(f: dataclasses.Field):

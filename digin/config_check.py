@@ -1,9 +1,10 @@
 """Checks of a task's config before anything is written: every numeric key against its allowed range.
 
 `validate(cfg)` walks the task's dataclass config (nested sections such as `optim_params.*` included) and raises
-ConfigError with one line naming the key, the value and the allowed range. `digin.cli.build_config` calls it, so
-every CLI run is checked before its task starts; Python callers can call it themselves. Every int / float key of
-every task has a rule in RULES (a test enforces it); an Optional key may be None. A task's own meaning of a key
+ConfigError with one line naming the key, the value and the allowed range. `build_config` (below: the
+task's dataclass defaults ← a model-family YAML ← key=value overrides, how the CLI and the demo build configs)
+calls it, so every CLI run is checked before its task starts; Python callers can call it themselves. Every int /
+float key of every task has a rule in RULES (a test enforces it); an Optional key may be None. A task's own meaning of a key
 overrides the shared rule under `<task>:<key>` (e.g. `caption:resolution`, the VLM's input size).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 from digin.errors import ConfigError
 
@@ -236,3 +238,52 @@ def _check_strings(cfg, report_only: bool = False):
 
         if dtype not in DTYPES:
             _refuse("dtype", dtype, "one of " + ", ".join(sorted(DTYPES)))
+
+
+# ------------------------------------------------------------------------------------------- building
+
+PRESET_DIR = Path(__file__).parent / "configs"  # the bundled model-family configs (config=<name>)
+
+
+def build_config(config_cls, overrides: list[str]):
+    """Dataclass defaults ← preset YAML ← key=value overrides; returns an instance of `config_cls`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    base = OmegaConf.structured(config_cls)
+    family = [o for o in overrides if o.startswith("config=")]
+    rest = [o for o in overrides if not o.startswith("config=")]
+    for o in rest:
+        value = o.split("=", 1)[1] if o.startswith("preset=") else None
+        if value and (value.endswith((".yaml", ".yml")) or (PRESET_DIR / f"{value}.yaml").exists()):
+            raise SystemExit(f"digin: preset={value} names a model-family config file; use config={value} "
+                             f"(preset= is the compute preset: fast, reference, eager or auto)")
+    layers = [base]
+    if family:
+        name = family[-1].split("=", 1)[1]
+        path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+            raise SystemExit(f"digin: config {name!r} not found ({path}); bundled: {known}")
+        layers.append(OmegaConf.load(path))
+    for o in rest:
+        if "=" not in o:
+            raise SystemExit(f"digin: argument {o!r} is not key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(rest))
+        merged = OmegaConf.merge(*layers)
+    except (ConfigAttributeError, ConfigKeyError) as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise SystemExit(f"digin: unknown config key {key!r} for {config_cls.__name__}") from None
+    except ValidationError as e:
+        raise SystemExit(f"digin: bad value for {getattr(e, 'full_key', '?')!r}: {e.msg}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
+                         f"(give them as key=value)")
+    cfg = OmegaConf.to_object(merged)
+    try:  # numeric ranges, dtype, device: before the task writes anything
+        validate(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"digin: {e}") from None
+    return cfg

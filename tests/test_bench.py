@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from digin.tasks.bench import Config, make_workload, run, workload_flops
+from digin.stages.bench import make_workload, workload_flops
+from digin.tasks.bench import Config, run
 
 FIELDS = {"device", "torch", "diffusers", "triton", "models", "settings", "workload", "mode", "batch", "attention",
           "dtype", "checkpoint", "kernels", "compiled", "status", "s_per_image", "images_per_hour", "peak_gib",
@@ -54,7 +55,7 @@ def test_guidance_flops_extrapolate_linearly_in_sgd_steps():
     import torch
 
     from digin.engine.models import build_tiny_sd
-    from digin.tasks.bench import PRESETS, build_classifier, count_flops
+    from digin.stages.bench import PRESETS, build_classifier, count_flops
 
     sd = build_tiny_sd(seed=0)
     clf = build_classifier("tiny", "cpu", torch.float32, 2)

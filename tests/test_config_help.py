@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 from digin.cli import available_tasks, build_config, main
-from digin.tasks.common import stage_config_of
+from digin.stages.args import stage_config_of
 
 # #14's compute keys may resolve per device at run time (preset=auto); their help may say so.
 DEVICE_RESOLVED = {"preset", "dtype", "compile", "compile_backend", "batch_size", "checkpoint", "attention", "cudagraphs",

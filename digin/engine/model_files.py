@@ -65,7 +65,7 @@ class ModelReport:
 def read_safetensors_header(path: Path) -> dict:
     """The tensor entries (name → dtype/shape/offsets) of a safetensors file, from its header alone; ValueError
     naming the file when it is not one, or does not hold the bytes its header describes (an interrupted copy)."""
-    from digin.shards.verify import safetensors_header_problem
+    from digin.shards.members import safetensors_header_problem
 
     size = path.stat().st_size
     with open(path, "rb") as f:

@@ -1,4 +1,5 @@
-"""Per-neuron top-k images over a shard set (REFERENCE §6 step 1), streamed: memory O(features·k).
+"""Per-neuron top-k images over a shard set (the reference's imagenet_cog_neuron_activations.py), streamed:
+memory O(features·k).
 
 Each sample gets a stable id from where it lives, `shard << 32 | position in shard`, so ids (and the top-k
 tie-break by smaller id) do not depend on the rank split or the batch order; the key comes back from the shard

@@ -1,4 +1,4 @@
-"""Neuron counterfactuals of real images (REFERENCE §6, imagenet_neuron_counterfactuals.py).
+"""Neuron counterfactuals of real images (the reference's imagenet_neuron_counterfactuals.py).
 
 For each (class c, neuron n) pair, every inverted image of class c (or a seeded subset) is edited to raise
 (`neuron_activation`) or lower (`neg_neuron_activation`) neuron n: z_T and the null texts come from the
@@ -16,7 +16,7 @@ import random
 
 
 def neurons_table() -> dict:
-    from digin.tasks.pairs import load_table
+    from digin.stages.pairs import load_table
 
     return load_table("neurons")
 
@@ -55,8 +55,8 @@ def neurons_per_key(pairs, keys_labels: dict, num_images: int | None, seed: int)
 
 
 def make_process(sd, clf, cfg, classes: list[str], neurons_of: dict, gcfg, noise_fn):
-    from digin.tasks.edits import EditKind, make_edit_process
-    from digin.tasks.pairs import key_index
+    from digin.stages.edits import EditKind, make_edit_process
+    from digin.stages.pairs import key_index
 
     kind = EditKind(
         objective_target=lambda start, neuron: [start, neuron],

@@ -1,4 +1,4 @@
-"""Word search and DiG-IN neuron maximisation (REFERENCE §6 step 3).
+"""Word search and DiG-IN neuron maximisation (the reference's imagenet_cog_neuron_visualisation_stage2.py).
 
 Word search: for every candidate word, `images_per_word` plain SD samples of "<template> <word>" (no gradients),
 scored by the neuron's mean activation (no augmentation); words are ranked per neuron. All (word, j) samples
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from digin.tasks.common import fixed_chunks, latent_shape, start_noise
+from digin.stages.batching import fixed_chunks, latent_shape, start_noise
 
 
 def word_prompt(template: str, word: str) -> str:
@@ -70,7 +70,7 @@ def make_visualise_process(sd, clf, cfg, gcfg, noise_fn):
     """runner.run_stage process over a visualise work list → per (neuron, i): sd / ours / metrics / latents."""
     from digin.engine.guidance import optimise
     from digin.engine.objectives import Objective
-    from digin.tasks.common import result_fields
+    from digin.stages.results import result_fields
 
     def process(batch):
         dev = batch.device

@@ -1,4 +1,5 @@
-"""Naming neurons: words that describe a neuron's top images (REFERENCE §6 step 2).
+"""Naming neurons: words that describe a neuron's top images (the reference's
+imagenet_cog_neuron_visualisation_stage1.py).
 
 Backends (`name_backend`):
 - `given`: words from the config (`words={310: [dog, leash]}`) or a JSON file neuron → words / {word: count};

@@ -50,3 +50,10 @@ def run_environment(device=None) -> dict:
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                    cudnn=torch.backends.cudnn.version())
     return env
+
+
+def version_line() -> str:
+    """`digin <version>`, plus the git commit when digin runs from a checkout (editable installs on clusters)."""
+    commit = git_commit()
+    return f"digin {package_version('digin') or '(version unknown: not installed)'}" + (
+        f" (git {commit})" if commit else "")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from digin.shards.manifest import COMMITS, FORMAT, MANIFEST, ShardError, ShardSet, sha256_bytes, sha256_file
-from digin.shards.members import member_problem, safetensors_header_problem  # noqa: F401 (model_files' import)
+from digin.shards.members import member_problem
 from digin.shards.progress import Progress
 from digin.shards.writer import PARTIAL
 

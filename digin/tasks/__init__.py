@@ -1,0 +1,21 @@
+"""The tasks: one module per `digin <task>`, each a `Config` dataclass and `run(cfg)` over the stage layer
+(digin/stages/). Only the CLI (and the demo, which composes tasks) imports them."""
+
+# task name → module
+TASKS = {
+    "demo": "digin.tasks.demo",
+    "shard": "digin.tasks.shard",
+    "caption": "digin.tasks.caption",
+    "invert": "digin.tasks.invert",
+    "segment": "digin.tasks.segment",
+    "uvce": "digin.tasks.uvce",
+    "diff": "digin.tasks.diff",
+    "neurons": "digin.tasks.neurons",
+    "eval": "digin.tasks.eval",
+    "export": "digin.tasks.export",
+    "gallery": "digin.tasks.gallery",
+    "bench": "digin.tasks.bench",
+    "toy-train": "digin.tasks.toy_train",
+    "verify": "digin.tasks.verify",
+    "doctor": "digin.tasks.doctor",
+}

@@ -1,4 +1,5 @@
-"""Caption every image of a shard set (REFERENCE §9): one caption per key, always containing the class label.
+"""Caption every image of a shard set (the reference's open_flamingo_*.py,
+cog_caption_imagenet.py): one caption per key, always containing the class label.
 
   digin caption inputs=/data/shards/imagenet-val out=/data/captions/imagenet-val backend=template
   digin caption inputs=... out=... backend=open_flamingo flamingo.lm_path=/models/mpt-7b \
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from digin.caption.hf import CAPTION_INSTRUCTION
+from digin.stages.caption import caption_source, make_process
 
 
 @dataclass
@@ -82,54 +84,9 @@ def stage_config(cfg: Config, dataset: str) -> dict:
     return c
 
 
-def captioner_kwargs(cfg: Config, dataset: str, device) -> dict:
-    from digin.caption.templates import DEMO_SETS
-
-    kw = dict(device=device, dtype=cfg.dtype, dataset=dataset, template=cfg.template, num_beams=cfg.num_beams,
-              max_new_tokens=cfg.max_new_tokens, resolution=cfg.resolution)
-    if cfg.backend == "open_flamingo":
-        f = asdict(cfg.flamingo)
-        if f["num_demos"] != 0:
-            f["demos"] = f["demos"] or DEMO_SETS.get(dataset.lower())
-            if not f["demo_images"]:
-                raise SystemExit("digin caption: open_flamingo is few-shot: set flamingo.demo_images to the train "
-                                 "split (shard set or folder of <index>.png), or flamingo.num_demos=0")
-        else:
-            f["demos"] = None
-        kw.update(f)
-    elif cfg.backend == "hf":
-        kw.update(asdict(cfg.hf))
-    return kw
-
-
-def make_process(cfg: Config, dataset: str, captioner=None, imported: dict | None = None):
-    from digin.caption import caption_images, enforce_label, label_of, template_for
-    from digin.caption.importer import key_index
-
-    template = template_for(dataset, cfg.template)
-
-    def process(batch):
-        labels = [label_of(s) for s in batch.samples]
-        if imported is not None:
-            outs = []
-            for key, lab in zip(batch.keys[:batch.n_real], labels):
-                raw = imported.get(key_index(key))
-                final, reason = enforce_label(raw, lab, template)
-                outs.append({"caption": final, "caption_info": {
-                    "backend": "import", "fallback": "import_missing" if raw is None else reason, "raw": raw,
-                    "label": lab}})
-            return outs
-        res = caption_images(batch.images, labels, captioner=captioner, dataset=dataset, template=cfg.template,
-                             on_error=cfg.on_error)  # the whole padded batch: fixed shapes
-        return [{"caption": c, "caption_info": info} for c, info in res[:batch.n_real]]
-
-    return process
-
-
 def run(cfg: Config):
     import torch
 
-    from digin.caption.backends import load_captioner
     from digin.shards.manifest import ShardSet
     from digin.shards.runner import run_stage
 
@@ -144,16 +101,7 @@ def run(cfg: Config):
         from digin.shards.dist import device_for_local_rank
 
         device = device_for_local_rank()
-    captioner, imported = None, None
-    if cfg.backend == "import":
-        from digin.caption.importer import read_prompt_files
-
-        if not cfg.import_dir:
-            raise SystemExit("digin caption: backend=import needs import_dir (folder of <idx>_prompt.txt files)")
-        imported = read_prompt_files(cfg.import_dir)
-    else:
-        kw = captioner_kwargs(cfg, dataset, device)
-        captioner = load_captioner(cfg.backend, **kw)
+    captioner, imported = caption_source(cfg, dataset, device)
     needs_pixels = cfg.backend in ("open_flamingo", "hf")
     summary = run_stage(images, cfg.out, make_process(cfg, dataset, captioner, imported), cfg.batch_size,
                         stage_config(cfg, dataset), name="caption",

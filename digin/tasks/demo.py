@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from digin.cli import build_config
+from digin.config_check import build_config
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Invert real images: z_T + per-step null-text embeddings for every image of a shard set (REFERENCE §4).
+"""Invert real images: z_T + per-step null-text embeddings for every image of a shard set (the reference's
+imagenet_inversion.py, inversion_cub_cars_food.py).
 
   digin invert inputs=/data/shards/imagenet-val out=/data/inv/imagenet-val model_path=/models/sd-1.4
   digin invert inputs=... captions=/data/captions/imagenet-val out=... method=negative_prompt
@@ -19,19 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from digin.tasks.common import COMPUTE_FIELDS, ComputeArgs
-
-# Fallback prompts when no caption is given (REFERENCE §4): ImageNet-style vs fine-grained datasets.
-TEMPLATES = {
-    "imagenet": "an image of a {label} on background",
-    "imagefolder": "an image of a {label} on background",
-    "cub": "an image of a {label} macro shot close-up",
-    "cars": "an image of a {label} macro shot close-up",
-    "food101": "an image of a {label} macro shot close-up",
-    "flowers102": "an image of a {label} macro shot close-up",
-    "flowers": "an image of a {label} macro shot close-up",
-}
-
+from digin.stages.args import COMPUTE_FIELDS, ComputeArgs
+from digin.stages.invert import fallback_template, make_process
+from digin.stages.models import load_sd_for, pick_device, stage_compute
 
 @dataclass
 class Config(ComputeArgs):
@@ -56,21 +47,6 @@ class Config(ComputeArgs):
     device: Optional[str] = None        # default: cuda:<local rank> if available, else cpu
 
 
-def fallback_template(dataset: str | None, override: str | None = None) -> str:
-    if override:
-        return override
-    return TEMPLATES.get((dataset or "imagenet").lower(), TEMPLATES["imagenet"])
-
-
-def sample_prompt(sample: dict, template: str) -> str:
-    caption = sample.get("caption")
-    if isinstance(caption, str) and caption.strip():
-        return caption.strip()
-    meta = sample.get("meta") or {}
-    label = meta.get("label_name", meta.get("label", "object"))
-    return template.format(label=label)
-
-
 def stage_config(cfg: Config) -> dict:
     """The settings that change the outputs (recorded in the manifest; resuming with others is refused)."""
     keep = ("model_path", "model_config", "resolution", "center_crop", "num_ddim_steps", "guidance_scale", "method",
@@ -79,43 +55,9 @@ def stage_config(cfg: Config) -> dict:
     return {"stage": "invert", **{k: getattr(cfg, k) for k in keep}}
 
 
-def make_process(sd, cfg: Config, template: str):
-    import numpy as np
-    import torch
-
-    from digin.engine import inversion
-
-    def process(batch):
-        prompts = [sample_prompt(s, template) for s in batch.samples]
-        images = batch.images.to(batch.device).float() / 255.0
-        res = inversion.invert(sd, images, prompts, num_steps=cfg.num_ddim_steps,
-                               guidance_scale=cfg.guidance_scale, method=cfg.method,
-                               num_inner_steps=cfg.num_inner_steps, epsilon=cfg.epsilon, compute_metrics=True)
-        rec = None
-        if cfg.save_reconstruction:
-            rec = (res.reconstruction * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        outs = []
-        for b in range(batch.n_real):
-            z_T, null = res.z_T[b].cpu(), res.null_texts[b].cpu()
-            m = dict(res.metrics[b])
-            if m.get("status") != "ok" or not (bool(z_T.isfinite().all()) and bool(null.isfinite().all())):
-                outs.append({"__reject__": "nonfinite_inversion"})
-                continue
-            m.update(prompt=prompts[b], num_ddim_steps=cfg.num_ddim_steps, guidance_scale=cfg.guidance_scale)
-            o = {"inversion": {"z_T": z_T.contiguous(), "null_texts": null.contiguous()},
-                 "metrics": m, "prompt": prompts[b]}
-            if rec is not None:
-                o["reconstruction"] = np.ascontiguousarray(rec[b])
-            outs.append(o)
-        return outs
-
-    return process
-
-
 def run(cfg: Config):
     from digin.shards.manifest import ShardSet
     from digin.shards.runner import run_stage
-    from digin.tasks.common import load_sd_for, pick_device, stage_compute
 
     if cfg.method not in ("null_text", "negative_prompt"):
         raise SystemExit(f"digin invert: method must be null_text or negative_prompt, got {cfg.method!r}")

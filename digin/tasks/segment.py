@@ -1,5 +1,6 @@
 """Foreground masks for inspection: cross-attention maps of the label words (+ optional SAM-HQ refinement and
-post-processing) from the initial pass of each inverted image (REFERENCE §5.2).
+post-processing) from the initial pass of each inverted image (the reference's
+`calculate_segmentation`, src/utils/foreground_segmentation.py).
 
   digin segment images=<image shards> inversions=<digin invert output> out=<folder> model_path=<sd folder>
   digin segment ... segmentation.sam_segmentation=true segmentation.sam_checkpoint=/ckpt/sam_hq_vit_h.pth
@@ -12,12 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from digin.engine.edit import MaskBlendParams
 from digin.engine.segment import SegmentationConfig
-from digin.tasks.common import (ComputeArgs, load_sd_for, mask_uint8, pick_device, stage_compute, stage_config_of,
-                                to_uint8, word_tiles)
+from digin.stages.args import ComputeArgs, stage_config_of
+from digin.stages.models import load_sd_for, pick_device, stage_compute
+from digin.stages.segment import make_process
 
 
 def _seg_default():
@@ -44,48 +43,6 @@ class Config(ComputeArgs):
     force: bool = False
     allow_incomplete: bool = False  # process only the committed shards of an incomplete input
     progress: bool = True
-
-
-class _MaskOnly:
-    """The edit set-up asks an objective for masks; here nothing is optimised."""
-
-    needs_masks = True
-
-    def set_reference(self, *a):
-        pass
-
-    def set_masks(self, *a):
-        pass
-
-
-def make_process(sd, cfg: Config, classes: list[str]):
-    from digin.engine.edit import prepare_edit
-
-    def process(batch):
-        dev = batch.device
-        images = batch.images.to(dev).float() / 255.0
-        prompts = [s["prompt"] for s in batch.samples]
-        labels = [classes[int(s["meta"]["label"])] for s in batch.samples]
-        fg = [cfg.foreground_words.get(lab, lab).split() for lab in labels]
-        z = torch.stack([s["inversion"]["z_T"] for s in batch.samples]).to(dev)
-        null = torch.stack([s["inversion"]["null_texts"] for s in batch.samples]).to(dev)
-        setup = prepare_edit(sd, _MaskOnly(), z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
-                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps, images=images,
-                             blend=MaskBlendParams(do_mask_blend=True, initial_mask_blend_schedule=["none"]),
-                             segmentation=cfg.segmentation, solver=cfg.solver,
-                             guidance_rescale=cfg.guidance_rescale)
-        setup.close(sd)
-        outs = []
-        for b in range(batch.n_real):
-            words = setup.word_maps[b]
-            outs.append({"orig": to_uint8(images[b]), "mask": mask_uint8(setup.px_mask[b]),
-                         "attention": word_tiles(words, images.shape[-1]),
-                         "metrics": {"prompt": prompts[b], "words": list(words), "foreground_words": fg[b],
-                                     "label": labels[b], "start": int(batch.samples[b]["meta"]["label"]),
-                                     "mask_area": float(setup.px_mask[b].mean())}})
-        return outs
-
-    return process
 
 
 def run(cfg: Config):

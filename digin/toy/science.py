@@ -75,7 +75,7 @@ def run_task(task: str, args: list[str]) -> None:
     """`digin <task> args...` in-process (the models stay cached between tasks); a failed stage raises."""
     import importlib
 
-    from digin.cli import build_config
+    from digin.config_check import build_config
 
     import dataclasses
 

@@ -22,7 +22,7 @@ def test_template_backend_over_shards_and_resume(image_shards, tmp_path):
 
 
 def test_caption_set_feeds_invert_prompt(image_shards, tmp_path):
-    from digin.tasks.invert import sample_prompt
+    from digin.stages.invert import sample_prompt
 
     out = tmp_path / "cap"
     run_caption([f"inputs={image_shards}", f"out={out}", "backend=template", "dataset=cub"])

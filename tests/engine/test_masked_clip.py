@@ -134,7 +134,7 @@ def test_weights_are_required_and_errors_name_the_keys(tmp_path, towers):
 
 
 def test_task_helper_builds_once_and_only_when_asked(towers):
-    from digin.tasks.common import regularizer_models
+    from digin.stages.models import regularizer_models
     from digin.tasks.uvce import Config
 
     cfg = Config(model_path="tiny")

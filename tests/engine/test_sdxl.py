@@ -262,7 +262,7 @@ def test_family_presets(name):
 
     from digin.cli import PRESET_DIR, build_config
     from digin.engine.schedule import SOLVERS
-    from digin.tasks.common import CommonArgs
+    from digin.stages.args import CommonArgs
     from digin.tasks.diff import Config
 
     preset = OmegaConf.to_container(OmegaConf.load(PRESET_DIR / f"{name}.yaml"))

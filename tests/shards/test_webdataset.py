@@ -66,7 +66,7 @@ def test_img2dataset_layout_from_a_list_with_a_pipe_url(sets, tmp_path):
 
 
 def test_imagenet_val_keys_and_a_copy_read_like_the_index(sets, tmp_path):
-    from digin.tasks.pairs import key_index
+    from digin.stages.pairs import key_index
 
     fs = sets["imagenet"]
     kw = dict(key_scheme="imagenet_val", classes=list(SHAPES), progress=False)

@@ -52,20 +52,20 @@ def test_typo_key_is_named():
 
 def test_diff_compiled_matches_eager(tiny_sd_dir, tmp_path):
     """compile=true (aot_eager on CPU) runs the same computation as eager."""
-    from digin.tasks import common
+    from digin.stages import models
 
     c1 = save_tiny_classifier(tmp_path / "c1", num_classes=3, size=32, seed=1)
     base = [f"model_path={tiny_sd_dir}", f"classifier1=tiny:{c1}", "class_names=[cat,dog,fox]", "target_classes=[1]",
             "num_images=2", "resolution=32", "num_ddim_steps=3", "optim_params.sgd_steps=2",
             "augmentation_num_cutouts=2", "batch_size=2", "device=cpu", "progress=false"]
-    common._SD_CACHE.clear()
+    models._SD_CACHE.clear()
     assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'eager'}"])) == 0
-    common._SD_CACHE.clear()
+    models._SD_CACHE.clear()
     try:
         assert diff.run(build_config(diff.Config, base + [f"out={tmp_path / 'comp'}", "compile=true",
                                                           "compile_backend=aot_eager"])) == 0
     finally:
-        common._SD_CACHE.clear()  # do not leave a compiled model for other tests
+        models._SD_CACHE.clear()  # do not leave a compiled model for other tests
     a = {r.key: r.metrics["loss"] for r in records_from_shards(tmp_path / "eager" / "results")}
     b = {r.key: r.metrics["loss"] for r in records_from_shards(tmp_path / "comp" / "results")}
     assert a.keys() == b.keys()

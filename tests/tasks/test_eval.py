@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from digin.gallery.records import ResultRecord
+from digin.stages import eval as S
 from digin.tasks import eval as E
 from tests.gallery.conftest import png
 
@@ -38,13 +39,13 @@ class ConstClassifier(torch.nn.Module):
 
 def test_sample_metrics_masked_distances_and_flip():
     recs = records()
-    row = E.sample_metrics(recs[0], {"c": ConstClassifier()})
-    x = E.to_tensor(recs[0].image_array("ours"))
-    y = E.to_tensor(recs[0].image_array("orig"))
+    row = S.sample_metrics(recs[0], {"c": ConstClassifier()})
+    x = S.to_tensor(recs[0].image_array("ours"))
+    y = S.to_tensor(recs[0].image_array("orig"))
     # mask = changed half: background distance is 0, the unmasked record 2 sees the whole change
     assert row["masked"] == "background" and row["l1_ours"] == pytest.approx(0.0, abs=1e-4)
-    row2 = E.sample_metrics(recs[2], {})
-    x2, y2 = (E.to_tensor(recs[2].image_array(n)) for n in ("ours", "orig"))
+    row2 = S.sample_metrics(recs[2], {})
+    x2, y2 = (S.to_tensor(recs[2].image_array(n)) for n in ("ours", "orig"))
     assert row2["masked"] == "none" and row2["l1_ours"] == pytest.approx((x2 - y2).abs().sum().item(), rel=1e-5)
     assert row["l1_sd"] == 0.0
     top_ours = x[:, :, :16].mean().item()
@@ -58,14 +59,14 @@ def test_evaluate_and_write_summary_with_tiny_classifier(tmp_path):
 
     clf = load_classifier("tiny")
     recs = records()
-    result = E.evaluate_records(recs, {"tiny": clf}, inception=InceptionPool(random_init_seed=0))
+    result = S.evaluate_records(recs, {"tiny": clf}, inception=InceptionPool(random_init_seed=0))
     assert result["tasks"]["uvce"]["n"] == 3
     assert result["tasks"]["uvce"]["fid_ours_orig"] > 0
     assert set(result["groups"]) == {"uvce/1_to_2", "uvce/3_to_0"}
     assert result["groups"]["uvce/1_to_2"]["n"] == 2
     flips = [r["tiny/flip"] for r in result["rows"]]
     assert result["tasks"]["uvce"]["tiny/flip"] == pytest.approx(np.mean(flips))
-    E.write_summary(result, tmp_path)
+    S.write_summary(result, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tasks"]["uvce"]["n"] == 3
     assert len((tmp_path / "per_sample.jsonl").read_text().splitlines()) == 3

@@ -1,7 +1,7 @@
 import pytest
 
 from digin.gallery.records import ResultRecord
-from digin.tasks.export import export_records, export_relpaths
+from digin.stages.export import export_records, export_relpaths
 from tests.gallery.conftest import png
 
 IMG = {"orig": png((1, 2, 3)), "sd": png((4, 5, 6)), "ours": png((7, 8, 9))}

@@ -11,7 +11,8 @@ from digin.cli import TASKS, build_config
 from digin.engine.presets import COMPUTE_KEYS, resolve_compute
 from digin.gallery.records import records_from_shards
 from digin.shards.manifest import ShardSet
-from digin.tasks import common, invert, neurons, uvce
+from digin.stages import models
+from digin.tasks import invert, neurons, uvce
 from tests.engine.test_compile import no_recompiles
 
 MODEL_TASKS = ("invert", "segment", "uvce", "diff", "neurons", "eval")
@@ -19,9 +20,9 @@ MODEL_TASKS = ("invert", "segment", "uvce", "diff", "neurons", "eval")
 
 @pytest.fixture(autouse=True)
 def fresh_models():
-    common._SD_CACHE.clear()  # every test loads (and prepares) its own model
+    models._SD_CACHE.clear()  # every test loads (and prepares) its own model
     yield
-    common._SD_CACHE.clear()
+    models._SD_CACHE.clear()
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -127,12 +128,12 @@ def test_compiled_uvce_equals_eager_with_no_recompile(small_pipeline, tmp_path):
 def _eager_then_compiled(task, base: list, eager_out, compiled_out):
     """Run a task eagerly, then compiled (aot_eager) on a freshly loaded model with recompiles turned into errors."""
     assert task.run(build_config(task.Config, base + [f"out={eager_out}"])) == 0
-    common._SD_CACHE.clear()
+    models._SD_CACHE.clear()
     torch._dynamo.reset()
     with no_recompiles():
         assert task.run(build_config(task.Config, base + [f"out={compiled_out}", "compile=true",
                                                           "compile_backend=aot_eager"])) == 0
-    return next(iter(common._SD_CACHE.values()))
+    return next(iter(models._SD_CACHE.values()))
 
 
 def test_compiled_invert_equals_eager(small_pipeline, tmp_path):
@@ -247,7 +248,7 @@ def test_compiled_invert_and_uvce_on_the_toy_world_equal_eager(tmp_path):
                    "device=cpu", "batch_size=3"]
     outs = {}
     for mode, extra in (("eager", []), ("comp", ["compile=true", "compile_backend=aot_eager"])):
-        common._SD_CACHE.clear()
+        models._SD_CACHE.clear()
         torch._dynamo.reset()
         with no_recompiles():
             assert invert.run(build_config(invert.Config, common_args + extra + [

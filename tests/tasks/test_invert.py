@@ -88,13 +88,15 @@ def test_invert_uses_captions_and_negative_prompt(tiny_sd_dir, image_shards, tmp
 
 
 def test_fallback_prompts_per_dataset():
-    assert task.fallback_template("imagenet") == "an image of a {label} on background"
+    from digin.stages import invert as stage
+
+    assert stage.fallback_template("imagenet") == "an image of a {label} on background"
     for ds in ("cub", "cars", "food101", "flowers102"):
-        assert task.fallback_template(ds) == "an image of a {label} macro shot close-up"
-    assert task.fallback_template("cub", "a photo of a {label}") == "a photo of a {label}"
+        assert stage.fallback_template(ds) == "an image of a {label} macro shot close-up"
+    assert stage.fallback_template("cub", "a photo of a {label}") == "a photo of a {label}"
     s = {"meta": {"label": 3, "label_name": "Painted Bunting"}}
-    assert task.sample_prompt(s, task.fallback_template("cub")) == "an image of a Painted Bunting macro shot close-up"
-    assert task.sample_prompt({**s, "caption": " a bunting on a branch "}, "{label}") == "a bunting on a branch"
+    assert stage.sample_prompt(s, stage.fallback_template("cub")) == "an image of a Painted Bunting macro shot close-up"
+    assert stage.sample_prompt({**s, "caption": " a bunting on a branch "}, "{label}") == "a bunting on a branch"
 
 
 def test_cli_defaults_match_the_uvce_stage():

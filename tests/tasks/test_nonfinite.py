@@ -11,7 +11,9 @@ from digin.engine.guidance import GuidanceConfig, GuidanceResult, OptimParams, o
 from digin.gallery.records import records_from_shards
 from digin.shards.encode import encode_value
 from digin.shards.manifest import ShardSet
-from digin.tasks import common, diff, gallery, uvce
+from digin.stages import diff as diff_stage
+from digin.stages import results as R
+from digin.tasks import diff, gallery, uvce
 
 NAN = float("nan")
 
@@ -33,7 +35,7 @@ def test_result_fields_status_null_metrics_and_no_images_without_a_finite_iterat
                            [NAN, 2.0, 2.0, 2.0],
                            [NAN, NAN, 1.0, 4.0]])
     res = _result(losses, num_logged=[0, 2, 3, 3], best_iter=[0, 1, 2, 0], nonfinite=[True, True, False, False])
-    fields = [common.result_fields(res, b, prefix="t3_", extra_metrics={"eval": NAN if b == 2 else 0.5})
+    fields = [R.result_fields(res, b, prefix="t3_", extra_metrics={"eval": NAN if b == 2 else 0.5})
               for b in range(4)]
     for f in fields:
         encode_value(f["t3_metrics"])  # JSON with allow_nan=False: must not raise
@@ -46,7 +48,7 @@ def test_result_fields_status_null_metrics_and_no_images_without_a_finite_iterat
     assert m[2]["eval"] is None and m[2]["nonfinite"] is True  # a NaN evaluation metric is null, and flagged
     assert m[3]["eval"] == 0.5 and m[3]["best_iter"] == 0
     ok = _result(torch.tensor([[3.0], [2.0]]), num_logged=[2], best_iter=[1], nonfinite=[False])
-    assert common.result_fields(ok, 0)["metrics"]["status"] == "ok"
+    assert R.result_fields(ok, 0)["metrics"]["status"] == "ok"
 
 
 class _DriftAway:
@@ -76,7 +78,7 @@ def test_a_loss_that_only_rises_is_flagged_no_improvement_and_counted(tiny_sd, t
         z = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         cond = tiny_sd.encode_text(["a photo"] * n)
         res = optimise(tiny_sd, _DriftAway(), z_T=z, cond=cond, uncond=tiny_sd.encode_text([""] * n), cfg=cfg)
-        return [common.result_fields(res, b, save_latents=False) for b in range(batch.n_real)]
+        return [R.result_fields(res, b, save_latents=False) for b in range(batch.n_real)]
 
     s = run_stage(make_input(tmp_path / "in", 1, 2), tmp_path / "out", process, 2, {}, progress=False)
     assert s.processed == 2 and s.no_improvement == 2 and "no improvement 2" in s.line(0)
@@ -94,14 +96,14 @@ def test_one_nan_sample_in_diff_is_written_as_nonfinite_and_the_batch_commits(ti
     from digin.engine.classifiers import save_tiny_classifier
 
     clf = save_tiny_classifier(tmp_path / "c", num_classes=3, size=32, seed=1)
-    real = diff.start_noise
+    real = diff_stage.start_noise
 
     def one_nan(keys, seed, shape, device):  # the middle sample goes NaN from its first iterate on
         z = real(keys, seed, shape, device)
         z[[k.endswith("i0001") for k in keys]] = NAN
         return z
 
-    monkeypatch.setattr(diff, "start_noise", one_nan)
+    monkeypatch.setattr(diff_stage, "start_noise", one_nan)
     args = [f"out={tmp_path / 'diff'}", f"model_path={tiny_sd_dir}", f"classifier1=tiny:{clf}",
             f"eval_classifier=tiny:{clf}", "class_names=[cat,dog,fox]", "target_classes=[1]", "num_images=3",
             "resolution=32", "num_ddim_steps=3", "optim_params.sgd_steps=2", "augmentation_num_cutouts=2",
@@ -151,6 +153,6 @@ def test_uvce_with_a_nan_inversion_row_commits_every_image(small_pipeline, tmp_p
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
 def test_json_safe_replaces_every_non_finite_number(bad):
-    value, replaced = common.json_safe({"a": [1.0, float(bad)], "b": {"c": float(bad)}, "d": "x", "e": 2})
+    value, replaced = R.json_safe({"a": [1.0, float(bad)], "b": {"c": float(bad)}, "d": "x", "e": 2})
     assert replaced and value == {"a": [1.0, None], "b": {"c": None}, "d": "x", "e": 2}
-    assert common.json_safe({"a": [1.0]}) == ({"a": [1.0]}, False)
+    assert R.json_safe({"a": [1.0]}) == ({"a": [1.0]}, False)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from digin.tasks import pairs as P
+from digin.stages import pairs as P
 
 DATA = Path(P.__file__).resolve().parents[1] / "data"
 

@@ -8,7 +8,7 @@ from digin import toy
 from digin.cli import main
 from digin.shards.manifest import ShardSet
 from digin.shards.reader import iter_samples
-from digin.tasks.pairs import key_index
+from digin.stages.pairs import key_index
 from digin.toy.world import SHAPES
 from tests.shards.foreign import LAYOUTS, write_foreign_set
 

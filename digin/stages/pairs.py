@@ -1,4 +1,5 @@
-"""Which (image, start class, target class) triples a UVCE / counterfactual run visits (REFERENCE §8).
+"""Which (image, start class, target class) triples a UVCE / counterfactual run visits, as the reference's
+uvces_imagenet.py and uvces_cub_cars_food.py select them.
 
 A pair is `Pair(index, start, target)`: `index` is the dataset index of the image (ImageNet val index =
 class·50 + k in torchvision order; CUB/Cars/Food/Flowers test index), which is the last part of the sample key

@@ -1,0 +1,307 @@
+"""The modes of `digin neurons` (the task's docstring describes them): top-k activations per rank, their merge,
+naming, word search, visualisation and counterfactuals. Each takes the task's config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from digin.stages.args import COMPUTE_FIELDS, tracking_for
+from digin.stages.models import (guidance_config, load_classifier_for, load_sd_for, noise_scale_fn, pick_device,
+                                 uses_clip_regularizer)
+
+REFERENCE_CLASSIFIER = "seresnet152d.ra2_in1k"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def _need(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) in (None, "", "???"):
+            raise SystemExit(f"digin neurons mode={cfg.mode}: {n}=... is required")
+
+
+def _plain(cfg, keys) -> dict:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return {k: d[k] for k in keys}
+
+
+def _hash(d: dict) -> str:
+    from digin.shards.manifest import config_hash
+
+    return config_hash(d)
+
+
+def chosen_neurons(cfg, num_features: int) -> list[int]:
+    if cfg.neurons:
+        bad = [n for n in cfg.neurons if not 0 <= int(n) < num_features]
+        if bad:
+            raise SystemExit(f"digin neurons: neurons {bad} out of range for {num_features} features")
+        return [int(n) for n in cfg.neurons]
+    if REFERENCE_CLASSIFIER.split(".")[0] in cfg.classifier and cfg.layer is None:
+        from digin.neurons.counterfactuals import neurons_table
+
+        ref = [int(n) for n in neurons_table()["seresnet152d_default_target_neurons"]]
+        if all(n < num_features for n in ref):
+            return ref
+    return list(range(num_features))
+
+
+def folder_neurons(cfg, num_features: int) -> list[int]:
+    """Neurons of a later mode: `neurons=` if given, else those the merge wrote top images for."""
+    listed = Path(cfg.out) / "selected_neurons.json"
+    if not cfg.neurons and listed.exists():
+        return [int(n) for n in json.loads(listed.read_text())["neurons"]]
+    return chosen_neurons(cfg, num_features)
+
+
+def _classifier(cfg, dev, cutouts: bool, dataset_classes=None):
+    return load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint, cutouts=cutouts,
+                               feature_module=cfg.layer, dataset_classes=dataset_classes,
+                               label_order=cfg.classifier_label_order)
+
+
+# ------------------------------------------------------------------------------------------------ modes
+
+def run_activations(cfg) -> int:
+    from digin.neurons.activations import RANK_FILE, save_topk, stream_topk
+    from digin.shards.dist import rank_world
+    from digin.shards.manifest import ShardSet
+    from digin.shards.runner import check_inputs_complete
+
+    _need(cfg, "images", "out")
+    env_rank, env_world, _ = rank_world()
+    rank = env_rank if cfg.rank is None else cfg.rank
+    world = env_world if cfg.world is None else cfg.world
+    ss = ShardSet.load(cfg.images)
+    if check_inputs_complete([ss], cfg.allow_incomplete):  # refused before the output folder is made
+        print(f"[neurons] rank {rank}: allow_incomplete=true: only the committed shards of {ss.dir} are read",
+              flush=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chash = _hash({"stage": "neurons_activations", "images": ss.meta.get("config_hash") or str(ss.dir),
+                   "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "layer", "k", "center_crop"))})
+    path = out / RANK_FILE.format(rank=rank)
+    if path.exists() and not cfg.force:
+        from digin.neurons.activations import load_topk
+
+        if load_topk(path)[1].get("config_hash") == chash:
+            print(f"[neurons] rank {rank}: {path} already done", flush=True)
+            return run_merge(cfg) if world == 1 else 0
+        raise SystemExit(f"digin neurons: {path} was made with another config or world size (force=true to redo)")
+    dev = pick_device(cfg)
+    clf = _classifier(cfg, dev, cutouts=False)
+    topk, count = stream_topk(ss, clf, cfg.k, cfg.activation_batch_size, rank=rank, world=world,
+                              num_workers=cfg.num_workers, device=dev, center_crop=cfg.center_crop)
+    if topk is None:  # this rank owns no image: an empty (-inf) table of the right width keeps merge simple
+        import torch
+
+        from digin.engine.topk import TopK
+
+        with torch.no_grad():
+            f = clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
+        topk = TopK(f, cfg.k)
+    meta = {"rank": rank, "world": world, "count": count, "config_hash": chash, "images": str(ss.dir),
+            "classifier": cfg.classifier, "layer": cfg.layer, "k": cfg.k, "num_features": topk.num_features}
+    save_topk(path, topk, meta)
+    print(f"[neurons] rank {rank}/{world}: {count} images → {path}", flush=True)
+    return run_merge(cfg) if world == 1 else 0
+
+
+def run_merge(cfg) -> int:
+    from digin.neurons.activations import MERGED_FILE, merge_rank_files, save_topk, top_images
+    from digin.shards.manifest import ShardSet, write_json
+
+    _need(cfg, "out")
+    out = Path(cfg.out)
+    topk, meta = merge_rank_files(out)
+    save_topk(out / MERGED_FILE, topk, meta)
+    ss = ShardSet.load(cfg.images or meta["images"])
+    neurons = chosen_neurons(cfg, topk.num_features)
+    for n in neurons:
+        write_json(out / f"neuron_{n}_top_images.json", {"neuron": n, "images": top_images(topk, ss, n)})
+    write_json(out / "selected_neurons.json", {"neurons": neurons, **{k: meta.get(k) for k in
+                                                           ("classifier", "layer", "k", "count", "images")}})
+    print(f"[neurons] merged {meta.get('world')} rank file(s), {meta['count']} images → {out / MERGED_FILE}; "
+          f"top images of {len(neurons)} neurons", flush=True)
+    return 0
+
+
+def _load_topk_for(cfg):
+    from digin.neurons.activations import MERGED_FILE, load_topk
+
+    path = Path(cfg.out) / MERGED_FILE
+    if not path.exists():
+        raise SystemExit(f"digin neurons mode={cfg.mode}: {path} not found; run mode=activations (and merge)")
+    return load_topk(path)
+
+
+def name_neurons(cfg) -> dict:
+    """neuron → {words: {word: count}, images: [keys], answers: [...]} for the chosen backend."""
+    from digin.neurons import words as W
+
+    if cfg.name_backend == "given":
+        spec = cfg.words_file or cfg.words
+        if not spec:
+            raise SystemExit("digin neurons: name_backend=given needs words={neuron: [...]} or words_file=...")
+        table = W.given_words(spec, cfg.neurons or None)
+        return {n: {"words": c, "images": [], "answers": []} for n, c in table.items()}
+    if cfg.name_backend not in ("template", "vlm"):
+        raise SystemExit(f"digin neurons: name_backend must be template, given or vlm, got {cfg.name_backend!r}")
+    from digin.neurons.activations import fetch_samples, key_of
+    from digin.shards.manifest import ShardSet
+
+    topk, meta = _load_topk_for(cfg)
+    ss = ShardSet.load(cfg.images or meta["images"])
+    neurons = folder_neurons(cfg, topk.num_features)
+    top = {n: [i for i, _ in topk.result(n)][:cfg.num_images_to_label] for n in neurons}
+    want = sorted({i for ids in top.values() for i in ids})
+    samples = fetch_samples(ss, want)  # original images: the VLM does its own preprocessing
+    answers = {}
+    if cfg.name_backend == "vlm":
+        images = [samples[i]["image"] for i in want if i in samples]
+        answers = dict(zip([i for i in want if i in samples], W.vlm_answers(images, cfg.vlm_backend,
+                                                                              cfg.vlm_options)))
+    classes = ss.classes
+    out = {}
+    for n, ids in top.items():
+        ids = [i for i in ids if i in samples]
+        if cfg.name_backend == "template":
+            labels = []
+            for i in ids:
+                m = samples[i].get("meta") or {}
+                y = m.get("label")
+                name = m.get("label_name") or (classes[y] if y is not None and 0 <= y < len(classes) else None)
+                if name is not None:
+                    labels.append(str(name).split(",")[0])
+            out[n] = {"words": W.template_words(labels), "images": [key_of(ss, i) for i in ids], "answers": labels}
+        else:
+            parse = W.vlm_parser()
+            lists = [parse(answers[i]) for i in ids]
+            out[n] = {"words": W.count_words(lists), "images": [key_of(ss, i) for i in ids],
+                      "answers": [answers[i] if isinstance(answers[i], str) else list(answers[i]) for i in ids]}
+    return out
+
+
+def run_name(cfg) -> int:
+    from digin.shards.manifest import write_json
+
+    _need(cfg, "out")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    table = name_neurons(cfg)
+    write_json(Path(cfg.out) / "neuron_words.json", {"backend": cfg.name_backend,
+                                                     "neurons": {str(n): v for n, v in sorted(table.items())}})
+    print(f"[neurons] named {len(table)} neurons ({cfg.name_backend}) → {Path(cfg.out) / 'neuron_words.json'}")
+    return 0
+
+
+def _search_config(cfg) -> dict:
+    return _plain(cfg, ("model_path", "dtype", "resolution", "num_ddim_steps", "seed", "classifier",
+                        "classifier_checkpoint", "layer", "prompt_template", "min_word_count", "max_words",
+                        "images_per_word", "search_guidance_scale"))
+
+
+def run_search(cfg) -> dict:
+    """Rank the candidate words of every named neuron; cached in out/word_search.json (same config → reused)."""
+    from digin.neurons.search import rank_words, word_features
+    from digin.neurons.words import candidate_words
+    from digin.shards.manifest import write_json
+
+    _need(cfg, "out", "model_path")
+    out = Path(cfg.out)
+    path, wpath = out / "word_search.json", out / "neuron_words.json"
+    if not wpath.exists():
+        if cfg.name_backend != "given":
+            raise SystemExit(f"digin neurons mode={cfg.mode}: {wpath} not found; run mode=name first")
+        run_name(cfg)
+    named = {int(n): v["words"] for n, v in json.loads(wpath.read_text())["neurons"].items()}
+    if cfg.neurons:
+        named = {n: v for n, v in named.items() if n in {int(x) for x in cfg.neurons}}
+    cands = {n: candidate_words(c, cfg.min_word_count, cfg.max_words) for n, c in named.items()}
+    chash = _hash({**_search_config(cfg), "candidates": {str(n): ws for n, ws in sorted(cands.items())}})
+    if path.exists() and not cfg.force:  # same config and words → reuse (visualise resumes on the same work list)
+        old = json.loads(path.read_text())
+        if old.get("config_hash") == chash:
+            return {int(n): [tuple(x) for x in v] for n, v in old["neurons"].items()}
+    unique = list(dict.fromkeys(w for ws in cands.values() for w in ws))
+    dev = pick_device(cfg)
+    sd = load_sd_for(cfg, dev)
+    clf = _classifier(cfg, dev, cutouts=False)
+    feats = word_features(sd, clf, unique, template=cfg.prompt_template, images_per_word=cfg.images_per_word,
+                          seed=cfg.seed, resolution=cfg.resolution, num_ddim_steps=cfg.num_ddim_steps,
+                          guidance_scale=cfg.search_guidance_scale, batch_size=cfg.sd_batch_size, device=dev)
+    ranked = {n: rank_words(feats, ws, n) for n, ws in cands.items()}
+    write_json(path, {"config_hash": chash, "config": _search_config(cfg),
+                      "neurons": {str(n): [list(x) for x in v] for n, v in sorted(ranked.items())}})
+    print(f"[neurons] word search: {len(unique)} words × {cfg.images_per_word} images for {len(ranked)} neurons "
+          f"→ {path}", flush=True)
+    return ranked
+
+
+def run_visualise(cfg) -> int:
+    _need(cfg, "out", "model_path")
+    from digin.neurons.search import make_visualise_process, visualise_items
+    from digin.shards.dist import rank_world
+    from digin.shards.runner import run_stage
+    from digin.stages.worklist import wait_for_worklist, write_worklist
+
+    out = Path(cfg.out)
+    if rank_world()[0] == 0:  # one writer: the search and the work list are made once, the other ranks wait
+        ranked = run_search(cfg)
+        items = visualise_items(ranked, cfg.prompt_template, cfg.num_images, cfg.target_class)
+        if not items:
+            raise SystemExit("digin neurons mode=visualise: no neuron has a candidate word")
+        per_shard = cfg.batch_size * max(1, 16 // cfg.batch_size)  # whole batches per shard: no padded tails
+        work = write_worklist(out / "visualise_worklist", "neurons_visualise", items, per_shard=per_shard)
+    else:
+        work = wait_for_worklist(out / "visualise_worklist", cfg.wait_s)
+    dev = pick_device(cfg)
+    sd = load_sd_for(cfg, dev)
+    clf = _classifier(cfg, dev, cutouts=True)
+    process = make_visualise_process(sd, clf, cfg, guidance_config(cfg), noise_scale_fn(cfg))
+    stage = {"stage": "neurons_visualise", **_plain(cfg, (
+        "model_path", "resolution", "guidance_scale", "num_ddim_steps", "optim_params",
+        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
+        "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "target_class", *COMPUTE_FIELDS))}
+    summary = run_stage(work, out / "visualise", process, cfg.batch_size, stage, name="neurons",
+                        required=("item",), num_workers=0, force=cfg.force, device=dev, progress=cfg.progress,
+                        tracking=tracking_for(cfg))
+    return summary.exit_code
+
+
+def run_counterfactuals(cfg) -> int:
+    from digin.neurons.counterfactuals import default_pairs, make_process, neurons_per_key
+    from digin.shards.manifest import ShardSet
+    from digin.shards.reader import iter_samples
+    from digin.shards.runner import run_stage
+
+    _need(cfg, "images", "inversions", "out", "model_path")
+    if cfg.loss not in ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
+                        "neg_neuron_activation_plus_log_confidence"):
+        raise SystemExit(f"digin neurons: counterfactuals need a neuron loss, got {cfg.loss!r}")
+    images, invs = ShardSet.load(cfg.images), ShardSet.load(cfg.inversions)
+    classes = images.classes or []
+    if not classes:
+        raise SystemExit(f"digin neurons: {cfg.images} records no class names")
+    pairs = [(int(c), int(n)) for c, n in cfg.pairs] if cfg.pairs else default_pairs()
+    keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))}
+    neurons_of = neurons_per_key(pairs, keys_labels, cfg.num_images_per_pair, cfg.seed)
+    dev = pick_device(cfg)
+    clf = _classifier(cfg, dev, cutouts=True, dataset_classes=classes)
+    sd = load_sd_for(cfg, dev)
+    process = make_process(sd, clf, cfg, classes, neurons_of, guidance_config(cfg), noise_scale_fn(cfg))
+    stage = {"stage": "neurons_counterfactuals", "pairs": [list(p) for p in pairs], **_plain(cfg, (
+        "model_path", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
+        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
+        "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
+        *COMPUTE_FIELDS,
+        "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
+    if uses_clip_regularizer(cfg):  # the CLIP tower changes the outputs
+        stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))
+    summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
+                        name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
+                        required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
+                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg),
+                        allow_incomplete=cfg.allow_incomplete)
+    return summary.exit_code
