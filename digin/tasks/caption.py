@@ -1,4 +1,4 @@
-"""Caption every image of a shard set (the reference's open_flamingo_*.py,
+r"""Caption every image of a shard set (the reference's open_flamingo_*.py,
 cog_caption_imagenet.py): one caption per key, always containing the class label.
 
   digin caption inputs=/data/shards/imagenet-val out=/data/captions/imagenet-val backend=template

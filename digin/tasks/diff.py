@@ -1,4 +1,4 @@
-"""Classifier differences: text-to-image guided so that one classifier is sure of a class and another is not
+r"""Classifier differences: text-to-image guided so that one classifier is sure of a class and another is not
 (the reference's imagenet_guided_generation.py).
 
   digin diff out=runs/diff model_path=/models/sd-1.4 classifier1=madry:/ckpt/madry_l2.pt \

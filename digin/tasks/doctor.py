@@ -1,4 +1,4 @@
-"""`digin doctor`: one screen about this machine before a (cluster) job — device and GPU, versions, optional stacks
+r"""`digin doctor`: one screen about this machine before a (cluster) job — device and GPU, versions, optional stacks
 (imported and, on a GPU, run on a tiny input), the compute settings a stage picks here (`preset=` and the compute
 keys as the stages take them), the compile cache, rank/world as torchrun or Slurm set them, and, given
 `model_path` / `classifier`, whether they are complete. Nothing is written; SD weights are checked from their file

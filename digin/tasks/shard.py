@@ -1,4 +1,4 @@
-"""Convert a dataset on disk into webdataset shards + manifest, or index an existing webdataset shard set.
+r"""Convert a dataset on disk into webdataset shards + manifest, or index an existing webdataset shard set.
 
   digin shard source=imagenet root=/data/imagenet split=val out=/data/shards/imagenet-val
   digin shard source=imagefolder root=/data/my_images split=all out=/data/shards/mine samples_per_shard=500

@@ -1,4 +1,4 @@
-"""Universal visual counterfactual explanations (UVCEs) of real images (the reference's uvces_imagenet.py,
+r"""Universal visual counterfactual explanations (UVCEs) of real images (the reference's uvces_imagenet.py,
 uvces_cub_cars_food.py).
 
   digin uvce images=<image shards> inversions=<digin invert output> out=<folder> model_path=<sd folder> \
