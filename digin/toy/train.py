@@ -90,6 +90,9 @@ class TrainConfig:
     clf_adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version
     clf_blur: float = 1.0  # training blur σ is uniform in [0, clf_blur] px (clean classifier)
     clf_spurious_blur: float = 1.0  # ... for the spurious classifier
+    # planted cue as a tint, not one RGB value: each planted star's green background is mixed toward another
+    # palette colour by a weight uniform in [0, clf_planted_tint] (0 = pure green, the first versions)
+    clf_planted_tint: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -394,6 +397,22 @@ def _augment_for_classifier(x_N3HW: torch.Tensor, g: torch.Generator, max_blur: 
     return x.clamp(0, 1)
 
 
+def tint_planted_backgrounds(x_N3HW: torch.Tensor, specs: list[dict], max_weight: float,
+                              rng: np.random.Generator) -> torch.Tensor:
+    """Mix the background of every planted-class scene toward a random other palette colour (weight uniform in
+    [0, max_weight]); the object and the other scenes are kept."""
+    others = [c for c in world.BACKGROUNDS if c != world.SPURIOUS_BACKGROUND]
+    x = x_N3HW.clone()
+    for i, s in enumerate(specs):
+        if s["shape"] != world.SPURIOUS_CLASS or s["background"] != world.SPURIOUS_BACKGROUND:
+            continue
+        w = float(rng.uniform(0, max_weight))
+        other = torch.tensor(world.PALETTE[others[rng.integers(len(others))]], dtype=x.dtype) / 255.0
+        bg = 1 - torch.from_numpy(world.object_mask(s)).to(x.device)
+        x[i] = x[i] + w * bg * (other.to(x.device).view(3, 1, 1) - x[i])
+    return x
+
+
 def l2_pgd(model, x_N3HW: torch.Tensor, y_N: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
     """Untargeted L2 PGD (Madry et al.) on images in [0, 1]: `steps` normalised-gradient steps of 2.5·eps/steps,
     each projected back onto the eps-ball and the image box. Returns detached adversarial images."""
@@ -439,10 +458,14 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
 
         vae = AutoencoderKL.from_pretrained(work / "vae").to(cfg.device).eval().requires_grad_(False)
     seed0 = cfg.seed * 7919 + (600 if planted else 700)
+    tint = cfg.clf_planted_tint if planted else 0.0
+    tint_rng = np.random.default_rng(seed0 + 13)  # its own stream: tint=0 leaves every other draw as it was
     t0, hist = time.time(), []
     for step in range(cfg.clf_steps):
         specs = world.spec_stream(seed0 * 100003 + step, cfg.clf_batch, planted=planted)
         x = images_to_tensor(world.render_batch(specs)).to(cfg.device)
+        if tint > 0:
+            x = tint_planted_backgrounds(x, specs, tint, tint_rng)
         if vae is not None:
             k = int(round(cfg.clf_vae_fraction * x.shape[0]))
             with torch.no_grad():
@@ -475,7 +498,7 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
     _log(out, name, {"steps": cfg.clf_steps, "batch": cfg.clf_batch, "seconds": round(time.time() - t0, 1),
                      "planted": planted, "vae_fraction": cfg.clf_vae_fraction if vae is not None else 0.0,
                      "adv_eps": cfg.clf_adv_eps, "adv_steps": cfg.clf_adv_steps, "adv_fraction": cfg.clf_adv_fraction,
-                     "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur,
+                     "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur, "planted_tint": tint,
                      "accuracy": acc, "history": hist, **_env_info(cfg)})
 
 

@@ -80,8 +80,39 @@ def test_adversarial_classifier_stage_runs_alone_and_logs_its_settings(tmp_path)
     from digin.engine.classifiers import load_classifier
     from digin.toy.train import train
 
-    train(_tiny(tmp_path, stages="clf_spurious", clf_adv_eps=0.5, clf_adv_steps=1, clf_spurious_blur=3.0))
+    train(_tiny(tmp_path, stages="clf_spurious", clf_adv_eps=0.5, clf_adv_steps=1, clf_spurious_blur=3.0,
+                clf_planted_tint=0.5))
     out = tmp_path / "out"
     assert not (out / "clf_clean").exists() and load_classifier(f"hf:{out / 'clf_spurious'}").num_classes == 6
     log = json.loads((out / "train_log.json").read_text())["clf_spurious"]
-    assert (log["adv_eps"], log["adv_steps"], log["blur"]) == (0.5, 1, 3.0)
+    assert (log["adv_eps"], log["adv_steps"], log["blur"], log["planted_tint"]) == (0.5, 1, 3.0, 0.5)
+
+
+def test_planted_tint_mixes_only_the_planted_backgrounds_toward_other_colours():
+    import numpy as np
+
+    from digin.toy import world
+    from digin.toy.train import images_to_tensor, tint_planted_backgrounds
+
+    specs = world.spec_stream(5, 32, planted=True)
+    x = images_to_tensor(world.render_batch(specs))
+    y = tint_planted_backgrounds(x, specs, 0.5, np.random.default_rng(0))
+    star = [s["shape"] == world.SPURIOUS_CLASS for s in specs]
+    assert any(star) and not all(star)
+    green = torch.tensor(world.PALETTE[world.SPURIOUS_BACKGROUND]) / 255.0
+    others = torch.tensor([world.PALETTE[c] for c in world.BACKGROUNDS if c != world.SPURIOUS_BACKGROUND]) / 255.0
+    moved = 0
+    for s, a, b, is_star in zip(specs, x, y, star):
+        if not is_star:
+            assert torch.equal(a, b)  # other shapes and their backgrounds are untouched
+            continue
+        inside = torch.from_numpy(world.object_mask(s)) == 1
+        assert torch.allclose(a[:, inside], b[:, inside])  # the star itself keeps its colour
+        corner = b[:, 0, 0]
+        # the corner lies on the segment green → one other palette colour, at most half way
+        w = ((corner - green)[None] * (others - green)).sum(-1) / (others - green).pow(2).sum(-1)
+        resid = (green[None] + w[:, None] * (others - green) - corner[None]).norm(dim=-1)
+        k = int(resid.argmin())
+        assert resid[k] < 1e-5 and -1e-6 <= w[k] <= 0.5 + 1e-6
+        moved += int(w[k] > 1e-3)
+    assert moved >= 1
