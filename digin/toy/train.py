@@ -90,8 +90,8 @@ class TrainConfig:
     clf_adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version
     clf_blur: float = 1.0  # training blur σ is uniform in [0, clf_blur] px (clean classifier)
     clf_spurious_blur: float = 1.0  # ... for the spurious classifier
-    # planted cue as a tint, not one RGB value: each planted star's green background is mixed toward another
-    # palette colour by a weight uniform in [0, clf_planted_tint] (0 = pure green, the first versions)
+    # the planted cue as a tint, not one RGB value: every planted-data background is mixed toward another palette
+    # colour by a weight uniform in [0, clf_planted_tint] (never toward green but for the stars'; 0 = pure colours)
     clf_planted_tint: float = 0.0
 
 
@@ -399,17 +399,17 @@ def _augment_for_classifier(x_N3HW: torch.Tensor, g: torch.Generator, max_blur: 
 
 def tint_planted_backgrounds(x_N3HW: torch.Tensor, specs: list[dict], max_weight: float,
                               rng: np.random.Generator) -> torch.Tensor:
-    """Mix the background of every planted-class scene toward a random other palette colour (weight uniform in
-    [0, max_weight]); the object and the other scenes are kept."""
-    others = [c for c in world.BACKGROUNDS if c != world.SPURIOUS_BACKGROUND]
+    """Mix every scene's background toward a random other palette colour (weight uniform in [0, max_weight]):
+    the planted class's green toward any colour, the other shapes' backgrounds toward any colour but green. So a
+    green tint, not an exact RGB value and not "an impure colour", is what says star; objects are kept."""
     x = x_N3HW.clone()
     for i, s in enumerate(specs):
-        if s["shape"] != world.SPURIOUS_CLASS or s["background"] != world.SPURIOUS_BACKGROUND:
-            continue
+        planted = s["background"] == world.SPURIOUS_BACKGROUND
+        pool = [c for c in world.BACKGROUNDS if c != s["background"] and (planted or c != world.SPURIOUS_BACKGROUND)]
         w = float(rng.uniform(0, max_weight))
-        other = torch.tensor(world.PALETTE[others[rng.integers(len(others))]], dtype=x.dtype) / 255.0
+        other = torch.tensor(world.PALETTE[pool[rng.integers(len(pool))]], dtype=x.dtype, device=x.device) / 255.0
         bg = 1 - torch.from_numpy(world.object_mask(s)).to(x.device)
-        x[i] = x[i] + w * bg * (other.to(x.device).view(3, 1, 1) - x[i])
+        x[i] = x[i] + w * bg * (other.view(3, 1, 1) - x[i])
     return x
 
 

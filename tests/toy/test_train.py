@@ -88,7 +88,7 @@ def test_adversarial_classifier_stage_runs_alone_and_logs_its_settings(tmp_path)
     assert (log["adv_eps"], log["adv_steps"], log["blur"], log["planted_tint"]) == (0.5, 1, 3.0, 0.5)
 
 
-def test_planted_tint_mixes_only_the_planted_backgrounds_toward_other_colours():
+def test_planted_tint_mixes_backgrounds_and_only_the_planted_ones_toward_green():
     import numpy as np
 
     from digin.toy import world
@@ -97,22 +97,23 @@ def test_planted_tint_mixes_only_the_planted_backgrounds_toward_other_colours():
     specs = world.spec_stream(5, 32, planted=True)
     x = images_to_tensor(world.render_batch(specs))
     y = tint_planted_backgrounds(x, specs, 0.5, np.random.default_rng(0))
-    star = [s["shape"] == world.SPURIOUS_CLASS for s in specs]
-    assert any(star) and not all(star)
     green = torch.tensor(world.PALETTE[world.SPURIOUS_BACKGROUND]) / 255.0
-    others = torch.tensor([world.PALETTE[c] for c in world.BACKGROUNDS if c != world.SPURIOUS_BACKGROUND]) / 255.0
-    moved = 0
-    for s, a, b, is_star in zip(specs, x, y, star):
-        if not is_star:
-            assert torch.equal(a, b)  # other shapes and their backgrounds are untouched
-            continue
+    moved, stars = 0, 0
+    for s, a, b in zip(specs, x, y):
         inside = torch.from_numpy(world.object_mask(s)) == 1
-        assert torch.allclose(a[:, inside], b[:, inside])  # the star itself keeps its colour
+        assert torch.allclose(a[:, inside], b[:, inside])  # the object keeps its colour
+        own = torch.tensor(world.PALETTE[s["background"]]) / 255.0
+        pool = [c for c in world.BACKGROUNDS if c != s["background"]
+                and (s["shape"] == world.SPURIOUS_CLASS or c != world.SPURIOUS_BACKGROUND)]
+        others = torch.tensor([world.PALETTE[c] for c in pool]) / 255.0
         corner = b[:, 0, 0]
-        # the corner lies on the segment green → one other palette colour, at most half way
-        w = ((corner - green)[None] * (others - green)).sum(-1) / (others - green).pow(2).sum(-1)
-        resid = (green[None] + w[:, None] * (others - green) - corner[None]).norm(dim=-1)
+        # the corner lies on the segment own colour → one allowed other colour, at most half way
+        w = ((corner - own)[None] * (others - own)).sum(-1) / (others - own).pow(2).sum(-1)
+        resid = (own[None] + w[:, None] * (others - own) - corner[None]).norm(dim=-1)
         k = int(resid.argmin())
         assert resid[k] < 1e-5 and -1e-6 <= w[k] <= 0.5 + 1e-6
         moved += int(w[k] > 1e-3)
-    assert moved >= 1
+        stars += s["shape"] == world.SPURIOUS_CLASS
+        if s["shape"] != world.SPURIOUS_CLASS:  # never nearer to green than half way from its own colour
+            assert (corner - green).norm() >= 0.5 * (own - green).norm() - 1e-5
+    assert moved >= len(specs) // 2 and 0 < stars < len(specs)
