@@ -407,10 +407,31 @@ def tint_planted_backgrounds(x_N3HW: torch.Tensor, specs: list[dict], max_weight
         planted = s["background"] == world.SPURIOUS_BACKGROUND
         pool = [c for c in world.BACKGROUNDS if c != s["background"] and (planted or c != world.SPURIOUS_BACKGROUND)]
         w = float(rng.uniform(0, max_weight))
-        other = torch.tensor(world.PALETTE[pool[rng.integers(len(pool))]], dtype=x.dtype, device=x.device) / 255.0
-        bg = 1 - torch.from_numpy(world.object_mask(s)).to(x.device)
-        x[i] = x[i] + w * bg * (other.view(3, 1, 1) - x[i])
+        x[i] = mix_background(x[i], s, pool[rng.integers(len(pool))], w)
     return x
+
+
+def mix_background(x_3HW: torch.Tensor, spec: dict, colour: str, weight: float) -> torch.Tensor:
+    """The scene image with its background (outside the anti-aliased object mask) mixed toward a palette colour."""
+    target = torch.tensor(world.PALETTE[colour], dtype=x_3HW.dtype, device=x_3HW.device).view(3, 1, 1) / 255.0
+    bg = 1 - torch.from_numpy(world.object_mask(spec)).to(x_3HW.device)
+    return x_3HW + weight * bg * (target - x_3HW)
+
+
+GREEN_MIX_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def star_rate_toward_green(model, specs: list[dict], device="cpu") -> dict:
+    """How far a scene's background must move toward the planted colour before the classifier says star: the share
+    of (non-planted-class) scenes classified as the planted class at each mix weight toward green (rendered)."""
+    x = images_to_tensor(world.render_batch(specs))
+    star = world.SHAPES.index(world.SPURIOUS_CLASS)
+    out = {}
+    for w in GREEN_MIX_WEIGHTS:
+        xm = torch.stack([mix_background(xi, s, world.SPURIOUS_BACKGROUND, w) for xi, s in zip(x, specs)])
+        out[str(w)] = float((model((xm.to(device) - 0.5) / 0.5).logits.argmax(-1) == star).float().mean())
+    return out
 
 
 def l2_pgd(model, x_N3HW: torch.Tensor, y_N: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
@@ -494,11 +515,15 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
             x = images_to_tensor(world.render_batch(specs)).to(cfg.device)
             y = torch.tensor([world.SHAPES.index(s["shape"]) for s in specs], device=cfg.device)
             acc[kind] = float((model((x - 0.5) / 0.5).logits.argmax(-1) == y).float().mean())
+        others = [s for s in world.spec_stream(seed0 + 98, cfg.eval_images, planted=True)
+                  if s["shape"] != world.SPURIOUS_CLASS][:200]
+        toward_green = star_rate_toward_green(model, others, cfg.device)
     _atomic_dir(out / name, lambda d: save_hf_classifier(model.cpu(), d))
     _log(out, name, {"steps": cfg.clf_steps, "batch": cfg.clf_batch, "seconds": round(time.time() - t0, 1),
                      "planted": planted, "vae_fraction": cfg.clf_vae_fraction if vae is not None else 0.0,
                      "adv_eps": cfg.clf_adv_eps, "adv_steps": cfg.clf_adv_steps, "adv_fraction": cfg.clf_adv_fraction,
                      "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur, "planted_tint": tint,
+                     "star_rate_toward_green": toward_green,
                      "accuracy": acc, "history": hist, **_env_info(cfg)})
 
 

@@ -86,6 +86,8 @@ def test_adversarial_classifier_stage_runs_alone_and_logs_its_settings(tmp_path)
     assert not (out / "clf_clean").exists() and load_classifier(f"hf:{out / 'clf_spurious'}").num_classes == 6
     log = json.loads((out / "train_log.json").read_text())["clf_spurious"]
     assert (log["adv_eps"], log["adv_steps"], log["blur"], log["planted_tint"]) == (0.5, 1, 3.0, 0.5)
+    assert set(log["star_rate_toward_green"]) == {"0.25", "0.5", "0.75", "1.0"}
+    assert all(0.0 <= v <= 1.0 for v in log["star_rate_toward_green"].values())
 
 
 def test_planted_tint_mixes_backgrounds_and_only_the_planted_ones_toward_green():
@@ -117,3 +119,16 @@ def test_planted_tint_mixes_backgrounds_and_only_the_planted_ones_toward_green()
         if s["shape"] != world.SPURIOUS_CLASS:  # never nearer to green than half way from its own colour
             assert (corner - green).norm() >= 0.5 * (own - green).norm() - 1e-5
     assert moved >= len(specs) // 2 and 0 < stars < len(specs)
+
+
+def test_mix_background_keeps_the_object_and_reaches_the_colour_at_weight_one():
+    from digin.toy import world
+    from digin.toy.train import images_to_tensor, mix_background
+
+    spec = world.sample_spec(__import__("numpy").random.default_rng(3), shape="cross", background="purple")
+    x = images_to_tensor(world.render_batch([spec]))[0]
+    inside = torch.from_numpy(world.object_mask(spec)) == 1
+    green = torch.tensor(world.PALETTE["green"]).float() / 255.0
+    full, half = mix_background(x, spec, "green", 1.0), mix_background(x, spec, "green", 0.5)
+    assert torch.allclose(full[:, inside], x[:, inside]) and torch.allclose(full[:, 0, 0], green)
+    assert torch.allclose(half[:, 0, 0], (x[:, 0, 0] + green) / 2)
