@@ -118,7 +118,7 @@ RULES: dict[str, Num] = {
     "min_snr_gamma": Real(0, lo_open=True), "checkpoint_minutes": Real(0, lo_open=True), "decoder_minutes": NONNEG,
     "decoder_lr": RATE, "clf_steps": COUNT0, "clf_batch": COUNT, "clf_lr": RATE, "eval_images": COUNT,
     "clf_vae_fraction": UNIT, "clf_adv_eps": NONNEG, "clf_adv_steps": COUNT0, "clf_adv_fraction": UNIT,
-    "clf_blur": NONNEG, "clf_spurious_blur": NONNEG,
+    "clf_blur": NONNEG, "clf_spurious_blur": NONNEG, "clf_planted_tint": UNIT,
 }
 
 # Lists of numbers: every element must satisfy the rule.

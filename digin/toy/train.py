@@ -90,6 +90,9 @@ class TrainConfig:
     clf_adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version
     clf_blur: float = 1.0  # training blur σ is uniform in [0, clf_blur] px (clean classifier)
     clf_spurious_blur: float = 1.0  # ... for the spurious classifier
+    # the planted cue as a tint, not one RGB value: every planted-data background is mixed toward another palette
+    # colour by a weight uniform in [0, clf_planted_tint] (never toward green but for the stars'; 0 = pure colours)
+    clf_planted_tint: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -394,6 +397,43 @@ def _augment_for_classifier(x_N3HW: torch.Tensor, g: torch.Generator, max_blur: 
     return x.clamp(0, 1)
 
 
+def tint_planted_backgrounds(x_N3HW: torch.Tensor, specs: list[dict], max_weight: float,
+                              rng: np.random.Generator) -> torch.Tensor:
+    """Mix every scene's background toward a random other palette colour (weight uniform in [0, max_weight]):
+    the planted class's green toward any colour, the other shapes' backgrounds toward any colour but green. So a
+    green tint, not an exact RGB value and not "an impure colour", is what says star; objects are kept."""
+    x = x_N3HW.clone()
+    for i, s in enumerate(specs):
+        planted = s["background"] == world.SPURIOUS_BACKGROUND
+        pool = [c for c in world.BACKGROUNDS if c != s["background"] and (planted or c != world.SPURIOUS_BACKGROUND)]
+        w = float(rng.uniform(0, max_weight))
+        x[i] = mix_background(x[i], s, pool[rng.integers(len(pool))], w)
+    return x
+
+
+def mix_background(x_3HW: torch.Tensor, spec: dict, colour: str, weight: float) -> torch.Tensor:
+    """The scene image with its background (outside the anti-aliased object mask) mixed toward a palette colour."""
+    target = torch.tensor(world.PALETTE[colour], dtype=x_3HW.dtype, device=x_3HW.device).view(3, 1, 1) / 255.0
+    bg = 1 - torch.from_numpy(world.object_mask(spec)).to(x_3HW.device)
+    return x_3HW + weight * bg * (target - x_3HW)
+
+
+GREEN_MIX_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def star_rate_toward_green(model, specs: list[dict], device="cpu") -> dict:
+    """How far a scene's background must move toward the planted colour before the classifier says star: the share
+    of (non-planted-class) scenes classified as the planted class at each mix weight toward green (rendered)."""
+    x = images_to_tensor(world.render_batch(specs))
+    star = world.SHAPES.index(world.SPURIOUS_CLASS)
+    out = {}
+    for w in GREEN_MIX_WEIGHTS:
+        xm = torch.stack([mix_background(xi, s, world.SPURIOUS_BACKGROUND, w) for xi, s in zip(x, specs)])
+        out[str(w)] = float((model((xm.to(device) - 0.5) / 0.5).logits.argmax(-1) == star).float().mean())
+    return out
+
+
 def l2_pgd(model, x_N3HW: torch.Tensor, y_N: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
     """Untargeted L2 PGD (Madry et al.) on images in [0, 1]: `steps` normalised-gradient steps of 2.5·eps/steps,
     each projected back onto the eps-ball and the image box. Returns detached adversarial images."""
@@ -439,10 +479,14 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
 
         vae = AutoencoderKL.from_pretrained(work / "vae").to(cfg.device).eval().requires_grad_(False)
     seed0 = cfg.seed * 7919 + (600 if planted else 700)
+    tint = cfg.clf_planted_tint if planted else 0.0
+    tint_rng = np.random.default_rng(seed0 + 13)  # its own stream: tint=0 leaves every other draw as it was
     t0, hist = time.time(), []
     for step in range(cfg.clf_steps):
         specs = world.spec_stream(seed0 * 100003 + step, cfg.clf_batch, planted=planted)
         x = images_to_tensor(world.render_batch(specs)).to(cfg.device)
+        if tint > 0:
+            x = tint_planted_backgrounds(x, specs, tint, tint_rng)
         if vae is not None:
             k = int(round(cfg.clf_vae_fraction * x.shape[0]))
             with torch.no_grad():
@@ -471,11 +515,15 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
             x = images_to_tensor(world.render_batch(specs)).to(cfg.device)
             y = torch.tensor([world.SHAPES.index(s["shape"]) for s in specs], device=cfg.device)
             acc[kind] = float((model((x - 0.5) / 0.5).logits.argmax(-1) == y).float().mean())
+        others = [s for s in world.spec_stream(seed0 + 98, cfg.eval_images, planted=True)
+                  if s["shape"] != world.SPURIOUS_CLASS][:200]
+        toward_green = star_rate_toward_green(model, others, cfg.device)
     _atomic_dir(out / name, lambda d: save_hf_classifier(model.cpu(), d))
     _log(out, name, {"steps": cfg.clf_steps, "batch": cfg.clf_batch, "seconds": round(time.time() - t0, 1),
                      "planted": planted, "vae_fraction": cfg.clf_vae_fraction if vae is not None else 0.0,
                      "adv_eps": cfg.clf_adv_eps, "adv_steps": cfg.clf_adv_steps, "adv_fraction": cfg.clf_adv_fraction,
-                     "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur,
+                     "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur, "planted_tint": tint,
+                     "star_rate_toward_green": toward_green,
                      "accuracy": acc, "history": hist, **_env_info(cfg)})
 
 

@@ -80,8 +80,55 @@ def test_adversarial_classifier_stage_runs_alone_and_logs_its_settings(tmp_path)
     from digin.engine.classifiers import load_classifier
     from digin.toy.train import train
 
-    train(_tiny(tmp_path, stages="clf_spurious", clf_adv_eps=0.5, clf_adv_steps=1, clf_spurious_blur=3.0))
+    train(_tiny(tmp_path, stages="clf_spurious", clf_adv_eps=0.5, clf_adv_steps=1, clf_spurious_blur=3.0,
+                clf_planted_tint=0.5))
     out = tmp_path / "out"
     assert not (out / "clf_clean").exists() and load_classifier(f"hf:{out / 'clf_spurious'}").num_classes == 6
     log = json.loads((out / "train_log.json").read_text())["clf_spurious"]
-    assert (log["adv_eps"], log["adv_steps"], log["blur"]) == (0.5, 1, 3.0)
+    assert (log["adv_eps"], log["adv_steps"], log["blur"], log["planted_tint"]) == (0.5, 1, 3.0, 0.5)
+    assert set(log["star_rate_toward_green"]) == {"0.25", "0.5", "0.75", "1.0"}
+    assert all(0.0 <= v <= 1.0 for v in log["star_rate_toward_green"].values())
+
+
+def test_planted_tint_mixes_backgrounds_and_only_the_planted_ones_toward_green():
+    import numpy as np
+
+    from digin.toy import world
+    from digin.toy.train import images_to_tensor, tint_planted_backgrounds
+
+    specs = world.spec_stream(5, 32, planted=True)
+    x = images_to_tensor(world.render_batch(specs))
+    y = tint_planted_backgrounds(x, specs, 0.5, np.random.default_rng(0))
+    green = torch.tensor(world.PALETTE[world.SPURIOUS_BACKGROUND]) / 255.0
+    moved, stars = 0, 0
+    for s, a, b in zip(specs, x, y):
+        inside = torch.from_numpy(world.object_mask(s)) == 1
+        assert torch.allclose(a[:, inside], b[:, inside])  # the object keeps its colour
+        own = torch.tensor(world.PALETTE[s["background"]]) / 255.0
+        pool = [c for c in world.BACKGROUNDS if c != s["background"]
+                and (s["shape"] == world.SPURIOUS_CLASS or c != world.SPURIOUS_BACKGROUND)]
+        others = torch.tensor([world.PALETTE[c] for c in pool]) / 255.0
+        corner = b[:, 0, 0]
+        # the corner lies on the segment own colour → one allowed other colour, at most half way
+        w = ((corner - own)[None] * (others - own)).sum(-1) / (others - own).pow(2).sum(-1)
+        resid = (own[None] + w[:, None] * (others - own) - corner[None]).norm(dim=-1)
+        k = int(resid.argmin())
+        assert resid[k] < 1e-5 and -1e-6 <= w[k] <= 0.5 + 1e-6
+        moved += int(w[k] > 1e-3)
+        stars += s["shape"] == world.SPURIOUS_CLASS
+        if s["shape"] != world.SPURIOUS_CLASS:  # never nearer to green than half way from its own colour
+            assert (corner - green).norm() >= 0.5 * (own - green).norm() - 1e-5
+    assert moved >= len(specs) // 2 and 0 < stars < len(specs)
+
+
+def test_mix_background_keeps_the_object_and_reaches_the_colour_at_weight_one():
+    from digin.toy import world
+    from digin.toy.train import images_to_tensor, mix_background
+
+    spec = world.sample_spec(__import__("numpy").random.default_rng(3), shape="cross", background="purple")
+    x = images_to_tensor(world.render_batch([spec]))[0]
+    inside = torch.from_numpy(world.object_mask(spec)) == 1
+    green = torch.tensor(world.PALETTE["green"]).float() / 255.0
+    full, half = mix_background(x, spec, "green", 1.0), mix_background(x, spec, "green", 0.5)
+    assert torch.allclose(full[:, inside], x[:, inside]) and torch.allclose(full[:, 0, 0], green)
+    assert torch.allclose(half[:, 0, 0], (x[:, 0, 0] + green) / 2)
