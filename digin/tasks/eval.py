@@ -31,11 +31,28 @@ class Config(ComputeArgs):
     dataset_classes: str | None = None  # image shard set whose class order the results' labels use
     classifier_label_order: str = "auto"  # auto | model | dataset (see digin.engine.classifiers.label_permutation)
     inception_weights: str | None = None  # torchvision Inception-v3 state dict (.safetensors or .pth); None: no FID
-    lpips: bool = True
+    # LPIPS-alex ours vs orig: true = required (a missing AlexNet file / lpips package is an error), false = off,
+    # None = computed when the AlexNet file is in the torch hub cache, else skipped with a note in the summary
+    lpips: bool | None = None
     lpips_random_trunk: bool = False  # True: random AlexNet trunk (offline; numbers only useful for tests)
     device: str | None = None  # default: cuda:<local rank> if available, else cpu
     task: str | None = None
     fields: ShardFields = field(default_factory=ShardFields)
+
+
+def lpips_for(cfg: Config):
+    """(LPIPS model or None, note or None) for `cfg.lpips` (see Config); lpips=true without its weights stops here,
+    before anything is computed or written."""
+    from digin.engine import metrics as M
+
+    if cfg.lpips is False:
+        return None, None
+    try:
+        return M.build_lpips(cfg.device, random_trunk=cfg.lpips_random_trunk, spatial=True), None
+    except (FileNotFoundError, ImportError, SystemExit) as e:  # no AlexNet file / no lpips package
+        if cfg.lpips:
+            raise SystemExit(f"digin eval: lpips=true: {e}") from None
+        return None, f"LPIPS skipped: {e} (lpips=true makes this an error, lpips=false turns LPIPS off)"
 
 
 def run(cfg: Config, records=None, classifiers: dict | None = None):
@@ -45,17 +62,12 @@ def run(cfg: Config, records=None, classifiers: dict | None = None):
 
     cfg.device = str(pick_device(cfg))
     settings = stage_compute(cfg, cfg.device)
+    lpips_model, lpips_note = lpips_for(cfg)
     if records is None:
         if not cfg.results:
             raise SystemExit("digin eval: give results=[<result shard folder>, ...]")
         records = [r for folder in cfg.results for r in records_from_shards(folder, cfg.fields, cfg.task)]
     classifiers = load_classifiers(cfg, settings) if classifiers is None else classifiers
-    lpips_model, lpips_note = None, None
-    if cfg.lpips:
-        try:  # the pretrained AlexNet trunk comes from the torch hub cache; offline without it -> skip, say so
-            lpips_model = M.build_lpips(cfg.device, random_trunk=cfg.lpips_random_trunk, spatial=True)
-        except Exception as e:  # URLError / OSError when the weights are not cached
-            lpips_note = f"LPIPS skipped: could not build LPIPS-alex ({type(e).__name__}: {str(e)[:120]})"
     inception = M.InceptionPool(cfg.inception_weights).to(cfg.device) if cfg.inception_weights else None
     result = evaluate_records(records, classifiers, lpips_model, inception, cfg.device)
     if lpips_note:

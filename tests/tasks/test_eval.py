@@ -82,3 +82,27 @@ def test_run_without_inception_notes_skipped_fid(tmp_path):
     assert "fid_ours_orig" not in summary["tasks"]["uvce"]
     assert summary["tasks"]["uvce"]["lpips_sd"] == pytest.approx(0.0, abs=1e-6)
     assert summary["tasks"]["uvce"]["lpips_ours"] >= 0.0
+
+
+def test_lpips_key_when_the_alexnet_file_is_missing_or_present(tmp_path, monkeypatch):
+    from tests.engine.lpips_trunk import torch_home_with_alexnet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    # lpips=true: one line naming the missing file, before anything is computed or written
+    with pytest.raises(SystemExit, match="lpips=true: .*alexnet-owt-7be5be79.pth"):
+        E.run(E.Config(out=str(tmp_path / "required"), lpips=True), records=records(), classifiers={})
+    assert not (tmp_path / "required").exists()
+    # default: skipped with a note saying how to require it; lpips=false: off without a note
+    E.run(E.Config(out=str(tmp_path / "auto")), records=records(), classifiers={})
+    auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert any(n.startswith("LPIPS skipped") and "alexnet-owt-7be5be79.pth" in n for n in auto["notes"])
+    assert "lpips_ours" not in auto["tasks"]["uvce"]
+    E.run(E.Config(out=str(tmp_path / "off"), lpips=False), records=records(), classifiers={})
+    off = json.loads((tmp_path / "off" / "summary.json").read_text())
+    assert not any("LPIPS" in n for n in off["notes"]) and "lpips_ours" not in off["tasks"]["uvce"]
+    # default with the file in the hub cache: computed through the real loader
+    with torch_home_with_alexnet(tmp_path / "hub-home"):
+        E.run(E.Config(out=str(tmp_path / "present")), records=records(), classifiers={})
+    present = json.loads((tmp_path / "present" / "summary.json").read_text())
+    assert present["tasks"]["uvce"]["lpips_ours"] > 0.0 and present["tasks"]["uvce"]["lpips_sd"] == pytest.approx(
+        0.0, abs=1e-6)
