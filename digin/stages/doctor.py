@@ -184,8 +184,8 @@ def _probe_lpips() -> tuple[str, str]:
     trunk = lpips_trunk_file()
     if trunk.is_file():
         return "ok", f"linear heads and AlexNet trunk weights found ({trunk})"
-    return "warn", (f"AlexNet trunk weights not found: looked for {trunk}; px_lpips and eval's LPIPS then stop "
-                    "with an error — copy torchvision's alexnet-owt-7be5be79.pth there")
+    return "warn", (f"AlexNet trunk weights not found: looked for {trunk}; px_lpips then stops with an error and "
+                    "eval skips LPIPS (lpips=true: error) — copy torchvision's alexnet-owt-7be5be79.pth there")
 
 
 def check_stack(key: str, dev, needed: bool, cfg) -> Check:
