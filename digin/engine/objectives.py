@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from digin.engine.augment import sample_seed
 from digin.engine.distances import mean_lp
-from digin.engine.perceptual import build_lpips, lpips_trunk_file, masked_lpips
+from digin.engine.perceptual import build_lpips, masked_lpips, require_trunk_file
 
 ONE_CLASSIFIER_LOSSES = ("CE", "log_conf", "NLL", "conf")
 TWO_CLASSIFIER_LOSSES = ("conf", "log_conf", "logits")
@@ -113,14 +113,10 @@ class Distance:
     fn: object  # (x, ref, mask | None, models: RegularizerModels) → (B,)
 
 
-def lp_distance(x_BCHW, x0_BCHW, p: int, mask_B1HW=None):
-    """mean over C,H,W of M·|x − x0|^p per sample (M broadcast over channels; no division by mask area)."""
-    return mean_lp(x_BCHW, x0_BCHW, p, mask_B1HW)
-
-
 REGULARIZERS = {
-    "l1": Distance(("px", "latent"), lambda x, ref, mask, models: lp_distance(x, ref, 1, mask)),
-    "l2": Distance(("px", "latent"), lambda x, ref, mask, models: lp_distance(x, ref, 2, mask)),
+    # mean over C,H,W of M·|x − x0|^p per sample (M broadcast over channels; no division by mask area)
+    "l1": Distance(("px", "latent"), lambda x, ref, mask, models: mean_lp(x, ref, 1, mask)),
+    "l2": Distance(("px", "latent"), lambda x, ref, mask, models: mean_lp(x, ref, 2, mask)),
     "lpips": Distance(("px",), lambda x, ref, mask, models: masked_lpips(models.lpips(x.device), x, ref, mask)),
     "clip": Distance(("px",), lambda x, ref, mask, models: models.clip(x, ref, mask)),
 }
@@ -300,8 +296,8 @@ class Objective:
             raise ValueError(f"regularizers {regularizers} need the masked CLIP distance model: set "
                              f"clip_regularizer_model=<open_clip name or folder> clip_regularizer_weights=<file> "
                              f"(digin.engine.masked_clip.build_masked_clip)")
-        if lpips_model is None and "lpips" in kinds and not lpips_trunk_file().is_file():
-            build_lpips()  # raises, naming the missing AlexNet weights file, before anything runs
+        if lpips_model is None and "lpips" in kinds:
+            require_trunk_file()  # a missing AlexNet file stops here, before anything runs
         self.loss = loss
         self.loss_weight = float(loss_weight)
         self.regularizers = regularizers

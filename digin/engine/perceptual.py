@@ -21,15 +21,22 @@ def lpips_trunk_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
 
 
+def require_trunk_file() -> Path:
+    """The AlexNet trunk file, or FileNotFoundError naming where it was looked for."""
+    trunk = lpips_trunk_file()
+    if not trunk.is_file():
+        raise FileNotFoundError(f"LPIPS needs the AlexNet trunk weights {trunk} (torchvision's {ALEXNET_FILE}; "
+                                f"copy it there, nothing is downloaded)")
+    return trunk
+
+
 def build_lpips(device=None, *, random_trunk: bool = False, spatial: bool = False):
     """LPIPS-alex on `device`, frozen. spatial=True: forward returns the per-pixel map (the masked metric)."""
     from digin.extras import require
 
     lpips = require("lpips", "LPIPS (the px_lpips regulariser, eval's lpips)")
-    trunk = lpips_trunk_file()
-    if not random_trunk and not trunk.is_file():
-        raise FileNotFoundError(f"LPIPS needs the AlexNet trunk weights {trunk} (torchvision's {ALEXNET_FILE}; "
-                                f"copy it there, nothing is downloaded)")
+    if not random_trunk:
+        require_trunk_file()
     with warnings.catch_warnings():  # torchvision's deprecation notes about lpips' `pretrained=` argument
         warnings.simplefilter("ignore", UserWarning)
         net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=random_trunk, spatial=spatial, verbose=False)

@@ -49,7 +49,7 @@ def lpips_for(cfg: Config):
         return None, None
     try:
         return M.build_lpips(cfg.device, random_trunk=cfg.lpips_random_trunk, spatial=True), None
-    except (FileNotFoundError, ImportError, SystemExit) as e:  # no AlexNet file / no lpips package
+    except (FileNotFoundError, ImportError) as e:  # no AlexNet file / no lpips package
         if cfg.lpips:
             raise SystemExit(f"digin eval: lpips=true: {e}") from None
         return None, f"LPIPS skipped: {e} (lpips=true makes this an error, lpips=false turns LPIPS off)"

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from digin.engine.augment import sample_seed
 from digin.engine.classifiers import load_classifier
 from digin.engine.objectives import (Objective, ce_loss, conf_diff_loss, conf_loss, log_conf_diff_loss,
-                                     logits_diff_loss, lp_distance, neuron_loss, parse_regularizer, text_loss)
+                                     logits_diff_loss, neuron_loss, parse_regularizer, text_loss)
+from digin.engine.distances import mean_lp
 from digin.engine.perceptual import build_lpips
 from digin.engine.perceptual import masked_lpips as lpips_distance
 from tests.engine.lpips_trunk import torch_home_with_alexnet
@@ -79,10 +80,10 @@ def test_lp_regularisers_by_hand():
     x = torch.tensor([[[[0.0, 1.0], [0.5, 0.25]]]])  # (1,1,2,2)
     x0 = torch.tensor([[[[1.0, 1.0], [0.0, 0.75]]]])
     m = torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
-    close(lp_distance(x, x0, 1), torch.tensor([(1 + 0 + 0.5 + 0.5) / 4]))
-    close(lp_distance(x, x0, 2), torch.tensor([(1 + 0 + 0.25 + 0.25) / 4]))
-    close(lp_distance(x, x0, 2, m), torch.tensor([(1 + 0 + 0.125 + 0.25) / 4]))  # no division by mask area
-    close(lp_distance(x, x0, 1, 1 - m), torch.tensor([(0 + 0 + 0.25 + 0) / 4]))
+    close(mean_lp(x, x0, 1), torch.tensor([(1 + 0 + 0.5 + 0.5) / 4]))
+    close(mean_lp(x, x0, 2), torch.tensor([(1 + 0 + 0.25 + 0.25) / 4]))
+    close(mean_lp(x, x0, 2, m), torch.tensor([(1 + 0 + 0.125 + 0.25) / 4]))  # no division by mask area
+    close(mean_lp(x, x0, 1, 1 - m), torch.tensor([(0 + 0 + 0.25 + 0) / 4]))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +145,8 @@ def test_all_ones_masks_equal_unmasked(lpips_net):
     zeros_px, zeros_lat = torch.zeros(3, 1, 64, 64), torch.zeros(3, 1, 8, 8)
     for x, x0, ones, zeros in ((img, img0, ones_px, zeros_px), (z, z0, ones_lat, zeros_lat)):
         for p_ in (1, 2):
-            close(lp_distance(x, x0, p_, ones), lp_distance(x, x0, p_))
-            assert lp_distance(x, x0, p_, zeros).abs().max() == 0
+            close(mean_lp(x, x0, p_, ones), mean_lp(x, x0, p_))
+            assert mean_lp(x, x0, p_, zeros).abs().max() == 0
     close(lpips_distance(lpips_net, img, img0, ones_px), lpips_net(img, img0, normalize=True).view(3))
     close(lpips_distance(lpips_net, img, img0), lpips_net(img, img0, normalize=True).view(3))
     # Through Objective: foreground with M = 1 equals the unmasked regulariser; background with M = 1 is 0.
