@@ -192,6 +192,7 @@ def validate(cfg, task: str | None = None):
             if rule.problem(v):
                 _refuse(key, value, f"a list of {rule.describe().replace('a ', '', 1)} values")
     _check_relations(cfg)
+    _check_regularizers(cfg)
     _check_strings(cfg, report_only=task == "doctor")
 
 
@@ -208,6 +209,26 @@ def _check_relations(cfg):
     seg = getattr(cfg, "segmentation", None)
     if seg is not None and seg.xa_start_t > seg.xa_end_t:  # an empty window: no step would give a mask
         _refuse("segmentation.xa_start_t", seg.xa_start_t, f"a number ≤ segmentation.xa_end_t={seg.xa_end_t}")
+
+
+def _check_regularizers(cfg):
+    """Regulariser names, and the AlexNet file px_lpips needs: refused before a stage writes its first file."""
+    regs = getattr(cfg, "regularizers", None)
+    if not regs:
+        return
+    from digin.engine.objectives import parse_regularizer
+    from digin.engine.perceptual import require_trunk_file
+
+    for name in regs:
+        try:
+            parse_regularizer(str(name))
+        except ValueError as e:
+            raise ConfigError(f"regularizers: {e}") from None
+    if any(str(name).endswith("_lpips") for name in regs):
+        try:
+            require_trunk_file()
+        except FileNotFoundError as e:
+            raise ConfigError(f"regularizers={list(regs)}: {e}") from None
 
 
 def _check_strings(cfg, report_only: bool = False):

@@ -95,3 +95,21 @@ def test_validate_is_usable_from_python():
     with pytest.raises(ConfigError, match=r"optim_params.sgd_steps=-1 .*an integer ≥ 0"):
         C.validate(cfg)
     assert math.isnan(_outside(C.RULES["loss_weight"]))
+
+
+def test_regularizer_names_and_the_lpips_file_are_checked_before_writing_anything(tmp_path, monkeypatch):
+    from tests.engine.lpips_trunk import torch_home_with_alexnet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    out = tmp_path / "out"
+    args = ["diff", f"out={out}", "model_path=tiny", "classifier1=tiny", "regularizers_ws=[1.0]"]
+    for reg, named in [("px_lpips", "regularizers=['px_lpips']: LPIPS needs the AlexNet trunk weights"),
+                       ("px_foo", "regularizers: unknown regulariser 'px_foo'")]:
+        with pytest.raises(SystemExit) as e:
+            main(args + [f"regularizers=[{reg}]"])
+        assert str(e.value).startswith("digin: ") and named in str(e.value) and "\n" not in str(e.value)
+        assert not out.exists()
+    from digin.tasks import diff
+
+    with torch_home_with_alexnet(tmp_path / "hub-home"):  # with the file in the hub cache the key passes
+        build_config(diff.Config, [f"out={out}", "model_path=tiny", "regularizers=[px_lpips]", "regularizers_ws=[1.0]"])
