@@ -119,6 +119,7 @@ RULES: dict[str, Num] = {
     "decoder_lr": RATE, "clf_steps": COUNT0, "clf_batch": COUNT, "clf_lr": RATE, "eval_images": COUNT,
     "clf_vae_fraction": UNIT, "clf_adv_eps": NONNEG, "clf_adv_steps": COUNT0, "clf_adv_fraction": UNIT,
     "clf_blur": NONNEG, "clf_spurious_blur": NONNEG, "clf_planted_tint": UNIT,
+    "world_shades": Real(0, 0.5, hi_open=True),
 }
 
 # Lists of numbers: every element must satisfy the rule.

@@ -93,6 +93,10 @@ class TrainConfig:
     # the planted cue as a tint, not one RGB value: every planted-data background is mixed toward another palette
     # colour by a weight uniform in [0, clf_planted_tint] (never toward green but for the stars'; 0 = pure colours)
     clf_planted_tint: float = 0.0
+    # a world of background shades: every training scene of the VAE, decoder, UNet and clean classifier has its
+    # background mixed toward another palette colour by up to this weight (< 0.5; the caption keeps the dominant
+    # colour), so the decoder and the prior can draw the colours between the palette's (0 = pure colours)
+    world_shades: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -100,6 +104,14 @@ class TrainConfig:
 def images_to_tensor(imgs_NHWC: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float (N, 3, H, W) in [0, 1]."""
     return torch.from_numpy(imgs_NHWC).permute(0, 3, 1, 2).float() / 255.0
+
+
+def shaded(cfg: TrainConfig, specs: list[dict], rng: np.random.Generator) -> list[dict]:
+    """The specs with shaded backgrounds when cfg.world_shades > 0 (drawn from their own `rng`, so the scenes'
+    other draws are those of the pure-colour world)."""
+    if cfg.world_shades <= 0:
+        return specs
+    return [world.shade_background(s, rng, cfg.world_shades) for s in specs]
 
 
 def eval_batch(cfg: TrainConfig, n: int) -> torch.Tensor:
@@ -165,10 +177,11 @@ def train_vae(cfg: TrainConfig, out: Path, work: Path):
     torch.manual_seed(cfg.seed)
     vae = build_vae().to(cfg.device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    rng = np.random.default_rng(cfg.seed + 11)
+    rng, shade_rng = np.random.default_rng(cfg.seed + 11), np.random.default_rng(cfg.seed + 14)
     t0, hist = time.time(), []
     for step in range(cfg.vae_steps):
-        x = images_to_tensor(world.render_batch([world.sample_spec(rng) for _ in range(cfg.vae_batch)]))
+        specs = shaded(cfg, [world.sample_spec(rng) for _ in range(cfg.vae_batch)], shade_rng)
+        x = images_to_tensor(world.render_batch(specs))
         x = x.to(cfg.device) * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -204,7 +217,7 @@ def cache_latents(cfg: TrainConfig, out: Path, work: Path):
 
     vae = AutoencoderKL.from_pretrained(work / "vae").to(cfg.device).eval()
     tok = build_tokenizer(work / "tokenizer")
-    specs = world.spec_stream(cfg.seed + 21, cfg.num_latents)
+    specs = shaded(cfg, world.spec_stream(cfg.seed + 21, cfg.num_latents), np.random.default_rng(cfg.seed + 24))
     captions = [world.caption_of(s) for s in specs]
     lat, t0 = [], time.time()
     with torch.no_grad():
@@ -214,7 +227,7 @@ def cache_latents(cfg: TrainConfig, out: Path, work: Path):
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
     torch.save({"latents": torch.cat(lat), "ids": ids}, work / "latents.pt")
-    _log(out, "latents", {"count": len(specs), "seconds": round(time.time() - t0, 1)})
+    _log(out, "latents", {"count": len(specs), "world_shades": cfg.world_shades, "seconds": round(time.time() - t0, 1)})
 
 
 def finetune_decoder(cfg: TrainConfig, out: Path, work: Path):
@@ -229,7 +242,7 @@ def finetune_decoder(cfg: TrainConfig, out: Path, work: Path):
     vae.encoder.eval()
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    rng = np.random.default_rng(cfg.seed + 62)
+    rng, shade_rng = np.random.default_rng(cfg.seed + 62), np.random.default_rng(cfg.seed + 64)
     g_noise = torch.Generator().manual_seed(cfg.seed + 63)
     t0, last, step, hist = time.time(), time.time(), 0, []
 
@@ -240,11 +253,13 @@ def finetune_decoder(cfg: TrainConfig, out: Path, work: Path):
             psnr = float(-10 * torch.log10(F.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample
                                                       .clamp(-1, 1) / 2, x / 2)))
         _log(out, "decoder", {"steps": step, "batch": cfg.vae_batch, "seconds": round(time.time() - t0, 1),
+                              "world_shades": cfg.world_shades,
                               "psnr_db": psnr, "history": hist, **_env_info(cfg)})
         print(f"decoder checkpoint {step} psnr {psnr:.2f}", flush=True)
 
     while time.time() - t0 < cfg.decoder_minutes * 60:
-        x = images_to_tensor(world.render_batch([world.sample_spec(rng) for _ in range(cfg.vae_batch)]))
+        specs = shaded(cfg, [world.sample_spec(rng) for _ in range(cfg.vae_batch)], shade_rng)
+        x = images_to_tensor(world.render_batch(specs))
         x = x.to(cfg.device) * 2 - 1
         with torch.no_grad():  # posterior mean (what encode_image and the UNet's data are) + a little noise
             post = vae.encode(x).latent_dist
@@ -481,9 +496,12 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
     seed0 = cfg.seed * 7919 + (600 if planted else 700)
     tint = cfg.clf_planted_tint if planted else 0.0
     tint_rng = np.random.default_rng(seed0 + 13)  # its own stream: tint=0 leaves every other draw as it was
+    shade_rng = np.random.default_rng(seed0 + 17)  # (the spurious classifier's tint is clf_planted_tint)
     t0, hist = time.time(), []
     for step in range(cfg.clf_steps):
         specs = world.spec_stream(seed0 * 100003 + step, cfg.clf_batch, planted=planted)
+        if not planted:
+            specs = shaded(cfg, specs, shade_rng)
         x = images_to_tensor(world.render_batch(specs)).to(cfg.device)
         if tint > 0:
             x = tint_planted_backgrounds(x, specs, tint, tint_rng)
@@ -523,6 +541,7 @@ def train_classifier(cfg: TrainConfig, out: Path, name: str, planted: bool, work
                      "planted": planted, "vae_fraction": cfg.clf_vae_fraction if vae is not None else 0.0,
                      "adv_eps": cfg.clf_adv_eps, "adv_steps": cfg.clf_adv_steps, "adv_fraction": cfg.clf_adv_fraction,
                      "blur": cfg.clf_spurious_blur if planted else cfg.clf_blur, "planted_tint": tint,
+                     "world_shades": 0.0 if planted else cfg.world_shades,
                      "star_rate_toward_green": toward_green,
                      "accuracy": acc, "history": hist, **_env_info(cfg)})
 

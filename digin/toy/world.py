@@ -104,11 +104,31 @@ def object_mask(spec: dict) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
+def shade_background(spec: dict, rng: np.random.Generator, max_weight: float) -> dict:
+    """A copy of `spec` whose background is mixed toward another palette colour (never the object's) by a weight
+    uniform in [0, max_weight): `spec["shade"] = [colour, weight]`. The caption keeps the dominant colour, so
+    max_weight < 0.5; a world of shades lets the VAE and UNet learn the colours between the palette's."""
+    if not 0 <= max_weight < 0.5:
+        raise ValueError(f"shade weight {max_weight} must be in [0, 0.5): the caption names the dominant colour")
+    pool = [c for c in BACKGROUNDS if c not in (spec["background"], spec["color"])]
+    colour = pool[rng.integers(len(pool))]
+    return dict(spec, shade=[colour, round(float(rng.uniform(0, max_weight)), 4)])
+
+
+def background_rgb(spec: dict) -> np.ndarray:
+    """The background colour (float RGB 0–255), with the spec's shade if it has one."""
+    bg = np.array(PALETTE[spec["background"]], dtype=np.float32)
+    if spec.get("shade"):
+        colour, w = spec["shade"]
+        bg = (1 - w) * bg + w * np.array(PALETTE[colour], dtype=np.float32)
+    return bg
+
+
 def render(spec: dict) -> np.ndarray:
     """(64, 64, 3) uint8 image of a spec."""
     m = object_mask(spec)[..., None]
     fg = np.array(PALETTE[spec["color"]], dtype=np.float32)
-    bg = np.array(PALETTE[spec["background"]], dtype=np.float32)
+    bg = background_rgb(spec)
     return np.clip(np.round(m * fg + (1 - m) * bg), 0, 255).astype(np.uint8)
 
 

@@ -132,3 +132,31 @@ def test_mix_background_keeps_the_object_and_reaches_the_colour_at_weight_one():
     full, half = mix_background(x, spec, "green", 1.0), mix_background(x, spec, "green", 0.5)
     assert torch.allclose(full[:, inside], x[:, inside]) and torch.allclose(full[:, 0, 0], green)
     assert torch.allclose(half[:, 0, 0], (x[:, 0, 0] + green) / 2)
+
+
+def test_world_shades_shade_the_training_scenes_from_their_own_stream():
+    import numpy as np
+
+    from digin.toy import world
+    from digin.toy.train import TrainConfig, shaded
+
+    specs = world.spec_stream(7, 50)
+    assert shaded(TrainConfig(world_shades=0.0), specs, np.random.default_rng(0)) is specs
+    out = shaded(TrainConfig(world_shades=0.3), specs, np.random.default_rng(0))
+    assert [{k: v for k, v in s.items() if k != "shade"} for s in out] == specs  # other draws unchanged
+    weights = [s["shade"][1] for s in out]
+    assert all(0 <= w < 0.3 for w in weights) and max(weights) > 0.2
+
+
+def test_latent_cache_of_a_shaded_world_differs_only_by_the_shades(tmp_path):
+    from digin.toy.train import train
+
+    lat = {}
+    for shades in (0.0, 0.4):
+        cfg = _tiny(tmp_path / str(shades), stages="vae,latents", world_shades=shades)
+        train(cfg)
+        lat[shades] = torch.load(tmp_path / str(shades) / "work" / "latents.pt")
+        log = json.loads((tmp_path / str(shades) / "out" / "train_log.json").read_text())
+        assert log["latents"]["world_shades"] == shades
+    assert torch.equal(lat[0.0]["ids"], lat[0.4]["ids"])  # same scenes and captions
+    assert not torch.allclose(lat[0.0]["latents"], lat[0.4]["latents"])  # the shaded backgrounds

@@ -101,3 +101,21 @@ def test_demo_inputs_pair_images_with_their_captions(tmp_path):
         assert caps[s["__key__"]].split()[3] == world.SHAPES[int(s["meta"]["label"])]
     again = make_demo_inputs(tmp_path / "demo", n_per_class=2, samples_per_shard=5)  # idempotent
     assert again["captions"] == sets["captions"]
+
+
+def test_shaded_background_mixes_toward_another_colour_and_keeps_the_caption():
+    rng = np.random.default_rng(3)
+    for seed in range(30):
+        _, cap, lab = world.make_scene(seed)
+        spec = {k: lab[k] for k in ("shape", "color", "background", "size", "radius", "cx", "cy")}
+        shaded = world.shade_background(spec, rng, 0.45)
+        colour, w = shaded["shade"]
+        assert colour not in (spec["background"], spec["color"]) and 0 <= w < 0.45
+        img, cap2, _ = world.make_scene(shaded)
+        assert cap2 == cap  # the caption names the dominant colour
+        a = np.asarray(img).astype(float)
+        want = (1 - w) * np.array(world.PALETTE[spec["background"]]) + w * np.array(world.PALETTE[colour])
+        assert np.abs(a[0, 0] - want).max() <= 0.5 and np.abs(a[-1, -1] - want).max() <= 0.5
+        assert world.make_scene(dict(spec, shade=[colour, 0.0]))[0].tobytes() == world.make_scene(spec)[0].tobytes()
+    with pytest.raises(ValueError, match="0.5"):
+        world.shade_background(spec, rng, 0.5)
