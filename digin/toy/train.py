@@ -114,6 +114,12 @@ def shaded(cfg: TrainConfig, specs: list[dict], rng: np.random.Generator) -> lis
     return [world.shade_background(s, rng, cfg.world_shades) for s in specs]
 
 
+def autoencoder_batch(cfg: TrainConfig, rng: np.random.Generator, shade_rng: np.random.Generator) -> torch.Tensor:
+    """One VAE / decoder training batch of fresh scenes (shaded when cfg.world_shades > 0), in [-1, 1]."""
+    specs = shaded(cfg, [world.sample_spec(rng) for _ in range(cfg.vae_batch)], shade_rng)
+    return images_to_tensor(world.render_batch(specs)).to(cfg.device) * 2 - 1
+
+
 def eval_batch(cfg: TrainConfig, n: int) -> torch.Tensor:
     """Fixed evaluation scenes in [-1, 1] (at most cfg.eval_images)."""
     specs = world.spec_stream(cfg.seed + 12, min(n, cfg.eval_images))
@@ -180,9 +186,7 @@ def train_vae(cfg: TrainConfig, out: Path, work: Path):
     rng, shade_rng = np.random.default_rng(cfg.seed + 11), np.random.default_rng(cfg.seed + 14)
     t0, hist = time.time(), []
     for step in range(cfg.vae_steps):
-        specs = shaded(cfg, [world.sample_spec(rng) for _ in range(cfg.vae_batch)], shade_rng)
-        x = images_to_tensor(world.render_batch(specs))
-        x = x.to(cfg.device) * 2 - 1
+        x = autoencoder_batch(cfg, rng, shade_rng)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         mse = F.mse_loss(rec, x)
@@ -258,9 +262,7 @@ def finetune_decoder(cfg: TrainConfig, out: Path, work: Path):
         print(f"decoder checkpoint {step} psnr {psnr:.2f}", flush=True)
 
     while time.time() - t0 < cfg.decoder_minutes * 60:
-        specs = shaded(cfg, [world.sample_spec(rng) for _ in range(cfg.vae_batch)], shade_rng)
-        x = images_to_tensor(world.render_batch(specs))
-        x = x.to(cfg.device) * 2 - 1
+        x = autoencoder_batch(cfg, rng, shade_rng)
         with torch.no_grad():  # posterior mean (what encode_image and the UNet's data are) + a little noise
             post = vae.encode(x).latent_dist
             z = post.mean + 0.1 * post.std * torch.randn(post.mean.shape, generator=g_noise)
