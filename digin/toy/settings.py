@@ -68,16 +68,17 @@ def uvce(prompt_edit: bool = True) -> list[str]:
 
 
 def diff(prompts: list[str]) -> list[str]:
-    """Classifier differences for the planted class: log p_spurious(star) − log p_clean(star), from `prompts`
-    (captions of other shapes on other backgrounds). Only the null text moves (the caption's conditioning and the
-    start noise stay): the scene the caption describes is kept, the optimisation can only change how strongly
-    each of its parts is drawn."""
+    """Classifier differences for the planted class with the reference's two-classifier loss −p_spurious(star) +
+    p_clean(star), from `prompts` (captions of other shapes on other backgrounds). Only the null text moves (the
+    caption's conditioning and the start noise stay): the scene the caption describes is kept, the optimisation can
+    only change how strongly each of its parts is drawn. (`log_conf` was tried: its gradient is spent on driving the
+    clean classifier's p(star), already ≈ 0, further down, and the spurious classifier rarely flips.)"""
     quoted = ",".join(f"'{p}'" for p in prompts)
     return guided() + [
-        f"classifier1={classifier_spec('spurious')}", f"classifier2={classifier_spec('clean')}", "loss=log_conf",
+        f"classifier1={classifier_spec('spurious')}", f"classifier2={classifier_spec('clean')}", "loss=conf",
         # more noise per cutout than the other stages: the gradient of the noised copies favours broad changes
         # (a background colour) over pixel patterns
         "augmentation_num_cutouts=4", "augmentation_noise_sd=0.1",
         f"class_names=[{','.join(world.SHAPES)}]", f"target_classes=[{world.SHAPES.index(world.SPURIOUS_CLASS)}]",
         "num_images=1", f"prompts=[{quoted}]"] + SHARED_SGD + [
-        "optim_params.optimize_conditioning=false", "optim_params.sgd_steps=24", "optim_params.sgd_stepsize=3.0"]
+        "optim_params.optimize_conditioning=false", "optim_params.sgd_steps=32", "optim_params.sgd_stepsize=3.0"]

@@ -36,8 +36,6 @@ def test_null_text_inversion_beats_plain_ddim_inversion(inversion):
     assert inversion["psnr_inv"] > inversion["psnr_ddim"]
 
 
-@pytest.mark.xfail(strict=False, reason="shipped model, held-out: 10 of 12 images gain (up to 6.8 dB), two lose 1.4 "
-                   "and 0.3 dB under null-text inversion (dev: one loses 1.2 dB) — see MODEL_CARD")
 def test_null_text_inversion_improves_every_image(inversion):
     assert min(inversion["per_image_gain"]) > 0, inversion["per_image_gain"]
 
@@ -74,10 +72,10 @@ def test_gradient_only_uvces_reach_the_target(uvce_gradient_only):
     assert r["gain_share"] >= 0.5, (r["target_conf_sd"], r["target_conf"])
 
 
-@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 2 of 12 gradient-only edits recolour the whole "
-                   "background (RMS 0.37 and 0.34; the other 10 ≤ 0.07, dev: all ≤ 0.05) — the toy model's "
-                   "cross-attention masks do not localise the object, so the background is pinned only by the "
-                   "regularisers; see MODEL_CARD")
+@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 3 of 12 gradient-only edits recolour much of the "
+                   "background (RMS 0.29, 0.17, 0.11; the other 9 ≤ 0.08, dev: 2 of 12 at 0.15 and 0.14) — the toy "
+                   "model's cross-attention masks do not localise the object, so the background is pinned only by "
+                   "the regularisers; see MODEL_CARD")
 def test_gradient_only_uvces_keep_the_background(uvce_gradient_only):
     # the same criterion as with the prompt edit: no background changed colour
     assert max(uvce_gradient_only["background_rms"]) < 0.08, uvce_gradient_only["background_rms"]
@@ -89,17 +87,17 @@ def spurious(toy_models, work):
 
 
 def test_classifier_differences_move_the_background_toward_the_planted_colour(spurious):
-    # the objective is driven up: log p_spurious(star) − log p_clean(star), from captions of the other shapes
-    # (held-out −6.3 → 7.6 measured; dev −6.3 → 2.7)
+    # the objective (−p_spurious(star) + p_clean(star)) drives the log gap log p_spurious(star) − log p_clean(star)
+    # up, from captions of the other shapes (held-out −0.2 → 7.3 measured; dev 0.1 → 5.5)
     assert spurious["log_gap_ours"] > spurious["log_gap_sd"] + 1.0, (spurious["log_gap_sd"], spurious["log_gap_ours"])
     # on average the background frame ends ≥ 10 % closer to the planted colour than iterate 0
     assert spurious["mean_dist_ours"] <= 0.9 * spurious["mean_dist_sd"], (spurious["dist_sd"], spurious["dist_ours"])
 
 
-@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 2 of 8 (dev: 1 of 8); the clean classifier keeps "
-                   "the shape in 5/8, the background moves toward green in 6/8, but p_spurious(star) passes 0.5 in "
-                   "only 2/8 — gradient guidance through this toy prior does not flip a flat background colour "
-                   "without also redrawing the scene; what was tried is in MODEL_CARD")
+@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 5 of 8 (dev: 6 of 8; 25 of 32 on 32 dev "
+                   "prompts); the clean classifier keeps the shape in 8/8, the background moves toward green in 6/8, "
+                   "p_spurious(star) passes 0.5 in 6/8 — one sample in four still fails one of the three; what was "
+                   "tried is in MODEL_CARD")
 def test_classifier_differences_keep_the_object_and_fool_the_spurious_classifier(spurious):
     # the planted story per sample: the clean classifier still sees the prompted shape, the background moved toward
     # green, and the spurious classifier now says star — in ≥ 75 % of the held-out prompts
