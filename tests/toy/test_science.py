@@ -96,8 +96,9 @@ def test_classifier_differences_move_the_background_toward_the_planted_colour(sp
 
 @pytest.mark.xfail(strict=False, reason="shipped models, held-out: 5 of 8 (dev: 6 of 8; 25 of 32 on 32 dev "
                    "prompts); the clean classifier keeps the shape in 8/8, the background moves toward green in 6/8, "
-                   "p_spurious(star) passes 0.5 in 6/8 — one sample in four still fails one of the three; what was "
-                   "tried is in MODEL_CARD")
+                   "p_spurious(star) passes 0.5 in 6/8 — the misses: a black background pushed to yellow (the "
+                   "spurious classifier says star, but it is no closer to green), a purple one pushed to brown "
+                   "(p_spurious 0.34) and a red square on black that never flips; what was tried is in MODEL_CARD")
 def test_classifier_differences_keep_the_object_and_fool_the_spurious_classifier(spurious):
     # the planted story per sample: the clean classifier still sees the prompted shape, the background moved toward
     # green, and the spurious classifier now says star — in ≥ 75 % of the held-out prompts
