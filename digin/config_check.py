@@ -207,6 +207,10 @@ def _check_relations(cfg):
     rank, world = getattr(cfg, "rank", None), getattr(cfg, "world", None)
     if isinstance(rank, int) and isinstance(world, int) and rank >= world:
         _refuse("rank", rank, f"an integer in [0, world-1={world - 1}]")
+    if getattr(cfg, "early_stopping_confidence", None) is not None and hasattr(cfg, "classifier2"):
+        from digin.stages.diff import early_stopping_loss
+
+        early_stopping_loss(cfg)  # a loss without a confidence scale is refused here
     seg = getattr(cfg, "segmentation", None)
     if seg is not None and seg.xa_start_t > seg.xa_end_t:  # an empty window: no step would give a mask
         _refuse("segmentation.xa_start_t", seg.xa_start_t, f"a number ≤ segmentation.xa_end_t={seg.xa_end_t}")

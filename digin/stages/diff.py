@@ -2,8 +2,11 @@
 process that optimises each batch from per-item start noise."""
 from __future__ import annotations
 
+import math
+
 import torch
 
+from digin.errors import ConfigError
 from digin.stages.batching import latent_shape, start_noise
 from digin.stages.models import guidance_config, noise_scale_fn, regularizer_models
 from digin.stages.results import result_fields
@@ -34,6 +37,30 @@ def work_items(cfg, classes: list[str]) -> list[tuple[str, dict]]:
     return items
 
 
+def effective_loss(cfg) -> str:
+    """The loss the stage optimises: with classifier2, `conf` unless `loss` names another two-classifier loss."""
+    if cfg.classifier2 and cfg.loss not in ("conf", "log_conf", "logits"):
+        return "conf"
+    return cfg.loss
+
+
+def early_stopping_loss(cfg) -> float | None:
+    """`early_stopping_confidence=c` as the threshold on the (augmented) loss the loop stops a sample at:
+    p(y) > c ⇔ −log p(y) < −log c (CE / log_conf / NLL, one classifier), −p(y) < −c (conf), and with two
+    classifiers −p1(y) + p2(y) < −c (classifier1 surer than classifier2 by more than c). Two-classifier log_conf /
+    logits have no confidence scale: ConfigError naming the key."""
+    c = cfg.early_stopping_confidence
+    if c is None:
+        return None
+    loss = effective_loss(cfg)
+    if loss == "conf":
+        return -float(c)
+    if cfg.classifier2:
+        raise ConfigError(f"early_stopping_confidence={c!r} needs loss=conf with classifier2 (loss={loss} has no "
+                          f"confidence scale; set optim_params.early_stopping_loss instead)")
+    return -math.log(c)
+
+
 def make_process(sd, classifiers: list, eval_clf, cfg):
     from digin.engine.guidance import optimise
     from digin.engine.objectives import Objective
@@ -41,13 +68,8 @@ def make_process(sd, classifiers: list, eval_clf, cfg):
     gcfg = guidance_config(cfg)
     regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
     if cfg.early_stopping_confidence is not None:
-        # p(y) > c  ⇔  CE < −log c (the loop's early stopping acts on the augmented loss)
-        import math
-
-        gcfg.optim_params.early_stopping_loss = -math.log(cfg.early_stopping_confidence)
-    loss = cfg.loss
-    if len(classifiers) == 2 and loss not in ("conf", "log_conf", "logits"):
-        loss = "conf"
+        gcfg.optim_params.early_stopping_loss = early_stopping_loss(cfg)
+    loss = effective_loss(cfg)
     noise_fn = noise_scale_fn(cfg)
     shape = latent_shape(sd, cfg.resolution)
 

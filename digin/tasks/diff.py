@@ -45,7 +45,8 @@ class Config(CommonArgs):
     loss_weight: float = 1.0
     regularizers: list = field(default_factory=list)
     regularizers_ws: list = field(default_factory=list)
-    early_stopping_confidence: Optional[float] = None  # stop once classifier1's p(y) exceeds it (one classifier)
+    # stop a sample once classifier1's p(y) exceeds it (with classifier2 and loss=conf: once p1(y) − p2(y) does)
+    early_stopping_confidence: Optional[float] = None
 
 
 def stage_config(cfg: Config) -> dict:

@@ -110,3 +110,18 @@ def test_diff_rejects_an_empty_prompt():
     cfg = build_config(diff.Config, ["out=x", "model_path=tiny", "class_names=[a,b]", "prompts=['a b',' ']"])
     with pytest.raises(SystemExit, match=r"prompts\[1\]"):
         diff.work_items(cfg, ["a", "b"])
+
+
+def test_early_stopping_confidence_is_read_on_the_loss_being_optimised():
+    from digin.errors import ConfigError
+    from digin.stages.diff import early_stopping_loss
+
+    base = ["out=x", "model_path=tiny", "class_names=[a,b]", "early_stopping_confidence=0.8"]
+    # one classifier, CE: p(y) > 0.8 ⇔ −log p(y) < −log 0.8
+    assert early_stopping_loss(build_config(diff.Config, base)) == pytest.approx(-math.log(0.8))
+    assert early_stopping_loss(build_config(diff.Config, base + ["loss=conf"])) == pytest.approx(-0.8)
+    # two classifiers, conf (also the default): −p1 + p2 < −0.8, not the CE threshold 0.22 (which every start meets)
+    two = base + ["classifier2=resnet18"]
+    assert early_stopping_loss(build_config(diff.Config, two)) == pytest.approx(-0.8)
+    with pytest.raises((ConfigError, SystemExit), match="early_stopping_confidence"):
+        build_config(diff.Config, two + ["loss=logits"])
