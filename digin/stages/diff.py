@@ -39,7 +39,9 @@ def work_items(cfg, classes: list[str]) -> list[tuple[str, dict]]:
 
 def effective_loss(cfg) -> str:
     """The loss the stage optimises: with classifier2, `conf` unless `loss` names another two-classifier loss."""
-    if cfg.classifier2 and cfg.loss not in ("conf", "log_conf", "logits"):
+    from digin.engine.objectives import TWO_CLASSIFIER_LOSSES
+
+    if cfg.classifier2 and cfg.loss not in TWO_CLASSIFIER_LOSSES:
         return "conf"
     return cfg.loss
 

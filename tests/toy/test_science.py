@@ -94,7 +94,7 @@ def test_classifier_differences_move_the_background_toward_the_planted_colour(sp
     assert spurious["mean_dist_ours"] <= 0.9 * spurious["mean_dist_sd"], (spurious["dist_sd"], spurious["dist_ours"])
 
 
-@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 5 of 8 (dev: 51 of 64 prompts = 0.80); the "
+@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 5 of 8 (dev: 0.80 on prompts 1–64, 0.76 on 1–96); the "
                    "clean classifier keeps the shape in 8/8, the background moves toward green in 6/8, p_spurious(star) "
                    "passes 0.5 in 6/8 — the misses: a black background pushed to yellow (the spurious classifier says "
                    "star, but it is no closer to green), a purple one pushed to brown (p_spurious 0.34) and a red "
