@@ -81,7 +81,9 @@ def diff(prompts: list[str]) -> list[str]:
         "augmentation_num_cutouts=4", "augmentation_noise_sd=0.1",
         f"class_names=[{','.join(world.SHAPES)}]", f"target_classes=[{world.SHAPES.index(world.SPURIOUS_CLASS)}]",
         "num_images=1", f"prompts=[{quoted}]"] + SHARED_SGD + [
-        "optim_params.optimize_conditioning=false", "optim_params.sgd_steps=32", "optim_params.sgd_stepsize=3.0",
+        # smaller steps, more of them: with lr 3 one step could jump a scene past the flip to a new field (a plain
+        # yellow or pale-cyan image the spurious classifier also calls star); lr 1.5 walks up to the first flip
+        "optim_params.optimize_conditioning=false", "optim_params.sgd_steps=64", "optim_params.sgd_stepsize=1.5",
         # stop a sample at its first clear flip (p_spur(star) − p_clean(star) > 0.8 on the augmented cutouts): the
         # smallest edit that tells the story, instead of pushing on while the object drifts
         "early_stopping_confidence=0.8"]

@@ -88,20 +88,16 @@ def spurious(toy_models, work):
 
 def test_classifier_differences_move_the_background_toward_the_planted_colour(spurious):
     # the objective (−p_spurious(star) + p_clean(star)) drives the log gap log p_spurious(star) − log p_clean(star)
-    # up, from captions of the other shapes (held-out −0.2 → 5.6 measured; dev 1.0 → 6.3 on 64 prompts)
+    # up, from captions of the other shapes (held-out −0.2 → 5.7 measured; dev 1.1 → 6.7 on 64 prompts)
     assert spurious["log_gap_ours"] > spurious["log_gap_sd"] + 1.0, (spurious["log_gap_sd"], spurious["log_gap_ours"])
     # on average the background frame ends ≥ 10 % closer to the planted colour than iterate 0
     assert spurious["mean_dist_ours"] <= 0.9 * spurious["mean_dist_sd"], (spurious["dist_sd"], spurious["dist_ours"])
 
 
-@pytest.mark.xfail(strict=False, reason="shipped models, held-out: 5 of 8 (dev: 0.80 on prompts 1–64, 0.76 on 1–96); the "
-                   "clean classifier keeps the shape in 8/8, the background moves toward green in 6/8, p_spurious(star) "
-                   "passes 0.5 in 6/8 — the misses: a black background pushed to yellow (the spurious classifier says "
-                   "star, but it is no closer to green), a purple one pushed to brown (p_spurious 0.34) and a red "
-                   "square on black that never flips; what was tried is in MODEL_CARD")
 def test_classifier_differences_keep_the_object_and_fool_the_spurious_classifier(spurious):
     # the planted story per sample: the clean classifier still sees the prompted shape, the background moved toward
-    # green, and the spurious classifier now says star — in ≥ 75 % of the held-out prompts
+    # green, and the spurious classifier now says star — in ≥ 75 % of the held-out prompts (held-out 7 of 8
+    # measured, the miss a red square on black that never flips; dev 0.87 on 128 prompts)
     assert spurious["story_rate"] >= 0.75, (spurious["keeps_shape"], spurious["moved_toward"],
                                             spurious["spurious_star"], spurious["p_spur_ours"])
 
