@@ -40,6 +40,7 @@ TASK_GROUPS = {
         "doctor": "check this machine before a job: GPU, versions, optional stacks, model folder, settings",
         "bench": "throughput benchmark: reference mode vs fast mode, one JSON row per measurement",
         "verify": "check committed shard sets on disk: records, sizes, sha256, duplicate keys, stray files",
+        "index": "add per-sample spans and labels to a shard set made by an earlier digin (keyed reads)",
         "demo": "the whole chain (shard → invert → uvce → diff → neurons → gallery) on the toy world, on CPU",
         "toy-train": "retrain the toy world's bundled models",
     },

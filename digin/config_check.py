@@ -91,6 +91,7 @@ RULES: dict[str, Num] = {
     "optim_params.loss_steps": COUNT, "optim_params.solver_order": Int(1, 1),
     "optim_params.gradient_clipping": Real(0, lo_open=True),
     "segmentation.sam_foreground_threshold": UNIT, "segmentation.sam_num_points": COUNT,
+    "p2p.schedule_stepsize": RATE, "mask_blend.mask_blend_stepsize": RATE,  # learnable edit schedules
     "segmentation.xa_start_t": UNIT, "segmentation.xa_end_t": UNIT, "segmentation.xa_map_resolution": COUNT,
     # invert
     "num_inner_steps": COUNT0, "epsilon": NONNEG,
@@ -102,6 +103,8 @@ RULES: dict[str, Num] = {
     "k": COUNT, "activation_batch_size": COUNT, "rank": COUNT0, "world": COUNT, "num_images_to_label": COUNT,
     "min_word_count": COUNT0, "max_words": COUNT, "images_per_word": COUNT, "sd_batch_size": COUNT,
     "wait_s": NONNEG,
+    # work plans (digin.shards.plan): units, dynamic-schedule leases
+    "items_per_shard": Int(1, 100_000), "lease_s": Real(1, lo_open=False),
     # shard
     "samples_per_shard": COUNT, "workers": COUNT, "limit": COUNT,
     # demo
@@ -251,6 +254,9 @@ def _check_strings(cfg, report_only: bool = False):
             n = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if n == 0 or (dev.index or 0) >= n:
                 _refuse("device", device, f"a device this machine has (CUDA devices visible: {n})")
+    schedule = getattr(cfg, "schedule", None)
+    if isinstance(schedule, str) and schedule not in ("static", "dynamic"):
+        _refuse("schedule", schedule, "static (unit j → rank j % world) or dynamic (ranks claim units)")
     dtype = getattr(cfg, "dtype", None)
     if hasattr(cfg, "preset") and not report_only:  # a model stage: the compute preset resolves here already
         from digin.engine.presets import compute_of

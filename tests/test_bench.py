@@ -83,3 +83,20 @@ def test_cost_rows_tiny_fast_within_target_of_the_floor(capsys):
 def test_bad_models_name():
     with pytest.raises(SystemExit, match="models"):
         run(Config(models="sdxl-huge"))
+
+
+def test_plan_rows_balance_the_reference_tables_and_the_dynamic_schedule_absorbs_slow_and_dead_ranks(capsys):
+    """`digin bench workloads=[plan]`: counted from the shipped tables and the cost rows (no timing)."""
+    assert run(Config(workloads=["plan"])) == 0
+    rows = _rows(capsys.readouterr().out)
+    plans = [r for r in rows if r["kind"] == "plan"]
+    assert {r["table"] for r in plans} == {"imagenet_uvce", "madry_counterfactuals", "cub_uvce", "cars_uvce",
+                                           "food101_random_1000"}
+    assert all(r["meets_target"] for r in plans), [r for r in plans if not r["meets_target"]]
+    inet = {r["world"]: r for r in plans if r["table"] == "imagenet_uvce"}
+    assert inet[64]["items"] == 2860 and inet[64]["busiest_over_mean"] <= 1.05 and inet[256]["busiest_over_mean"] <= 1.15
+    sched = [r for r in rows if r["kind"] == "schedule" and r["lease_s"] == 300.0]  # the default lease
+    assert len(sched) == 3 and all(r["dynamic_over_ideal"] <= 1.1 and r["static_over_ideal"] > 1.4 for r in sched)
+    (pipe,) = [r for r in rows if r["kind"] == "pipeline"]
+    assert (pipe["inversions"], pipe["uvce_pairs"]) == (567, 2860) and 7.5 < pipe["eflop"] < 8.1
+    assert pipe["eflop_inverting_all_val"] > 3 * pipe["eflop"]

@@ -123,7 +123,7 @@ def test_expected_errors_are_one_line_and_exit_1(shards, tmp_path, capsys, monke
 
     capsys.readouterr()
     assert _caption(tmp_path / "nope", tmp_path / "c") == 1  # a missing input folder
-    _one_line(capsys.readouterr().err, "digin caption: FileNotFoundError: no manifest.json in")
+    _one_line(capsys.readouterr().err, "digin caption: ConfigError: images=")  # names the key and the folder
     # duplicate keys: shard 1 repeats a key of shard 0
     rec1 = json.loads((shards / "commits" / "000001.json").read_text())
     rec0 = json.loads((shards / "commits" / "000000.json").read_text())
@@ -167,5 +167,7 @@ def test_unexpected_errors_keep_their_traceback(shards, tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="a bug"):
         _caption(shards, tmp_path / "c")
     monkeypatch.setenv("DIGIN_TRACEBACK", "1")  # and an expected one shows its traceback when asked
-    with pytest.raises(FileNotFoundError):
+    from digin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no manifest.json"):
         _caption(tmp_path / "nope", tmp_path / "c")

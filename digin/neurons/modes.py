@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from digin.stages.args import COMPUTE_FIELDS, tracking_for
+from digin.stages.args import COMPUTE_FIELDS
 from digin.stages.models import (guidance_config, load_classifier_for, load_sd_for, noise_scale_fn, pick_device,
                                  uses_clip_regularizer)
 
@@ -202,28 +202,39 @@ def _search_config(cfg) -> dict:
                         "images_per_word", "search_guidance_scale"))
 
 
-def run_search(cfg) -> dict:
-    """Rank the candidate words of every named neuron; cached in out/word_search.json (same config → reused)."""
-    from digin.neurons.search import rank_words, word_features
+def _search_state(cfg):
+    """(path, config hash, candidate words, cached ranking or None) of the word search for this config."""
     from digin.neurons.words import candidate_words
-    from digin.shards.manifest import write_json
 
-    _need(cfg, "out", "model_path")
     out = Path(cfg.out)
     path, wpath = out / "word_search.json", out / "neuron_words.json"
-    if not wpath.exists():
-        if cfg.name_backend != "given":
-            raise SystemExit(f"digin neurons mode={cfg.mode}: {wpath} not found; run mode=name first")
-        run_name(cfg)
     named = {int(n): v["words"] for n, v in json.loads(wpath.read_text())["neurons"].items()}
     if cfg.neurons:
         named = {n: v for n, v in named.items() if n in {int(x) for x in cfg.neurons}}
     cands = {n: candidate_words(c, cfg.min_word_count, cfg.max_words) for n, c in named.items()}
     chash = _hash({**_search_config(cfg), "candidates": {str(n): ws for n, ws in sorted(cands.items())}})
-    if path.exists() and not cfg.force:  # same config and words → reuse (visualise resumes on the same work list)
+    cached = None
+    if path.exists() and not cfg.force:  # same config and words → reuse (visualise resumes on the same plan)
         old = json.loads(path.read_text())
         if old.get("config_hash") == chash:
-            return {int(n): [tuple(x) for x in v] for n, v in old["neurons"].items()}
+            cached = {int(n): [tuple(x) for x in v] for n, v in old["neurons"].items()}
+    return path, chash, cands, cached
+
+
+def run_search(cfg) -> dict:
+    """Rank the candidate words of every named neuron; cached in out/word_search.json (same config → reused)."""
+    from digin.neurons.search import rank_words, word_features
+    from digin.shards.manifest import write_json
+
+    _need(cfg, "out", "model_path")
+    wpath = Path(cfg.out) / "neuron_words.json"
+    if not wpath.exists():
+        if cfg.name_backend != "given":
+            raise SystemExit(f"digin neurons mode={cfg.mode}: {wpath} not found; run mode=name first")
+        run_name(cfg)
+    path, chash, cands, cached = _search_state(cfg)
+    if cached is not None:
+        return cached
     unique = list(dict.fromkeys(w for ws in cands.values() for w in ws))
     dev = pick_device(cfg)
     sd = load_sd_for(cfg, dev)
@@ -239,69 +250,129 @@ def run_search(cfg) -> dict:
     return ranked
 
 
+def wait_for_search(cfg) -> dict:
+    """Ranks > 0: the word search rank 0 runs (out/word_search.json with this config's hash)."""
+    import time
+
+    deadline = time.monotonic() + cfg.wait_s
+    while True:
+        try:
+            cached = _search_state(cfg)[3]
+        except (FileNotFoundError, ValueError, KeyError):  # not written yet / being written
+            cached = None
+        if cached is not None:
+            return cached
+        if time.monotonic() > deadline:
+            raise SystemExit(f"digin neurons: rank 0 did not write {Path(cfg.out) / 'word_search.json'} for this "
+                             f"config within {cfg.wait_s:.0f} s (wait_s=)")
+        time.sleep(2.0)
+
+
+def visualise_spec(cfg, ranked: dict):
+    from digin.neurons.search import visualise_items
+    from digin.shards.runner import StageSpec
+    from digin.stages.plans import listed_plan
+
+    items = visualise_items(ranked, cfg.prompt_template, cfg.num_images, cfg.target_class)
+    if not items:
+        raise SystemExit("digin neurons mode=visualise: no neuron has a candidate word")
+    stage = {"stage": "neurons_visualise", **_plain(cfg, (
+        "model_path", "model_config", "resolution", "guidance_scale", "guidance_rescale", "solver", "num_ddim_steps",
+        "optim_params", "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
+        "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
+        "target_class", *COMPUTE_FIELDS))}
+    return StageSpec("neurons", listed_plan("neurons", cfg, items, {"neurons": len(ranked), "items": len(items)}),
+                     stage, required=("item",))
+
+
 def run_visualise(cfg) -> int:
     _need(cfg, "out", "model_path")
-    from digin.neurons.search import make_visualise_process, visualise_items
+    from digin.neurons.search import make_visualise_process
     from digin.shards.dist import rank_world
-    from digin.shards.runner import run_stage
-    from digin.stages.worklist import wait_for_worklist, write_worklist
+    from digin.stages.plans import run_or_show
 
-    out = Path(cfg.out)
-    if rank_world()[0] == 0:  # one writer: the search and the work list are made once, the other ranks wait
-        ranked = run_search(cfg)
-        items = visualise_items(ranked, cfg.prompt_template, cfg.num_images, cfg.target_class)
-        if not items:
-            raise SystemExit("digin neurons mode=visualise: no neuron has a candidate word")
-        per_shard = cfg.batch_size * max(1, 16 // cfg.batch_size)  # whole batches per shard: no padded tails
-        work = write_worklist(out / "visualise_worklist", "neurons_visualise", items, per_shard=per_shard)
-    else:
-        work = wait_for_worklist(out / "visualise_worklist", cfg.wait_s)
+    if cfg.plan:  # no model: the plan needs the word search's result
+        try:
+            ranked = _search_state(cfg)[3]
+        except FileNotFoundError:
+            ranked = None
+        if ranked is None:
+            raise SystemExit("digin neurons mode=visualise plan=true: the plan is made from the word search; run "
+                             "mode=search first (it loads the SD model)")
+    else:  # one writer: rank 0 runs the search, the other ranks wait for its result
+        ranked = run_search(cfg) if rank_world()[0] == 0 else wait_for_search(cfg)
     dev = pick_device(cfg)
-    sd = load_sd_for(cfg, dev)
-    clf = _classifier(cfg, dev, cutouts=True)
-    process = make_visualise_process(sd, clf, cfg, guidance_config(cfg), noise_scale_fn(cfg))
-    stage = {"stage": "neurons_visualise", **_plain(cfg, (
-        "model_path", "resolution", "guidance_scale", "num_ddim_steps", "optim_params",
-        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
-        "classifier", "classifier_checkpoint", "layer", "loss", "loss_weight", "target_class", *COMPUTE_FIELDS))}
-    summary = run_stage(work, out / "visualise", process, cfg.batch_size, stage, name="neurons",
-                        required=("item",), num_workers=0, force=cfg.force, device=dev, progress=cfg.progress,
-                        tracking=tracking_for(cfg))
-    return summary.exit_code
+    spec = visualise_spec(cfg, ranked)
+
+    def load():
+        sd = load_sd_for(cfg, dev)
+        clf = _classifier(cfg, dev, cutouts=True)
+        return make_visualise_process(sd, clf, cfg, guidance_config(cfg), noise_scale_fn(cfg))
+
+    return run_or_show(cfg, spec, load, out=str(Path(cfg.out) / "visualise"), device=dev)
 
 
-def run_counterfactuals(cfg) -> int:
-    from digin.neurons.counterfactuals import default_pairs, make_process, neurons_per_key
-    from digin.shards.manifest import ShardSet
-    from digin.shards.reader import iter_samples
-    from digin.shards.runner import run_stage
+def counterfactual_spec(cfg):
+    from digin.errors import ConfigError
+    from digin.neurons.counterfactuals import default_pairs
+    from digin.shards.runner import StageSpec
+    from digin.stages.plans import counterfactual_plan, load_inputs
 
     _need(cfg, "images", "inversions", "out", "model_path")
     if cfg.loss not in ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
                         "neg_neuron_activation_plus_log_confidence"):
-        raise SystemExit(f"digin neurons: counterfactuals need a neuron loss, got {cfg.loss!r}")
-    images, invs = ShardSet.load(cfg.images), ShardSet.load(cfg.inversions)
-    classes = images.classes or []
+        raise ConfigError(f"loss={cfg.loss!r}: neuron counterfactuals need a neuron loss (neuron_activation, "
+                          "neg_neuron_activation, or their _plus_log_confidence forms)")
+    inputs, incomplete = load_inputs({"images": cfg.images, "inversions": cfg.inversions}, cfg.allow_incomplete)
+    classes = inputs[0][1].classes or []
     if not classes:
-        raise SystemExit(f"digin neurons: {cfg.images} records no class names")
+        raise ConfigError(f"images={cfg.images}: the shard set records no class names")
     pairs = [(int(c), int(n)) for c, n in cfg.pairs] if cfg.pairs else default_pairs()
-    keys_labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(images, required=("meta",))}
-    neurons_of = neurons_per_key(pairs, keys_labels, cfg.num_images_per_pair, cfg.seed)
-    dev = pick_device(cfg)
-    clf = _classifier(cfg, dev, cutouts=True, dataset_classes=classes)
-    sd = load_sd_for(cfg, dev)
-    process = make_process(sd, clf, cfg, classes, neurons_of, guidance_config(cfg), noise_scale_fn(cfg))
+    bad = [(c, n) for c, n in pairs if not 0 <= c < len(classes)]
+    if bad:
+        raise ConfigError(f"pairs: class {bad[0][0]} of pair {list(bad[0])} is outside the images' "
+                          f"{len(classes)} classes (0..{len(classes) - 1})"
+                          + ("; the default pairs are the reference's ImageNet Madry-L2 ones: give pairs=[[class, "
+                             "neuron], ...]" if not cfg.pairs else ""))
     stage = {"stage": "neurons_counterfactuals", "pairs": [list(p) for p in pairs], **_plain(cfg, (
-        "model_path", "resolution", "center_crop", "guidance_scale", "num_ddim_steps", "optim_params",
-        "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
-        "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
-        *COMPUTE_FIELDS,
-        "regularizers", "regularizers_ws", "num_images_per_pair", "foreground_words", "segmentation", "p2p", "mask_blend"))}
+        "model_path", "model_config", "resolution", "center_crop", "guidance_scale", "guidance_rescale", "solver",
+        "num_ddim_steps", "optim_params", "augmentation_num_cutouts", "augmentation_noise_sd",
+        "augmentation_noise_schedule", "seed", "classifier", "classifier_checkpoint", "classifier_label_order",
+        "layer", "loss", "loss_weight", *COMPUTE_FIELDS, "regularizers", "regularizers_ws", "num_images_per_pair",
+        "foreground_words", "segmentation", "p2p", "mask_blend"))}
     if uses_clip_regularizer(cfg):  # the CLIP tower changes the outputs
         stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))
-    summary = run_stage([images, invs], Path(cfg.out) / "counterfactuals", process, cfg.batch_size, stage,
-                        name="neuron_cf", resolution=cfg.resolution, center_crop=cfg.center_crop,
-                        required=("image", "meta", "inversion", "prompt"), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg),
-                        allow_incomplete=cfg.allow_incomplete)
-    return summary.exit_code
+    return StageSpec("neuron_cf", counterfactual_plan(cfg, inputs, pairs), stage, inputs, resolution=cfg.resolution,
+                     center_crop=cfg.center_crop, required=("image", "meta", "inversion", "prompt"), classes=classes,
+                     incomplete=incomplete), pairs
+
+
+def check_neurons(pairs, clf, dev) -> None:
+    """Every pair's neuron must exist in the classifier's feature layer: checked once the classifier is loaded,
+    before anything is written."""
+    import torch
+
+    from digin.errors import ConfigError
+
+    with torch.no_grad():
+        f = clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
+    bad = [(c, n) for c, n in pairs if not 0 <= n < f]
+    if bad:
+        raise ConfigError(f"pairs: neuron {bad[0][1]} of pair {list(bad[0])} is outside the classifier's {f} "
+                          f"features (0..{f - 1}); give pairs=[[class, neuron], ...] for this classifier")
+
+
+def run_counterfactuals(cfg) -> int:
+    from digin.neurons.counterfactuals import make_process
+    from digin.stages.plans import run_or_show
+
+    dev = pick_device(cfg)
+    spec, pairs = counterfactual_spec(cfg)
+
+    def load():
+        clf = _classifier(cfg, dev, cutouts=True, dataset_classes=spec.classes)
+        check_neurons(pairs, clf, dev)
+        sd = load_sd_for(cfg, dev)
+        return make_process(sd, clf, cfg, spec.classes, guidance_config(cfg), noise_scale_fn(cfg))
+
+    return run_or_show(cfg, spec, load, out=str(Path(cfg.out) / "counterfactuals"), device=dev)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digin.errors import UserError
+from digin.shards.iocount import count_read
 from digin.shards.liveness import gone_on_this_host, this_host
 
 FORMAT = "digin-shards/1"
@@ -86,16 +87,21 @@ TMP_TAG = ".tmp."
 TMP_MAX_AGE_S = 3600.0  # a temporary copy of a small JSON file this old has no live writer on any host
 
 
-def atomic_write_bytes(path, data: bytes):
-    """Write to `<path>.tmp.<host>.<pid>`, fsync, rename over `path`, fsync the folder. The host and pid in the
-    temporary name let a later run tell a leftover of a killed writer from a file being written right now."""
-    path = Path(path)
+def _write_tmp(path: Path, data: bytes) -> Path:
+    """`data` in `<path>.tmp.<host>.<pid>`, fsynced. The host and pid in the temporary name let a later run tell a
+    leftover of a killed writer from a file being written right now."""
     tmp = path.with_name(f"{path.name}{TMP_TAG}{this_host()}.{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write to a temporary copy, fsync, rename over `path`, fsync the folder."""
+    path = Path(path)
+    os.replace(_write_tmp(path, data), path)
     fsync_dir(path.parent)
 
 
@@ -139,6 +145,47 @@ def write_commit(folder, record: dict):
     write_json(commit_path(folder, record["index"]), record)
 
 
+class CommitExists(UserError, FileExistsError):
+    """The shard already has a commit record: another attempt committed it first (its result is the same)."""
+
+
+def create_once(path, data: bytes) -> bool:
+    """Create `path` holding `data` only if it does not exist; False when it does. The complete content is written
+    to a temporary file, fsynced, then hard-linked to its name, which fails when the name exists (link(2) never
+    replaces, unlike rename): readers never see a half-written file. File systems without hard links fall back
+    to an exclusive create (O_EXCL)."""
+    path = Path(path)
+    tmp = _write_tmp(path, data)
+    try:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some FUSE / object-store mounts): exclusive create instead
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def write_commit_once(folder, record: dict) -> None:
+    """Create the shard's commit record only if none exists (the commit point of a work unit that two attempts may
+    run); CommitExists when another attempt committed first."""
+    (Path(folder) / COMMITS).mkdir(parents=True, exist_ok=True)
+    data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
+    if not create_once(commit_path(folder, record["index"]), data):
+        raise CommitExists(f"{commit_path(folder, record['index'])} exists: shard {record['index']} was committed "
+                           "by another attempt")
+
+
 @dataclass
 class ShardSet:
     """A committed shard set on disk: global metadata + per-shard records keyed by shard index."""
@@ -154,14 +201,18 @@ class ShardSet:
         mpath = folder / MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a shard set")
-        meta = json.loads(mpath.read_text())
+        raw = mpath.read_bytes()
+        count_read("manifest", len(raw))
+        meta = json.loads(raw)
         if meta.get("format") != FORMAT:
             raise ShardError(f"{mpath}: unknown format {meta.get('format')!r}")
         records = {int(r["index"]): r for r in meta.get("shards", [])}
         cdir = folder / COMMITS
         if cdir.is_dir():
             for p in sorted(cdir.glob("*.json")):
-                r = json.loads(p.read_text())
+                raw = p.read_bytes()
+                count_read("manifest", len(raw))
+                r = json.loads(raw)
                 records[int(r["index"])] = r
         return cls(folder, meta, dict(sorted(records.items())))
 

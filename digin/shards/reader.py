@@ -48,8 +48,6 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
     foreign tar) is checked against its record's `source_keys` and its samples mapped to digin's fields.
     `decode` (same signature as decode_member) lets a reader keep some members encoded (the gallery copies PNG
     bytes as they are)."""
-    from digin.shards.wdsindex import foreign_sample
-
     rec = ss.records[index]
     where = ss.where(index)
     foreign = "webdataset" in ss.meta
@@ -60,24 +58,31 @@ def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required
     if keys is not None and [g[0] for g in groups] != keys:
         raise ShardError(f"shard {where}: keys differ from the manifest")
     for pos, (key, fields) in enumerate(groups):
-        if foreign:
-            key, fields = rec["keys"][pos], foreign_sample(ss, index, key, fields)
-        base = {"__key__": key, "__shard__": index, "__pos__": pos}
-        if isinstance(fields, str):
-            yield {**base, "__reject__": fields}
-            continue
-        missing = [f for f in required if f not in fields]
-        if missing:
-            yield {**base, "__reject__": f"missing_field:{','.join(missing)}"}
-            continue
-        sample = dict(base)
-        try:
-            for field, (ext, payload) in fields.items():
-                sample[field] = decode(ext, payload, resolution if field == "image" else None, center_crop)
-        except DecodeError as e:
-            yield {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
-            continue
-        yield sample
+        yield sample_from_group(ss, index, pos, key, fields, resolution, required, center_crop, decode)
+
+
+def sample_from_group(ss: ShardSet, index: int, pos: int, key: str, fields, resolution=None, required=(),
+                      center_crop: bool = True, decode=decode_member) -> dict:
+    """One member group of shard `index` (position `pos`) as a sample dict: decoded fields, or `__reject__`. A group
+    of an indexed foreign tar is mapped to digin's key and fields first."""
+    from digin.shards.wdsindex import foreign_sample
+
+    if "webdataset" in ss.meta:
+        rec = ss.records[index]
+        key, fields = rec["keys"][pos], foreign_sample(ss, index, key, fields)
+    base = {"__key__": key, "__shard__": index, "__pos__": pos}
+    if isinstance(fields, str):
+        return {**base, "__reject__": fields}
+    missing = [f for f in required if f not in fields]
+    if missing:
+        return {**base, "__reject__": f"missing_field:{','.join(missing)}"}
+    sample = dict(base)
+    try:
+        for field, (ext, payload) in fields.items():
+            sample[field] = decode(ext, payload, resolution if field == "image" else None, center_crop)
+    except DecodeError as e:
+        return {**base, "__reject__": f"{field}:{e.reason}", "__detail__": str(e)}
+    return sample
 
 
 def _worker_split(worker, num_workers):

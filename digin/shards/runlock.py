@@ -32,8 +32,8 @@ def _env_count(name: str) -> int | None:
     return int(v) if v.isdigit() else None
 
 
-def lock_record(rank: int, world: int) -> dict:
-    return {"host": this_host(), "pid": os.getpid(), "rank": rank, "world": world,
+def lock_record(rank: int, world: int, schedule: str = "static") -> dict:
+    return {"host": this_host(), "pid": os.getpid(), "rank": rank, "world": world, "schedule": schedule,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
             "slurm_restart_count": _env_count("SLURM_RESTART_COUNT") or 0,
             "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID") or None,
@@ -85,10 +85,10 @@ def describe(holder: dict | None) -> str:
 class RunLock:
     """Held by a run from before its first write into `output` until its end."""
 
-    def __init__(self, output: Path, rank: int, world: int):
+    def __init__(self, output: Path, rank: int, world: int, schedule: str = "static"):
         self.path = Path(output) / LOCKS / f"rank-{rank:06d}.lock"
-        self.output, self.rank, self.world = Path(output), rank, world
-        self.record = lock_record(rank, world)
+        self.output, self.rank, self.world, self.schedule = Path(output), rank, world, schedule
+        self.record = lock_record(rank, world, schedule)
         self.data = (json.dumps(self.record, sort_keys=True) + "\n").encode()
         self.takeover: dict | None = None  # what was taken over, for the run log
 
@@ -157,13 +157,21 @@ class RunLock:
                 holder = parse_lock(p.read_bytes())
             except OSError:
                 continue
-            if holder is None or holder.get("world") in (None, self.world):
+            theirs = holder.get("schedule", "static") if holder else None
+            if holder is None or (theirs == self.schedule == "dynamic"):
+                continue  # dynamic runs claim units: any number of ranks may join
+            if theirs != self.schedule and stale_reason(holder, self.record) is None and not self._breaking():
+                raise RunLocked(
+                    f"{self.output} is being written by a run with schedule={theirs} ({p}: {describe(holder)}); "
+                    f"this run has schedule={self.schedule}. Both would write the same units: wait for that run to "
+                    f"end (or stop it); if it is really gone, delete its lock files or set {BREAK_LOCK_ENV}=1.")
+            if holder.get("world") in (None, self.world):
                 continue
             if stale_reason(holder, self.record) is None and not self._breaking():
                 raise RunLocked(
                     f"{self.output} is being written by a run with world size {holder['world']} ({p}: "
-                    f"{describe(holder)}); this run has world size {self.world}, and shard i belongs to rank "
-                    f"i % world, so both would write the same shards. Wait for that run to end (or stop it); if it "
+                    f"{describe(holder)}); this run has world size {self.world}, and unit j belongs to rank "
+                    f"j % world (schedule=static), so both would write the same units. Wait for that run to end (or stop it); if it "
                     f"is really gone, delete its lock files or set {BREAK_LOCK_ENV}=1.")
 
     def _take_over(self, raw: bytes | None, holder: dict | None, reason: str):

@@ -1,26 +1,36 @@
-"""`run_stage`: read shard i of the input shard set(s), call `process(batch)`, write shard i of the output.
+"""`run_stage(spec, how)`: run a stage's work plan (digin.shards.plan) unit by unit, joining each item's input
+samples by key, and commit output shard j = unit j exactly once.
 
-Exactly once: shard i belongs to rank i % world (and to one dataloader worker); output shard i is committed
-atomically (see writer.py) and skipped by any later run, so a killed job resumes with nothing lost or duplicated.
-No collectives: ranks never talk to each other.
-A lock file per rank (output/locks/rank-NNNNNN.lock, see runlock.py) keeps two live runs of one rank, or two runs
-with different world sizes, out of the same output folder, and an error budget (too many consecutive rejects, or too
-large a reject share) stops a run whose input is broken. Refused before anything is written: an output folder that
-is, contains or lies inside an input folder; an input whose manifest lists shards that are not committed (unless
-allow_incomplete); a key in two input shards.
+What a stage is (`StageSpec`: name, inputs, plan, the config it records, process) is separate from how it runs
+(`RunOptions`: out, batch size, workers, force, progress, error budget, schedule, tracking). Every task builds its
+spec once and calls run_stage; `plan=true` prints the same spec's plan instead (digin.stages.plans).
+
+Exactly once: a unit belongs to rank j % world (schedule=static) or to the rank that claims it (schedule=dynamic,
+digin.shards.claims); output shard j is written to a partial file, fsynced, renamed and recorded by its commit
+record, and skipped by any later run, so a killed job resumes with nothing lost or duplicated. Batches are filled
+across unit boundaries (fixed shapes, the tail padded), and a sample's result never depends on its batch, so
+results are byte-identical whatever the world size, unit size or schedule.
+No collectives: ranks never talk to each other. A lock file per rank (output/locks/rank-NNNNNN.lock, see
+runlock.py) keeps two live runs of one rank, or two static runs with different world sizes, out of the same output
+folder, and an error budget (too many consecutive rejects, or too large a reject share) stops a run whose input is
+broken. Refused before anything is written: an output folder that is, contains or lies inside an input folder; a
+config or plan other than the one the folder was started with (the config: unless force).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import secrets
 import signal
 import sys
 import time
 import traceback
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,15 +38,88 @@ from digin.errors import ConfigError, UserError
 from digin.quiet import attach_log, detach_log
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.environment import run_environment
-from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardError, ShardSet, config_differences,
-                                   config_hash, remove_stale_tmp, write_json)
+from digin.shards.iocount import io_counters
+from digin.shards.keyed import KeyIndex
+from digin.shards.manifest import (FORMAT, MANIFEST, CommitExists, ConfigMismatch, ShardError, ShardSet,
+                                   config_differences, config_hash, remove_stale_tmp, write_json)
+from digin.shards.plan import Plan
 from digin.shards.progress import Progress
-from digin.shards.reader import assign_shards, iter_shard
+from digin.shards.keyed import read_keys
 from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
 from digin.shards.runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: part of this module's API)
 from digin.shards.writer import ShardWriter, remove_orphan_partial
 
 EXIT_OK, EXIT_FAILED, EXIT_REQUEUE = 0, 1, 75  # 75 = EX_TEMPFAIL: the batch script requeues on it
+SCHEDULES = ("static", "dynamic")
+PLAN_FILE = "plan.json"
+MISSING_JOIN = "missing_in_input"  # reject reason prefix of an item whose input lacks its key (known from manifests)
+
+
+@dataclass
+class StageSpec:
+    """What a stage is. `inputs`: [(role, shard set)], the first is the primary one (its images are decoded at
+    `resolution`; its class names are the output's); items join their input samples by key (Item.joins). A
+    field `f` of the k-th input that clashes with an earlier input's becomes `f_k`."""
+
+    name: str
+    plan: Plan
+    record: dict  # the resolved config that changes results (its hash is in the manifest)
+    inputs: list = field(default_factory=list)
+    process: Callable | None = None  # process(batch) -> one output per real sample (see run_stage)
+    resolution: int | None = None
+    center_crop: bool = True
+    required: tuple = ()
+    classes: list | None = None
+    incomplete: dict = field(default_factory=dict)  # allow_incomplete: input folder → uncommitted shard indices
+
+    def input_sets(self) -> list[ShardSet]:
+        return [ss for _, ss in self.inputs]
+
+    @classmethod
+    def every_key(cls, name: str, inputs, record: dict, process=None, items_per_shard: int | None = None,
+                  keys=None, allow_incomplete: bool = False, **kw) -> "StageSpec":
+        """One item per committed key of the first input (or per key of `keys`), joined by key with every input:
+        inputs = [(role, shard set or folder), ...] (a bare shard set or folder is role "input"). An input whose
+        manifest lists uncommitted shards is refused (IncompleteInput) unless allow_incomplete: then the plan holds
+        the keys every input has now."""
+        from digin.shards.plan import drop_not_yet_present, join_items, missing_joins
+
+        pairs = [x if isinstance(x, tuple) else ("input" if i == 0 else f"input{i}", x)
+                 for i, x in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+        pairs = [(r, x if isinstance(x, ShardSet) else ShardSet.load(x)) for r, x in pairs]
+        incomplete = check_inputs_complete([ss for _, ss in pairs], allow_incomplete)
+        indexes = {r: KeyIndex(ss) for r, ss in pairs}
+        present = {r: set(ki.where) for r, ki in indexes.items()}
+        keys = indexes[pairs[0][0]].keys() if keys is None else list(keys)
+        items = join_items(keys, [r for r, _ in pairs])
+        counts = {"keys": len(items)}
+        if incomplete:
+            items, counts["waiting_for_inputs"] = drop_not_yet_present(items, present)
+        plan = Plan(name, items, items_per_shard, counts=counts, missing=missing_joins(items, present))
+        return cls(name, plan, record, pairs, process, incomplete=incomplete, **kw)
+
+
+@dataclass
+class RunOptions:
+    """How a stage runs (none of it changes results)."""
+
+    out: str | Path
+    batch_size: int = 1
+    workers: int = 0  # threads reading and decoding the next units while the current batch runs
+    force: bool = False
+    progress: bool = True
+    schedule: str = "static"  # static: unit j → rank j % world | dynamic: ranks claim units (leases)
+    lease_s: float = 300.0  # dynamic: a claim whose heartbeat stopped this long is taken over
+    heartbeat_s: float = 30.0
+    rank: int | None = None
+    world: int | None = None
+    device: object = None
+    tracking: dict | None = None
+    raise_on_failure: bool = True
+    check_hash: bool = True
+    max_consecutive_rejects: int | None = 100
+    max_reject_share: float | None = 0.001
+    reject_share_min_samples: int = 1000
 
 
 @dataclass
@@ -66,6 +149,10 @@ class StageSummary:
     committed_shards: int = 0
     failed_shards: list = field(default_factory=list)
     oom_retries: int = 0
+    missing_joins: int = 0  # of the rejected: items whose input lacks their key (known when the plan was made)
+    lost_units: int = 0  # schedule=dynamic: units this rank ran but another attempt committed first
+    retaken_units: int = 0  # schedule=dynamic: units this rank took over after their holder's lease ran out
+    io: dict = field(default_factory=dict)  # bytes read by kind (digin.shards.iocount)
     nonfinite: int = 0  # results written with status "nonfinite" (a loss or metric turned NaN/inf)
     no_improvement: int = 0  # results written with status "no_improvement" (the loss only rose)
     final_batch_size: int = 0
@@ -81,18 +168,22 @@ class StageSummary:
 
     def line(self, rank: int) -> str:
         return (f"rank {rank}: processed {self.processed}, rejected {self.rejected}"
+                + (f" ({self.missing_joins} lacking an input key)" if self.missing_joins else "")
                 + (f", not selected {self.not_selected}" if self.not_selected else "") + ", skipped (already done) "
-                f"{self.skipped_samples} samples in {self.skipped_shards} shards, committed {self.committed_shards} "
-                f"shards, failed {len(self.failed_shards)} shards, OOM retries {self.oom_retries}"
+                f"{self.skipped_samples} items in {self.skipped_shards} units, committed {self.committed_shards} "
+                f"units, failed {len(self.failed_shards)} units, OOM retries {self.oom_retries}"
+                + (f", retaken {self.retaken_units}" if self.retaken_units else "")
+                + (f", lost to another attempt {self.lost_units}" if self.lost_units else "")
                 + (f", non-finite results {self.nonfinite}" if self.nonfinite else "")
                 + (f", no improvement {self.no_improvement}" if self.no_improvement else "")
-                + (", INTERRUPTED (open shards discarded)" if self.interrupted else "")
-                + (", ERROR BUDGET EXCEEDED (open shards discarded)" if self.error_budget_exceeded else "")
+                + (", INTERRUPTED (open units discarded)" if self.interrupted else "")
+                + (", ERROR BUDGET EXCEEDED (open units discarded)" if self.error_budget_exceeded else "")
                 + f"; log {self.log_path}")
 
 
 class StageFailed(UserError, RuntimeError):
-    """Input shards failed their checks, or the error budget was exceeded; committed shards stay."""
+    """Units failed (their input shards failed their checks), or the error budget was exceeded; committed units
+    stay."""
 
 
 class IncompleteInput(UserError, RuntimeError):
@@ -113,90 +204,87 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "out of memory" in msg and "illegal" not in msg
 
 
-# ---------------------------------------------------------------------------------------------- input stream
-def _join(primary: dict, others: list[tuple[str, dict]]) -> dict:
-    """Add the fields of the same key from the other inputs; a clashing field `f` from input k becomes `f_k`."""
-    out = dict(primary)
-    for k, (name, by_key) in enumerate(others, start=1):
-        s = by_key.get(primary["__key__"])
-        if s is None:
-            return {**primary, "__reject__": f"missing_in_input:{name}"}
-        if "__reject__" in s:
-            return {**primary, "__reject__": f"{name}:{s['__reject__']}"}
-        for f, v in s.items():
-            if not f.startswith("__"):
-                out[f if f not in out else f"{f}_{k}"] = v
-    return out
+# ---------------------------------------------------------------------------------------------- loading units
+class UnitLoader:
+    """Reads the input samples of a unit's items by key (one seek each, digin.shards.keyed) and joins them: one
+    sample dict per item (`__key__` = the item's output key, `item` = its payload, the joined inputs' fields), or a
+    reject. Key indexes come from the commit records, built once per run."""
+
+    def __init__(self, spec: StageSpec, check_hash: bool):
+        self.spec, self.check_hash = spec, check_hash
+        self.inputs = [(role, ss, KeyIndex(ss)) for role, ss in spec.inputs]
+
+    def load(self, j: int) -> dict:
+        items = self.spec.plan.unit_items(j)
+        try:
+            fetched = [self._fetch(n, role, ss, ki, items) for n, (role, ss, ki) in enumerate(self.inputs)]
+        except (ShardError, KeyError, OSError) as e:
+            return {"unit": j, "samples": [], "rejects": [], "count": len(items), "error": f"{type(e).__name__}: {e}"}
+        samples, rejects = [], []
+        for pos, it in enumerate(items):
+            s = self._join(it, j, pos, fetched)
+            if "__reject__" in s:
+                r = {"key": it.key, "reason": s["__reject__"], "pos": pos}
+                rejects.append(r)
+            else:
+                samples.append(s)
+        return {"unit": j, "samples": samples, "rejects": rejects, "count": len(items), "error": None}
+
+    def _fetch(self, n: int, role: str, ss: ShardSet, ki: KeyIndex, items) -> dict:
+        want = {k: ki.where[k] for it in items for r, k in it.joins if r == role and k in ki}
+        got = read_keys(ss, sorted(set(want.values())), self.spec.resolution if n == 0 else None, (),
+                        self.check_hash, self.spec.center_crop)
+        return {k: got[loc] for k, loc in want.items()}
+
+    def _join(self, it, j: int, pos: int, fetched: list[dict]) -> dict:
+        out = {"__key__": it.key, "__shard__": j, "__pos__": pos}
+        if it.data is not None:
+            out["item"] = it.data
+        joins = dict(it.joins)
+        for n, (role, ss, _) in enumerate(self.inputs):
+            k = joins.get(role)
+            if k is None:
+                continue
+            s = fetched[n].get(k)
+            if s is None:
+                return {**out, "__reject__": f"{MISSING_JOIN}:{role}:{k}"}
+            if "__reject__" in s:
+                return {**out, "__reject__": s["__reject__"] if n == 0 else f"{ss.name}:{s['__reject__']}"}
+            if n == 0:
+                out["__input_key__"] = k
+            for f, v in s.items():
+                if not f.startswith("__"):
+                    out[f if f not in out else f"{f}_{n}"] = v
+        missing = [f for f in self.spec.required if f not in out]
+        if missing:
+            return {**out, "__reject__": f"missing_field:{','.join(missing)}"}
+        return out
 
 
-def _iterable_base():
-    from torch.utils.data import IterableDataset
+class UnitFeed:
+    """Loaded units in the order the schedule hands them out, `workers` threads reading ahead."""
 
-    return IterableDataset
-
-
-class ChunkStream(_iterable_base()):
-    """Iterable over chunks {shard, samples (<= chunk decoded samples), rejects, last, error} for the shards
-    of this rank; under a DataLoader each worker takes its own subset of them."""
-
-    def __init__(self, inputs: list[ShardSet], shards: list[int], chunk: int, resolution, required, check_hash,
-                 center_crop: bool = True):
-        self.inputs, self.shards, self.chunk, self.center_crop = inputs, shards, chunk, center_crop
-        self.resolution, self.required, self.check_hash = resolution, tuple(required), check_hash
+    def __init__(self, loader: UnitLoader, next_unit: Callable[[], int | None], workers: int):
+        self.loader, self.next_unit, self.workers = loader, next_unit, max(0, int(workers))
 
     def __iter__(self):
-        from torch.utils.data import get_worker_info
-
-        info = get_worker_info()
-        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for index in self.shards[w::nw]:
-            yield from self._shard_chunks(index)
-
-    def _shard_chunks(self, index):
-        samples, rejects = [], []
-        try:
-            others = []
-            for ss in self.inputs[1:]:
-                if index not in ss.records:
-                    raise ShardError(f"input {ss.dir} has no committed shard {index} to join with")
-                by_key = {s["__key__"]: s for s in iter_shard(ss, index, None, (), self.check_hash)}
-                others.append((ss.name, by_key))
-            for s in iter_shard(self.inputs[0], index, self.resolution, (), self.check_hash, self.center_crop):
-                if "__reject__" not in s and others:
-                    s = _join(s, others)
-                missing = [f for f in self.required if f not in s]
-                if "__reject__" not in s and missing:
-                    s = {**s, "__reject__": f"missing_field:{','.join(missing)}"}
-                if "__reject__" in s:
-                    rejects.append({"key": s["__key__"], "reason": s["__reject__"], "pos": s["__pos__"]})
-                    continue
-                samples.append(s)
-                if len(samples) == self.chunk:
-                    yield {"shard": index, "samples": samples, "rejects": rejects, "last": False, "error": None}
-                    samples, rejects = [], []
-        except (ShardError, KeyError, OSError) as e:
-            yield {"shard": index, "samples": [], "rejects": [], "last": True, "error": f"{type(e).__name__}: {e}"}
+        if self.workers == 0:
+            while (j := self.next_unit()) is not None:
+                yield self.loader.load(j)
             return
-        yield {"shard": index, "samples": samples, "rejects": rejects, "last": True, "error": None}
-
-
-def _worker_init(_):
-    # Workers leave SIGTERM/SIGUSR1 to the main process, which stops cleanly and then shuts them down.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _chunks(stream: ChunkStream, num_workers: int):
-    if num_workers <= 0:
-        return iter(stream)
-    from torch.utils.data import DataLoader
-
-    return iter(DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
-                           collate_fn=lambda x: x, prefetch_factor=2))
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="digin-read") as pool:
+            ahead: deque = deque()
+            exhausted = False
+            while True:
+                while not exhausted and len(ahead) <= self.workers:
+                    j = self.next_unit()
+                    if j is None:
+                        exhausted = True
+                    else:
+                        ahead.append(pool.submit(self.loader.load, j))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -255,24 +343,36 @@ class _RunLog:
         self._f.close()
 
 
-def _prepare_output(output: Path, name: str, inputs: list[ShardSet], config: dict, force: bool, world: int,
-                    incomplete: dict) -> dict:
-    chash = config_hash({"config": config, "inputs": [ss.meta.get("config_hash") for ss in inputs]})
-    meta = {"format": FORMAT, "kind": "stage", "name": name, "config": config, "config_hash": chash,
-            "num_shards": inputs[0].meta.get("num_shards"), "classes": inputs[0].classes,
-            "inputs": [{"dir": str(ss.dir), "name": ss.name, "config_hash": ss.meta.get("config_hash")}
-                       for ss in inputs],
-            "world_size": world}  # of the latest run; runs with another world size wait for it (runlock.py)
-    if incomplete:  # allow_incomplete: what the inputs lacked when this run started
-        meta["incomplete_inputs"] = incomplete
+def _prepare_output(output: Path, spec: StageSpec, force: bool, world: int) -> dict:
+    ins = spec.input_sets()
+    plan = spec.plan
+    chash = config_hash({"config": spec.record, "inputs": [ss.meta.get("config_hash") for ss in ins]})
+    classes = spec.classes if spec.classes is not None else (ins[0].classes if ins else [])
+    meta = {"format": FORMAT, "kind": "stage", "name": spec.name, "config": spec.record, "config_hash": chash,
+            "num_shards": plan.num_units, "classes": classes, "plan": plan.record(),
+            "inputs": [{"dir": str(ss.dir), "name": ss.name, "role": role, "config_hash": ss.meta.get("config_hash")}
+                       for role, ss in spec.inputs],
+            "world_size": world}  # of the latest run; static runs with another world size wait for it (runlock.py)
+    if spec.incomplete:  # allow_incomplete: what the inputs lacked when this run started
+        meta["incomplete_inputs"] = spec.incomplete
     output.mkdir(parents=True, exist_ok=True)
     mpath = output / MANIFEST
     remove_stale_tmp(mpath)  # a copy a killed run left between writing and renaming it
     if mpath.exists():
         old = json.loads(mpath.read_text())
+        old_plan = (old.get("plan") or {}).get("hash")
+        if old_plan is None and any((output / "commits").glob("*.json")):
+            raise ConfigMismatch(
+                f"{output} holds shards of an earlier digin, cut by input shard rather than by work plan; this "
+                "version's units would not line up with them: finish it with that version, or use a new output folder")
+        if old_plan is not None and old_plan != plan.hash():
+            raise ConfigMismatch(
+                f"{output} was started with another work plan ({_plan_change(old.get('plan'), plan.record())}); its "
+                "committed units would not line up with this run's (force=true does not change this): use another "
+                "output folder, or the selection / pairs / items_per_shard it was started with")
         if old.get("config_hash") != chash:
             if not force:
-                changed = config_differences(old.get("config"), config) or ["inputs changed"]
+                changed = config_differences(old.get("config"), spec.record) or ["inputs changed"]
                 raise ConfigMismatch(
                     f"{output} was started with config hash {old.get('config_hash')}, this run has {chash} "
                     f"({'; '.join(changed)}); refusing to mix outputs (use another output folder, or force=True)")
@@ -283,15 +383,21 @@ def _prepare_output(output: Path, name: str, inputs: list[ShardSet], config: dic
     return meta
 
 
-def _check_unique_keys(ss: ShardSet):
-    """A key in two input shards would be processed twice: refuse at planning time (from the records only)."""
-    seen: dict[str, int] = {}
-    for i, rec in ss.records.items():
-        for k in rec.get("keys") or ():
-            if k in seen:
-                raise ShardError(f"{ss.dir}: key {k!r} is in shard {seen[k]} and in shard {i}, so it would be "
-                                 "processed twice; convert the input again (digin shard) or remove one of them")
-            seen[k] = i
+def _plan_change(old: dict | None, new: dict) -> str:
+    old = old or {}
+    parts = [f"{k} {old.get(k)} → {new.get(k)}" for k in ("items", "units", "items_per_shard") if old.get(k) != new.get(k)]
+    return ", ".join(parts) or f"plan hash {old.get('hash')} → {new.get('hash')}: other items or payloads"
+
+
+def _write_plan_listing(output: Path, plan: Plan) -> None:
+    """plan.json (unit → keys), written once; every rank computes the same content."""
+    path = output / PLAN_FILE
+    try:
+        if json.loads(path.read_text()).get("hash") == plan.hash():
+            return
+    except (FileNotFoundError, ValueError):
+        pass
+    write_json(path, plan.listing())
 
 
 def refuse_output_in_inputs(output: Path, inputs: list[ShardSet]):
@@ -332,7 +438,7 @@ def check_inputs_complete(inputs: list[ShardSet], allow_incomplete: bool) -> dic
     missing = missing_input_shards(inputs)
     if missing and not allow_incomplete:
         raise IncompleteInput(_incomplete_message(missing, inputs) + "; let the stage that writes it finish (or "
-                              "resume it), or pass allow_incomplete=true to process the committed shards only")
+                              "resume it), or pass allow_incomplete=true to plan over the committed shards only")
     return missing
 
 
@@ -402,129 +508,180 @@ class _ErrorBudget:
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-def run_stage(inputs, output, process, batch_size: int, config: dict | None = None, *, name: str | None = None,
-              resolution: int | None = None, required=(), num_workers: int = 0, force: bool = False,
-              check_hash: bool = True, rank: int | None = None, world: int | None = None, device=None,
-              progress: bool = True, raise_on_failure: bool = True, center_crop: bool = True,
-              max_consecutive_rejects: int | None = 100, max_reject_share: float | None = 0.001,
-              reject_share_min_samples: int = 1000, tracking: dict | None = None,
-              allow_incomplete: bool = False) -> StageSummary:
-    """Run `process` over every sample of the committed input shard set(s) this rank owns.
+def run_stage(spec: StageSpec, how: RunOptions) -> StageSummary:
+    """Run `spec.process` over the work plan's units this rank gets (see the module docstring).
 
-    inputs: shard-set folder (or ShardSet), or a list of them joined by shard index and key (fields of later
-      inputs are added to each sample; a clashing field `f` from input k is renamed `f_k`).
-    process(batch: Batch) -> list of outputs, one per real sample (len n_real, or len B with padding ignored);
-      an output is a dict field -> value (PIL.Image or uint8 array -> png, dict -> json, str -> txt,
-      dict[str, Tensor] -> safetensors), or None / {"__reject__": reason} to reject that sample, or
-      {"__skip__": reason} for a sample the task does not select (e.g. no UVCE pair): it is recorded like a reject
-      (reason "skip:<reason>", so every input key stays accounted for) but is no failure for the error budget.
-    resolution / center_crop: images of the first input come as uint8 (B, 3, res, res) after the reference's
-      Resize(1.25·res)+CenterCrop(res), or a plain resize to res×res when center_crop is False.
-    config: the resolved stage config; its hash (with the inputs' hashes) is recorded, and resuming into the same
-      output with a different one raises ConfigMismatch unless force=True.
-    max_consecutive_rejects: error budget; the run aborts at the (max_consecutive_rejects + 1)-th rejected sample in
-      a row (decode rejects of the input and rejects returned by `process`, in input order; a processed sample
-      resets the count). None disables it.
-    max_reject_share / reject_share_min_samples: error budget; once this run has seen at least
-      reject_share_min_samples samples, it aborts as soon as rejected / seen > max_reject_share. None disables it.
-      On an abort the open shards are discarded (as on SIGTERM), committed shards stay, the log gets an
-      `error_budget_exceeded` event and StageFailed is raised (or, with raise_on_failure=False, the summary has
-      error_budget_exceeded set and exit code EXIT_FAILED). Counts start at zero in every run (resume included).
-    Run lock: the run holds output/locks/rank-NNNNNN.lock (host, pid, world size, Slurm job) from start to end; a
-      second live run of the same rank, or a run with another world size while any rank lock is live, raises
-      RunLocked and changes nothing. A lock whose holder is provably gone (its pid on this host is not running, it
-      is from an earlier run of this requeued Slurm job, or it is corrupt) is taken over; DIGIN_BREAK_LOCK=1 forces
-      that. The manifest records the world size of the latest run.
-    Refused before anything is written (ConfigError / IncompleteInput / ShardError): an output that is, contains or
-      lies inside an input folder (whatever `force` says); an input whose manifest lists shards that are not
-      committed, unless allow_incomplete=True (then the shards committed in every input are processed, and the
-      log and the output manifest's `incomplete_inputs` say what was missing); a key in two input shards.
-    Results carrying a `status` (a JSON field with "status": nonfinite | no_improvement) are counted in the
-      summary. An output that cannot be encoded (e.g. NaN in a JSON field) rejects that sample (`unwritable:`),
-      not the run. Any other exception inside the run is logged with its traceback (event `error`) and re-raised
-      with the log path as `digin_log`.
-    tracking: {"project", "entity", "mode"} → per-rank wandb run (digin.shards.tracking); the numeric metrics of each
-      shard's samples are logged when the shard commits. None (default): no tracking, wandb never imported.
-    On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the run).
-    SIGTERM/SIGUSR1: stop at the next batch boundary, discard open shards, return summary.interrupted=True
-    (exit code EXIT_REQUEUE). Returns a StageSummary; raises StageFailed if an input shard failed its checks or
-    the error budget was exceeded.
+    process(batch: Batch) -> list of outputs, one per real sample (len n_real, or len B with padding ignored); a
+      sample is one plan item: `__key__` its output key, `item` its payload, plus the fields of its joined input
+      samples (images of the primary input as uint8 (B, 3, res, res) in batch.images when `resolution` is set,
+      after the reference's Resize(1.25·res)+CenterCrop(res), or a plain resize when center_crop is False).
+      An output is a dict field -> value (PIL.Image or uint8 array -> png, dict -> json, str -> txt,
+      dict[str, Tensor] -> safetensors), or None / {"__reject__": reason} to reject that item, or
+      {"__skip__": reason} for an item the task passes over on purpose (recorded as reason "skip:<reason>", no
+      failure for the error budget).
+    An item whose input lacks its key is rejected (`missing_in_input:<role>:<key>`, known from the manifests when
+      the plan was made); those rejects do not count against the error budget. A unit whose input shard fails its
+      checks (truncated, altered) is not committed and the run ends with StageFailed; the other units go on.
+    Error budget: the run aborts at the (max_consecutive_rejects + 1)-th rejected item in a row (decode rejects
+      and rejects returned by `process`, in plan order; a processed item resets the count), or once it has seen
+      reject_share_min_samples items and rejected / seen > max_reject_share (None disables either). On an abort
+      the open units are discarded (as on SIGTERM), committed ones stay, the log gets an `error_budget_exceeded`
+      event and StageFailed is raised (or, with raise_on_failure=False, the summary says so, exit code 1).
+    Run lock, refusals: see the module docstring. Results carrying a `status` (nonfinite | no_improvement) are
+      counted. An output that cannot be encoded (e.g. NaN in a JSON field) rejects that item (`unwritable:`).
+      Any other exception is logged with its traceback (event `error`) and re-raised with the log path as
+      `digin_log`. On a CUDA OOM the same samples are redone at half the batch size (kept for the rest of the
+      run). SIGTERM/SIGUSR1: stop at the next batch boundary, discard open units, summary.interrupted (exit code
+      EXIT_REQUEUE). tracking: {"project", "entity", "mode"} → a per-rank wandb run (digin.shards.tracking).
     """
-    ins = [x if isinstance(x, ShardSet) else ShardSet.load(x) for x in
-           (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
-    output = Path(output)
-    name = name or output.name
+    if how.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule={how.schedule!r}: one of {', '.join(SCHEDULES)}")
+    if spec.process is None:
+        raise ValueError(f"stage {spec.name}: no process to run (StageSpec.process is None)")
+    output = Path(how.out)
     env_rank, env_world, local_rank = rank_world()
-    rank = env_rank if rank is None else rank
-    world = env_world if world is None else world
+    rank = env_rank if how.rank is None else how.rank
+    world = env_world if how.world is None else how.world
     if not 0 <= rank < world:
         raise ConfigError(f"rank {rank} is outside 0..world-1 for world size {world}")
-    budget = _ErrorBudget(max_consecutive_rejects, max_reject_share, reject_share_min_samples)
+    if how.batch_size < 1:
+        raise ConfigError(f"batch_size={how.batch_size} must be >= 1")
+    budget = _ErrorBudget(how.max_consecutive_rejects, how.max_reject_share, how.reject_share_min_samples)
     # Refusals first: nothing is written (not even the lock) when one applies.
-    refuse_output_in_inputs(output, ins)
-    missing = check_inputs_complete(ins, allow_incomplete)
-    _check_unique_keys(ins[0])
-    device = device if device is not None else device_for_local_rank(local_rank)
-    if tracking and tracking.get("project"):
+    refuse_output_in_inputs(output, spec.input_sets())
+    device = how.device if how.device is not None else device_for_local_rank(local_rank)
+    if how.tracking and how.tracking.get("project"):
         require_wandb()
-    lock = RunLock(output, rank, world).acquire()  # before the manifest or any shard file is touched
+    lock = RunLock(output, rank, world, how.schedule).acquire()  # before the manifest or any shard is touched
     try:
-        summary = _run_locked(ins, output, process, batch_size, dict(config or {}), name=name,
-                              resolution=resolution, required=required, num_workers=num_workers, force=force,
-                              check_hash=check_hash, rank=rank, world=world, device=device, progress=progress,
-                              center_crop=center_crop, budget=budget, lock=lock, tracking=tracking,
-                              incomplete=missing)
+        summary = _run_locked(spec, how, output, rank, world, device, budget, lock)
     finally:
         lock.release()
     problems = [summary.error_budget_exceeded] if summary.error_budget_exceeded else []
     if summary.failed_shards:
-        problems.append(f"{len(summary.failed_shards)} input shard(s) failed: " +
+        problems.append(f"{len(summary.failed_shards)} unit(s) failed: " +
                         "; ".join(f["error"] for f in summary.failed_shards[:5]))
-    if problems and raise_on_failure:
-        raise StageFailed(f"[{name}] rank {rank}: " + " | ".join(problems))
+    if problems and how.raise_on_failure:
+        raise StageFailed(f"[{spec.name}] rank {rank}: " + " | ".join(problems))
     return summary
 
 
-def _shards_to_do(ins: list[ShardSet], out: ShardSet, output: Path, name: str, rank: int, world: int,
-                  incomplete: dict, summary: StageSummary) -> list[int]:
-    """This rank's shards not committed yet (committed ones are counted as skipped); leftovers of an earlier
-    attempt at a shard to do are removed (the lock makes sure we own it)."""
-    # allow_incomplete: only shards committed in every input (all of ins[0]'s otherwise: nothing is missing)
-    available = [i for i in ins[0].indices() if all(i in ss.records for ss in ins[1:])] if incomplete else \
-        ins[0].indices()
-    todo = []
-    for i in assign_shards(available, rank, world):
-        if _is_committed(out, i):
-            summary.skipped_shards += 1
-            summary.skipped_samples += out.records[i]["count"] + len(out.records[i].get("rejects", []))
-        else:
-            todo.append(i)
-            remove_orphan_partial(output, f"{name}-{i:06d}.tar")
-            for tmp in (output / "commits").glob(f"{i:06d}.json.tmp.*"):
-                tmp.unlink(missing_ok=True)
-    return todo
+def unit_file(name: str, j: int) -> str:
+    return f"{name}-{j:06d}.tar"
+
+
+def _clean_unit_strays(output: Path, name: str, j: int, keep: str | None) -> None:
+    """Files of earlier attempts at unit j other than `keep` (the committed one): only called once j is committed
+    (a late attempt then fails its exclusive commit and discards its own file) or by j's only owner (static)."""
+    for p in output.glob(f"{name}-{j:06d}.*"):
+        if p.name != keep and (p.name.endswith(".tar") or p.name.endswith(".tar.partial")):
+            p.unlink(missing_ok=True)
+    for tmp in (output / "commits").glob(f"{j:06d}.json.tmp.*"):
+        remove_stale_tmp(tmp.with_name(f"{j:06d}.json"))
+
+
+class _Unit:
+    """An open output unit: its writer, the rejects for its record, and what is left to process."""
+
+    def __init__(self, j: int, writer: ShardWriter, rejects: list, remaining: int, epoch: int | None):
+        self.j, self.writer, self.epoch, self.remaining = j, writer, epoch, remaining
+        self.rejects = list(rejects)
+        # decode rejects lie between the items: counted for the budget in plan order (missing joins are not)
+        self.pending = deque(sorted((r for r in rejects if not r["reason"].startswith(MISSING_JOIN)),
+                                    key=lambda r: r["pos"]))
+        self.rows: list = []
 
 
 class _StageRun:
-    """One rank's pass over its shards: batches through `process` (halving the batch size on OOM), per-sample
-    outputs into open shard writers, commits, and the log / summary / error budget / tracker bookkeeping."""
+    """One rank's pass over its units: batches through `process` (halving the batch size on OOM), per-item outputs
+    into open unit writers, commits, and the log / summary / error budget / tracker bookkeeping."""
 
-    def __init__(self, output: Path, name: str, rank: int, process, batch_size: int, resolution, device,
-                 config_hash: str, budget: _ErrorBudget, log: _RunLog, tracker, summary: StageSummary):
-        self.output, self.name, self.rank, self.process = output, name, rank, process
-        self.bs, self.resolution, self.device, self.config_hash = batch_size, resolution, device, config_hash
-        self.budget, self.log, self.tracker, self.summary = budget, log, tracker, summary
-        self.open_shards: dict[int, dict] = {}
+    def __init__(self, spec: StageSpec, how: RunOptions, output: Path, rank: int, device, config_hash: str,
+                 budget: "_ErrorBudget", log: "_RunLog", tracker, summary: StageSummary, board=None):
+        self.spec, self.how, self.output, self.rank, self.device = spec, how, output, rank, device
+        self.name, self.process, self.bs = spec.name, spec.process, how.batch_size
+        self.config_hash, self.budget, self.log, self.tracker, self.summary = config_hash, budget, log, tracker, summary
+        self.board = board
+        self.open_units: dict[int, _Unit] = {}
+        self.order: deque = deque()  # open units in plan order: committed in this order (the budget counts so)
 
     def _say(self, message: str) -> None:
         print(f"[{self.name}] rank {self.rank}: {message}", file=sys.stderr, flush=True)
 
+    # ------------------------------------------------------------------------------------------ units
+    def open_unit(self, loaded: dict) -> _Unit | None:
+        j = loaded["unit"]
+        if loaded["error"]:
+            self.summary.failed_shards.append({"shard": j, "error": loaded["error"]})
+            self.log.event("shard_failed", shard=j, error=loaded["error"])
+            self._say(f"unit {j} failed: {loaded['error']}")
+            if self.board is not None:
+                self.board.release(j)
+            return None
+        extra = {"config_hash": self.config_hash, "plan_hash": self.spec.plan.hash()}
+        epoch = self.board.held[j]["epoch"] if self.board is not None else None
+        if epoch is None:
+            writer = ShardWriter(self.output, j, unit_file(self.name, j), extra)
+        else:  # an attempt of its own: a late attempt of another rank must not touch this file
+            writer = ShardWriter(self.output, j, f"{self.name}-{j:06d}.e{epoch}-{secrets.token_hex(4)}.tar", extra,
+                                 once=True)
+        u = self.open_units[j] = _Unit(j, writer, loaded["rejects"], len(loaded["samples"]), epoch)
+        self.order.append(u)
+        for r in loaded["rejects"]:
+            self.log.event("reject", shard=j, **r)
+        self.summary.rejected += len(loaded["rejects"])
+        self.summary.missing_joins += sum(r["reason"].startswith(MISSING_JOIN) for r in loaded["rejects"])
+        return u
+
+    def finish_ready(self, everything: bool = False) -> None:
+        """Commit the complete units at the front of the plan order (all complete ones when `everything`: a
+        stopping run keeps what it finished)."""
+        while self.order and self.order[0].remaining == 0:
+            self.finish(self.order.popleft())
+        if everything:
+            for u in [u for u in self.order if u.remaining == 0]:
+                self.order.remove(u)
+                self.finish(u)
+
+    def finish(self, u: _Unit) -> None:
+        """All of the unit's items are recorded: count the decode rejects after its last item, then commit."""
+        self.budget.reject_until(u.pending, u.j, math.inf)
+        self.open_units.pop(u.j, None)
+        if self.board is not None and self.board.lost(u.j):
+            self._lost(u, "taken over by another rank after this rank's lease ran out")
+            return
+        try:
+            rec = u.writer.commit(sorted(u.rejects, key=lambda r: r["pos"]))
+        except CommitExists:
+            self._lost(u, "committed by another attempt first")
+            return
+        except FileNotFoundError as e:  # a late attempt whose partial a committer already cleaned up
+            u.writer.discard()
+            self._lost(u, f"its partial file was removed ({e})")
+            return
+        if self.board is not None:
+            self.board.release(u.j)
+            _clean_unit_strays(self.output, self.name, u.j, rec["file"])
+        self.summary.committed_shards += 1
+        self.log.event("commit", shard=u.j, count=rec["count"], rejects=len(rec["rejects"]), sha256=rec["sha256"],
+                       file=rec["file"])
+        if self.tracker is not None:
+            self.tracker.shard_committed(u.j, u.rows, rec["count"], len(rec["rejects"]))
+
+    def _lost(self, u: _Unit, why: str) -> None:
+        u.writer.discard()
+        if self.board is not None:
+            self.board.release(u.j)
+        self.summary.lost_units += 1
+        self.log.event("unit_lost", shard=u.j, epoch=u.epoch, reason=why)
+
+    # ------------------------------------------------------------------------------------------ batches
     def run_batch(self, samples: list[dict]) -> list:
         """process() on these samples padded to the current batch size; on OOM redo them at half the size."""
         import torch
 
         try:
-            outs = self.process(make_batch(samples, self.bs, self.resolution, self.device))
+            outs = self.process(make_batch(samples, self.bs, self.spec.resolution, self.device))
         except Exception as e:
             if not is_oom(e) or self.bs == 1:
                 raise
@@ -546,25 +703,23 @@ class _StageRun:
             raise ValueError(f"process returned {len(outs)} outputs for {len(samples)} real samples")
         return outs[:len(samples)]
 
-    def open_shard(self, i: int) -> dict:
-        st = self.open_shards.get(i)
-        if st is None:
-            st = self.open_shards[i] = {"writer": ShardWriter(self.output, i, f"{self.name}-{i:06d}.tar",
-                                                              {"config_hash": self.config_hash}),
-                                        "rejects": [], "rows": []}
-        return st
+    def batch(self, queue: deque, bar) -> None:
+        """The next batch of queued items (across unit boundaries) through process; commits the units it completes."""
+        take = [queue.popleft() for _ in range(min(self.bs, len(queue)))]
+        outs = self.run_batch([s for _, s in take])
+        for (u, smp), o in zip(take, outs):
+            self.finish_ready()  # earlier units' trailing rejects count before this item
+            self.budget.reject_until(u.pending, u.j, smp["__pos__"])
+            self.record(u, smp, o)
+            u.remaining -= 1
+        self.finish_ready()
+        bar.update(len(take))
 
-    def fail_shard(self, i: int, error: str) -> None:
-        self.open_shards.pop(i)["writer"].discard()
-        self.summary.failed_shards.append({"shard": i, "error": error})
-        self.log.event("shard_failed", shard=i, error=error)
-        self._say(f"input shard {i} failed: {error}")
-
-    def record(self, i: int, st: dict, smp: dict, o) -> None:
-        """One sample's output: written to its shard, or recorded as not selected / rejected."""
+    def record(self, u: _Unit, smp: dict, o) -> None:
+        """One item's output: written to its unit, or recorded as not selected / rejected."""
         summary = self.summary
         if o is not None and o.get("__skip__"):
-            st["rejects"].append({"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]})
+            u.rejects.append({"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]})
             summary.not_selected += 1
             return
         reason = ("process_returned_none" if o is None else o.get("__reject__"))
@@ -572,124 +727,151 @@ class _StageRun:
             raise ValueError(f"process returned an empty output for {smp['__key__']}")
         if not reason:
             try:
-                st["writer"].add(smp["__key__"], o)  # encodes every field before writing any
-            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this sample only
+                u.writer.add(smp["__key__"], o)  # encodes every field before writing any
+            except (ValueError, TypeError) as e:  # e.g. NaN in a JSON field: this item only
                 reason = f"unwritable:{str(e)[:200]}"
         if reason:
             r = {"key": smp["__key__"], "reason": str(reason), "pos": smp["__pos__"]}
-            st["rejects"].append(r)
-            self.log.event("reject", shard=i, **r)
+            u.rejects.append(r)
+            self.log.event("reject", shard=u.j, **r)
             summary.rejected += 1
-            self.budget.reject(i, r)
+            self.budget.reject(u.j, r)
             return
         for status in result_statuses(o):
             if status in ("nonfinite", "no_improvement"):
                 setattr(summary, status, getattr(summary, status) + 1)
-                self.log.event(status, shard=i, key=smp["__key__"])
+                self.log.event(status, shard=u.j, key=smp["__key__"])
         if self.tracker is not None:
-            st["rows"] += scalar_rows(o)
+            u.rows += scalar_rows(o)
         summary.processed += 1
         self.budget.ok()
 
-    def commit(self, i: int) -> None:
-        st = self.open_shards.pop(i)
-        rec = st["writer"].commit(sorted(st["rejects"], key=lambda r: r["pos"]))
-        self.summary.committed_shards += 1
-        self.log.event("commit", shard=i, count=rec["count"], rejects=len(rec["rejects"]), sha256=rec["sha256"])
-        if self.tracker is not None:
-            self.tracker.shard_committed(i, st["rows"], rec["count"], len(rec["rejects"]))
-
-    def chunk(self, chunk: dict, stopper, bar) -> None:
-        """One chunk of an input shard: its decode rejects, its samples in batches, the commit after the last."""
-        i = chunk["shard"]
-        st = self.open_shard(i)
-        if chunk["error"]:
-            self.fail_shard(i, chunk["error"])
-            return
-        for r in chunk["rejects"]:
-            st["rejects"].append(r)
-            self.log.event("reject", shard=i, **r)
-        self.summary.rejected += len(chunk["rejects"])
-        bar.update(len(chunk["rejects"]))
-        # decode rejects lie between this chunk's samples: count them in input order for the budget
-        decode_rejects = deque(sorted(chunk["rejects"], key=lambda r: r["pos"]))
-        samples, done = chunk["samples"], 0
-        while done < len(samples) and not stopper.stop:
-            part = samples[done:done + self.bs]
-            done += len(part)
-            for smp, o in zip(part, self.run_batch(part)):
-                self.budget.reject_until(decode_rejects, i, smp["__pos__"])
-                self.record(i, st, smp, o)
-            bar.update(len(part))
-        if stopper.stop:
-            return
-        self.budget.reject_until(decode_rejects, i, math.inf)  # rejects after the chunk's last sample
-        if chunk["last"]:
-            self.commit(i)
+    def loop(self, feed, stopper, bar) -> None:
+        queue: deque = deque()
+        for loaded in feed:
+            if stopper.stop:
+                break
+            u = self.open_unit(loaded)
+            if u is None:
+                continue
+            bar.update(len(loaded["rejects"]))
+            queue.extend((u, s) for s in loaded["samples"])
+            self.finish_ready()  # a unit with nothing to process (every item rejected) commits in its turn
+            while len(queue) >= self.bs and not stopper.stop:
+                self.batch(queue, bar)
+            if stopper.stop:
+                break
+        while queue and not stopper.stop:
+            self.batch(queue, bar)
+        self.finish_ready(everything=stopper.stop)
 
 
-def _start_log(output: Path, name: str, rank: int, world: int, device, meta: dict, todo: list[int], lock: RunLock,
-               incomplete: dict, ins: list[ShardSet], batch_size: int, summary: StageSummary) -> _RunLog:
+def _start_log(output: Path, spec: StageSpec, how: RunOptions, rank: int, world: int, device, meta: dict,
+               todo, lock: RunLock, summary: StageSummary) -> "_RunLog":
     log = _RunLog(output / "logs", rank)
     summary.log_path = str(log.path)
     if lock.takeover:
         log.event("lock_takeover", **lock.takeover)
     log.event("start", rank=rank, world=world, device=str(device), config_hash=meta["config_hash"],
-              todo=todo, skipped=summary.skipped_shards, batch_size=batch_size, lock=lock.record,
+              plan=meta["plan"], schedule=how.schedule, todo=todo, skipped=summary.skipped_shards,
+              batch_size=how.batch_size, lock=lock.record, io_before_first_batch=io_counters(),
               env=run_environment(device))
-    if incomplete:
-        log.event("incomplete_inputs", missing=incomplete, allow_incomplete=True)
-        print(f"[{name}] rank {rank}: allow_incomplete=true: {_incomplete_message(incomplete, ins)}; processing "
-              "the committed shards only", file=sys.stderr, flush=True)
+    if spec.incomplete:
+        ins = spec.input_sets()
+        log.event("incomplete_inputs", missing=spec.incomplete, allow_incomplete=True)
+        print(f"[{spec.name}] rank {rank}: allow_incomplete=true: {_incomplete_message(spec.incomplete, ins)}; the "
+              "plan covers the committed shards only", file=sys.stderr, flush=True)
     return log
 
 
-def _run_locked(ins: list[ShardSet], output: Path, process, batch_size: int, config: dict, *, name, resolution,
-                required, num_workers, force, check_hash, rank, world, device, progress, center_crop,
-                budget: _ErrorBudget, lock: RunLock, tracking: dict | None, incomplete: dict) -> StageSummary:
+def _static_todo(spec: StageSpec, output: Path, out_ss: ShardSet, rank: int, world: int,
+                 summary: StageSummary) -> list[int]:
+    """This rank's units (j % world == rank) not committed yet (committed ones are counted as skipped); leftovers
+    of an earlier attempt at a unit to do are removed (the lock makes sure we own it)."""
+    todo = []
+    for j in range(rank, spec.plan.num_units, world):
+        if _is_committed(out_ss, j):
+            summary.skipped_shards += 1
+            summary.skipped_samples += out_ss.records[j]["count"] + len(out_ss.records[j].get("rejects", []))
+        else:
+            todo.append(j)
+            remove_orphan_partial(output, unit_file(spec.name, j))
+            for tmp in (output / "commits").glob(f"{j:06d}.json.tmp.*"):
+                tmp.unlink(missing_ok=True)
+    return todo
+
+
+def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world: int, device,
+                budget: "_ErrorBudget", lock: RunLock) -> StageSummary:
     """The body of run_stage, run while this rank holds the output's lock."""
-    meta = _prepare_output(output, name, ins, config, force, world, incomplete)
-    summary = StageSummary(final_batch_size=batch_size)
-    todo = _shards_to_do(ins, ShardSet.load(output), output, name, rank, world, incomplete, summary)
+    from contextlib import nullcontext
+
+    from digin.shards.claims import ClaimBoard
+
+    plan = spec.plan
+    meta = _prepare_output(output, spec, how.force, world)
+    _write_plan_listing(output, plan)
+    summary = StageSummary(final_batch_size=how.batch_size)
+    out_ss = ShardSet.load(output)
+    board = None
+    if how.schedule == "static":
+        todo = _static_todo(spec, output, out_ss, rank, world, summary)
+        total = sum(len(plan.unit_items(j)) for j in todo)
+    else:
+        done = [j for j in range(plan.num_units) if _is_committed(out_ss, j)]
+        summary.skipped_shards = len(done)
+        summary.skipped_samples = sum(out_ss.records[j]["count"] + len(out_ss.records[j].get("rejects", []))
+                                      for j in done)
+        for j in done:
+            _clean_unit_strays(output, spec.name, j, out_ss.records[j]["file"])
+        todo = None
+        total = sum(len(plan.unit_items(j)) for j in range(plan.num_units) if j not in set(done))
     tracker = None  # made before the log file is opened: a failing wandb.init leaves nothing open
-    if tracking and tracking.get("project"):
-        tracker = WandbTracker(tracking["project"], name, output, rank, world, meta["config"],
-                               entity=tracking.get("entity"), mode=tracking.get("mode"))
-    log = _start_log(output, name, rank, world, device, meta, todo, lock, incomplete, ins, batch_size, summary)
-    bar = Progress(sum(ins[0].records[i]["count"] for i in todo), f"{name} r{rank}", enabled=progress and rank == 0)
-    run = _StageRun(output, name, rank, process, batch_size, resolution, device, meta["config_hash"], budget, log,
-                    tracker, summary)
+    if how.tracking and how.tracking.get("project"):
+        tracker = WandbTracker(how.tracking["project"], spec.name, output, rank, world, meta["config"],
+                               entity=how.tracking.get("entity"), mode=how.tracking.get("mode"))
+    log = _start_log(output, spec, how, rank, world, device, meta, todo, lock, summary)
+    if how.schedule == "dynamic":
+        board = ClaimBoard(output, plan.hash(), plan.num_units, lock.record, how.lease_s, how.heartbeat_s,
+                           event=log.event)
+    bar = Progress(total, f"{spec.name} r{rank}", enabled=how.progress and rank == 0)
+    run = _StageRun(spec, how, output, rank, device, meta["config_hash"], budget, log, tracker, summary, board)
     try:
-        with _Stopper() as stopper:
-            stream = ChunkStream(ins, todo, batch_size, resolution, required, check_hash, center_crop)
-            for chunk in _chunks(stream, num_workers):
-                if stopper.stop:
-                    break
-                run.chunk(chunk, stopper, bar)
-                if stopper.stop:
-                    break
+        with _Stopper() as stopper, (board if board is not None else nullcontext()):
+            if board is None:
+                it = iter(todo)
+                next_unit = lambda: next(it, None)  # noqa: E731
+            else:
+                def next_unit():
+                    got = board.claim_next(should_stop=lambda: stopper.stop)
+                    return None if got is None else got[0]
+            run.loop(UnitFeed(UnitLoader(spec, how.check_hash), next_unit, how.workers), stopper, bar)
             if stopper.stop:
                 summary.interrupted = True
-                log.event("interrupted", signal=stopper.signum, discarded=sorted(run.open_shards))
-    except _BudgetExceeded as e:  # like a graceful stop: open shards are discarded below, committed ones stay
+                log.event("interrupted", signal=stopper.signum, discarded=sorted(run.open_units))
+    except _BudgetExceeded as e:  # like a graceful stop: open units are discarded below, committed ones stay
         summary.error_budget_exceeded = str(e)
-        log.event("error_budget_exceeded", **e.numbers, discarded=sorted(run.open_shards))
-        print(f"[{name}] rank {rank}: {e}; discarding open shards {sorted(run.open_shards)}", file=sys.stderr,
+        log.event("error_budget_exceeded", **e.numbers, discarded=sorted(run.open_units))
+        print(f"[{spec.name}] rank {rank}: {e}; discarding open units {sorted(run.open_units)}", file=sys.stderr,
               flush=True)
     except Exception as e:  # the traceback belongs in the rank's log (the CLI prints expected errors in one line)
-        log.event("error", type=type(e).__name__, message=str(e)[:2000], discarded=sorted(run.open_shards),
+        log.event("error", type=type(e).__name__, message=str(e)[:2000], discarded=sorted(run.open_units),
                   traceback=traceback.format_exc())
         e.digin_log = str(log.path)
         raise
     finally:
-        for st in run.open_shards.values():
-            st["writer"].discard()
-        run.open_shards.clear()
+        for u in list(run.open_units.values()):
+            u.writer.discard()
+        run.open_units.clear()
+        run.order.clear()
+        if board is not None:
+            summary.retaken_units = board.retaken
         summary.final_batch_size = run.bs
+        summary.io = io_counters()
         bar.close()
         log.event("summary", **{k: v for k, v in summary.__dict__.items()})
         log.close()
         if tracker is not None:
             tracker.finish(summary.__dict__)
-    print(f"[{name}] " + summary.line(rank), file=sys.stderr, flush=True)
+    print(f"[{spec.name}] " + summary.line(rank), file=sys.stderr, flush=True)
     return summary

@@ -37,19 +37,22 @@ KINDS = {
     "duplicate_key": "a sample key committed in two shards (or twice in one record)",
     "config_hash": "a record written under another config than the manifest's (and not forced over)",
     "incomplete": "fewer committed shards than the manifest's num_shards",
+    "plan": "a committed unit whose keys differ from the stage's work plan (plan.json), or a plan file that does not "
+            "parse or belongs to another plan than the manifest's",
     "leftover": "a *.partial or *.tmp* file left by an interrupted write",
     "stray": "a file or folder the shard-set code never writes (includes tars without a commit record)",
     "not_found": "no shard set in or below the given path",
 }
 
 # What may lie in a shard-set folder besides the committed tars, from reading the code that writes there
-# (ShardWriter, run_stage, convert, write_worklist, toy caption shards). Kept deliberately short: anything else
+# (ShardWriter, run_stage, convert, toy caption shards). Kept deliberately short: anything else
 # is reported. A sub-folder with its own manifest.json is a nested shard set, checked on its own.
-ALLOWED_FILES = frozenset({MANIFEST})
+ALLOWED_FILES = frozenset({MANIFEST, "plan.json"})  # plan.json: a stage's work plan (unit → item keys)
 ALLOWED_DIRS = frozenset({
     COMMITS,  # commits/NNNNNN.json, checked record by record
     "logs",   # run_stage's per-rank JSONL logs: not data, contents not checked
     "locks",  # run lock files (R9): not data, contents not checked
+    "claims",  # schedule=dynamic claim records: not data, contents not checked
 })
 COMMIT_NAME_RE = re.compile(r"^(\d{6,})\.json$")  # commit_path(): f"{index:06d}.json"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -198,12 +201,35 @@ def _check_records(ld: _Loaded, report: VerifyReport):
         by_file.setdefault(rec["file"], i)
     _check_duplicate_keys(ld, report)
     _check_config_hashes(ld, report)
+    _check_plan(ld, report)
     expected = meta.get("num_shards")
     if isinstance(expected, int):
         missing = sorted(set(range(expected)) - set(ss.records))
         if missing:
             report.add("incomplete", ss.dir, f"{len(missing)} of {expected} shards not committed: {missing[:10]}"
                                              + (" ..." if len(missing) > 10 else ""))
+
+
+def _check_plan(ld: _Loaded, report: VerifyReport):
+    """A stage's units against its plan.json: each record holds exactly its unit's keys (written, rejected or
+    skipped), in plan order."""
+    path = ld.ss.dir / "plan.json"
+    want_hash = (ld.ss.meta.get("plan") or {}).get("hash")
+    if not path.exists():
+        return
+    plan, err = _read_json(path)
+    if err or not isinstance(plan, dict) or not isinstance(plan.get("units"), list):
+        report.add("plan", path, err or "not a work plan (no unit list)")
+        return
+    if want_hash is not None and plan.get("hash") != want_hash:
+        report.add("plan", path, f"plan {plan.get('hash')!r}, the manifest's is {want_hash!r}")
+        return
+    for i, rec in ld.ss.records.items():
+        unit = plan["units"][i] if i < len(plan["units"]) else None
+        got = sorted([*rec["keys"], *(r.get("key") for r in rec.get("rejects") or [])])
+        if unit is None or got != sorted(unit.get("keys") or []):
+            report.add("plan", ld.source[i], f"unit {i} holds {len(got)} keys that differ from its "
+                                             f"{len(unit.get('keys') or []) if unit else 0} planned keys")
 
 
 def _check_config_hashes(ld: _Loaded, report: VerifyReport):

@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from digin.shards.decode import FORBIDDEN_EXTS, IMAGE_POLICY, DecodeError, decode_json
+from digin.shards.spans import SAMPLE_HASH_HEX, tar_spans
 from digin.shards.manifest import FORMAT, ShardSet, config_hash, sha256_bytes, write_commit
 from digin.shards.naming import BadName, check_key
 
@@ -191,9 +192,25 @@ def scan_tar(job) -> dict:
             samples.append({"key": key, "label": f["label"], "filename": f["filename"]})
         if not samples:
             raise WebdatasetError(f"tar {url}: holds no samples")
-        return {"url": url, "bytes": len(data), "sha256": sha256_bytes(data), "samples": samples, "problem": None}
+        spans = _spans(data, url, len(samples))
+        return {"url": url, "bytes": len(data), "sha256": sha256_bytes(data), "samples": samples, "problem": None,
+                "spans": [list(sp) for sp in spans],
+                "sample_sha256": [sha256_bytes(data[o:o + n])[:SAMPLE_HASH_HEX] for o, n in spans]}
     except WebdatasetError as e:
         return {"url": url, "problem": str(e)}
+
+
+def _spans(data: bytes, url: str, count: int) -> list:
+    """Each sample's byte span in the tar (digin.shards.keyed): stages read a sample by key with one seek."""
+    from digin.shards.manifest import ShardError
+
+    try:
+        spans = tar_spans(data, "webdataset")
+    except ShardError as e:
+        raise WebdatasetError(f"tar {url}: {e}") from None
+    if len(spans) != count:
+        raise WebdatasetError(f"tar {url}: {len(spans)} member groups by offset, {count} by name (unusual layout)")
+    return spans
 
 
 def first_sample_suffixes(url: str) -> set[str]:
@@ -419,7 +436,8 @@ def _record(i: int, sc: dict, keys: list[str], file_label: str, chash: str) -> d
     return {"index": i, "file": file_label, "url": sc["url"], "count": len(keys),
             "bytes": sc["bytes"], "sha256": sc["sha256"], "first_key": keys[0], "last_key": keys[-1],
             "keys": keys, "source_keys": [s["key"] for s in sc["samples"]], "rejects": rejects,
-            "config_hash": chash}
+            "spans": sc["spans"], "sample_sha256": sc["sample_sha256"],
+            "labels": [s.get("label") for s in sc["samples"]], "config_hash": chash}
 
 
 # ---------------------------------------------------------------------------------------------- copy=true

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from digin.errors import UserError
 from digin.shards.encode import encode_value
-from digin.shards.manifest import fsync_dir, write_commit
+from digin.shards.spans import SpanHashes, label_of_fields
+from digin.shards.manifest import fsync_dir, write_commit, write_commit_once
 from digin.shards.naming import check_key, encode_key, member_name
 from digin.shards.tario import open_tar_writer, write_sample
 
@@ -28,15 +29,18 @@ def remove_orphan_partial(folder, file_name: str):
 
 
 class _HashingFile:
-    """File wrapper that hashes and counts what is written (no second read of the shard to commit it)."""
+    """File wrapper that hashes and counts what is written, the whole file and each sample's span (no second read
+    of the shard to commit it)."""
 
     def __init__(self, f):
         self.f, self.h, self.n = f, hashlib.sha256(), 0
+        self.spans = SpanHashes()
 
     def write(self, b):
         if self.f is None:  # discarded: the tar stream's last flush goes nowhere
             return len(b)
         self.h.update(b)
+        self.spans.feed(self.n, b)
         self.n += len(b)
         return self.f.write(b)
 
@@ -57,12 +61,17 @@ def _open_partial(path: Path, index: int, folder):
 class ShardWriter:
     """Writes shard `index` of a shard set; nothing is visible to readers until `commit()` returns."""
 
-    def __init__(self, folder, index: int, file_name: str, extra: dict | None = None):
-        self.folder, self.index, self.file_name = Path(folder), index, file_name
+    def __init__(self, folder, index: int, file_name: str, extra: dict | None = None, once: bool = False):
+        """once: the commit record is created only if none exists (CommitExists otherwise, and this attempt's tar is
+        removed): for a work unit that two attempts may run (schedule=dynamic). `file_name` must then be unique to
+        the attempt, since the loser deletes its own file."""
+        self.folder, self.index, self.file_name, self.once = Path(folder), index, file_name, once
         self.final = self.folder / file_name
         self.partial = self.folder / (file_name + PARTIAL)
         self.extra = dict(extra or {})
         self.keys: list[str] = []
+        self.spans: list[list[int]] = []
+        self.labels: list = []
         self._seen: set[str] = set()
         self._raw = _open_partial(self.partial, index, self.folder)
         self._hf = _HashingFile(self._raw)
@@ -82,7 +91,13 @@ class ShardWriter:
                 raise type(e)(f"field {name!r} of {key}: {e}") from None
             member_name(key, name, ext)  # checks the field name and extension
             members[f"{name}.{ext}"] = data
+        start = self._tar.tarstream.offset  # logical offsets = file offsets (plain tar, no compression)
+        self._hf.spans.begin(start)
         write_sample(self._tar, encode_key(key), members)  # members in sorted order: independent of dict order
+        end = self._tar.tarstream.offset
+        self._hf.spans.end(end)
+        self.spans.append([start, end - start])
+        self.labels.append(label_of_fields(fields))
         self.keys.append(key)
         self._seen.add(key)
 
@@ -97,9 +112,17 @@ class ShardWriter:
             "index": self.index, "file": self.file_name, "count": len(self.keys), "bytes": self._hf.n,
             "sha256": self._hf.h.hexdigest(), "first_key": self.keys[0] if self.keys else None,
             "last_key": self.keys[-1] if self.keys else None, "keys": list(self.keys),
+            "spans": self.spans, "sample_sha256": self._hf.spans.finish(), "labels": list(self.labels),
             "rejects": list(rejects or []), **self.extra,
         }
-        write_commit(self.folder, record)
+        if self.once:
+            try:
+                write_commit_once(self.folder, record)
+            except BaseException:
+                self.final.unlink(missing_ok=True)  # this attempt's file: another attempt's record names its own
+                raise
+        else:
+            write_commit(self.folder, record)
         return record
 
     def discard(self):

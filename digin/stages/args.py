@@ -25,7 +25,33 @@ class ComputeArgs:
 
 
 @dataclass
-class CommonArgs(ComputeArgs):
+class WorkArgs:
+    """How a stage's work plan is cut and shared (digin.shards.plan / runner); none of it changes results."""
+
+    items_per_shard: Optional[int] = None  # work items per output shard (one unit); None: about 1,000 units
+    schedule: str = "static"  # static: unit j → rank j % world | dynamic: ranks claim units (leases; see README)
+    lease_s: float = 300.0  # schedule=dynamic: a unit whose holder stopped beating this long is taken over
+    plan: bool = False  # print the work plan (items, units, PFLOP, per-rank work) and exit: no model, no writes
+    world: Optional[int] = None  # plan=true: the job's world size to show (default: this job's, or 1)
+    json: bool = False  # plan=true: one JSON object instead of text
+
+
+@dataclass
+class SelectArgs:
+    """Which images an image stage (caption, invert) does: all, or the selection a later stage needs."""
+
+    # all | uvce (the images of the dataset's UVCE pair table, the reference's selected=True) | random (the
+    # images `digin uvce pairs=random num_images=N seed=S` draws) | counterfactuals (the classes of the neuron
+    # counterfactual pairs) | <file> (.txt one key per line, or a .json list of keys or dataset indices)
+    select: str = "all"
+    class_idcs: Optional[list] = None  # only these classes (the reference's class_idcs)
+    images_per_class: Optional[int] = None  # the first N images of each class, in key order (the reference's)
+    num_images: Optional[int] = None  # select=random: how many images
+    seed: int = 42  # select=random: the seed `digin uvce pairs=random` uses
+
+
+@dataclass
+class CommonArgs(ComputeArgs, WorkArgs):
     """The reference's CommonArguments (same key names), plus engine settings."""
 
     model_path: str = "???"  # local SD folder, single file (+ model_config), or tiny | tiny-sd2 | tiny-sdxl
@@ -58,9 +84,10 @@ class CommonArgs(ComputeArgs):
     progress: bool = True
 
 
+WORK_KEYS = ("items_per_shard", "schedule", "lease_s", "plan", "world", "json")
 # Keys that do not change a stage's outputs: left out of the config recorded (and hashed) in its manifest.
 OPERATIONAL_KEYS = ("out", "device", "num_workers", "force", "allow_incomplete", "progress", "wandb_project",
-                    "wandb_entity", "wandb_mode")
+                    "wandb_entity", "wandb_mode", *WORK_KEYS)
 
 
 def stage_config_of(cfg, stage: str, drop=()) -> dict:

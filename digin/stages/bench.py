@@ -12,7 +12,7 @@ import torch
 _FULL = dict(ddim_steps=20, sgd_steps=20, loss_steps=3, num_cutouts=16, inner_steps=10, guidance_scale=3.0)
 _TINY = dict(ddim_steps=3, sgd_steps=1, loss_steps=2, num_cutouts=2, inner_steps=1, guidance_scale=3.0)
 PRESETS = {"sd15": _FULL, "sdxl512": _FULL, "tiny": _TINY, "tiny-sdxl": _TINY}
-WORKLOADS = ("guidance", "inversion", "generation", "cost")
+WORKLOADS = ("guidance", "inversion", "generation", "cost", "plan")
 MODES = ("reference", "fast")
 
 

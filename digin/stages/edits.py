@@ -1,13 +1,13 @@
 """The img2img editing stage shared by UVCEs and neuron counterfactuals.
 
-Input samples are joined image + inversion samples (`image`, `meta`, `inversion` {z_T, null_texts}, `prompt` or
-`caption`). Each image has a list of targets (classes for UVCEs, neurons for counterfactuals); the (image, target)
-rows of a batch are optimised together in fixed-size chunks (tail padded), each chunk through
-`prepare_edit` (initial pass, masks, P2P, blend, schedule search) and `optimise`. Output per image: `orig`,
-`mask`, `attention` (per-word cross-attention maps), `recon` (initial pass = null-text reconstruction), per target
-t `t<t>_sd`, `t<t>_ours`, `t<t>_metrics`, `t<t>_latents`, and `pairs` {targets, start, start_label, prompt}.
-Images whose prompt lacks the foreground words are rejected (`label_not_in_caption`; P2P and the masks need
-them), as the reference skips them (its KeyError when the label is not in the caption).
+A work item is one (image, target) pair (digin.stages.plans): its payload `item` {start, target | neuron} and the
+joined image + inversion samples (`image`, `meta`, `inversion` {z_T, null_texts}, `prompt` or `caption`). The
+items of a batch are optimised together in fixed-size chunks (tail padded), each chunk through `prepare_edit`
+(initial pass, masks, P2P, blend, schedule search) and `optimise`. Output per item (key `<image key>/t<target>`,
+or `/n<neuron>`): `orig`, `mask`, `attention` (per-word cross-attention maps), `recon` (initial pass = null-text
+reconstruction), `sd`, `ours`, `metrics`, `latents`. Images whose prompt lacks the foreground words are skipped
+(`label_not_in_caption`; P2P and the masks need them), as the reference skips them (its KeyError when the label is
+not in the caption).
 """
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from digin.stages.results import mask_uint8, result_fields, to_uint8, word_tiles
 class EditKind:
     """What differs between UVCEs and neuron counterfactuals."""
 
+    target_of: Callable  # item payload → its target (class or neuron)
     objective_target: Callable  # (start, target) → row of the Objective's targets (int or [class, neuron])
     replacement: Callable  # (start_words: str, start, target) → (source, target) words for P2P
-    extra_metrics: Callable  # (sample, start, target, setup, b) → dict added to t<t>_metrics
+    extra_metrics: Callable  # (sample, start, target) → dict added to the metrics
     evaluate: Callable | None = None  # (res, starts, targets) → {name: (B,) tensor} added to the metrics
+    skip: Callable | None = None  # (samples, images (B,3,H,W)) → {row: reason} of items passed over (failure mode)
 
 
 def prompt_has_words(prompt: str, words: list[str]) -> bool:
@@ -38,13 +40,12 @@ def prompt_has_words(prompt: str, words: list[str]) -> bool:
 
 @dataclass
 class EditProcess:
-    """process(batch) for run_stage: rows of a batch → optimised chunks → one record per image."""
+    """process(batch) for run_stage: (image, target) items → optimised fixed-size chunks → one record per item."""
 
     sd: object
     clf: object
     cfg: object
     classes: list
-    targets_of: dict  # image key → its targets
     words_of: Callable  # class label → foreground words
     kind: EditKind
     gcfg: object
@@ -53,35 +54,26 @@ class EditProcess:
     def __call__(self, batch) -> list[dict]:
         dev = batch.device
         images = batch.images.to(dev).float() / 255.0
-        rows, skipped = self.rows_of(batch, images)
-        results: dict = {}
-        # The engine batch is the runner's current batch size: after a CUDA OOM the runner halves it and redoes
-        # these samples, and the (image, target) rows must shrink with it.
-        for chunk, n in fixed_chunks(rows, len(batch)) if rows else []:
-            for r, o in zip(chunk[:n], self.run_rows(chunk, n, dev)):
-                results.setdefault(r[0]["__key__"], []).append((r[2], o))
-        outs = []
-        for j in range(batch.n_real):
-            key = batch.samples[j]["__key__"]
-            if key not in results:
-                outs.append({"__skip__": "label_not_in_caption" if key in skipped else "no_pairs"})
-                continue
-            outs.append(self.image_record(batch.samples[j], images[j], results[key], images.shape[-1]))
-        return outs
-
-    def rows_of(self, batch, images) -> tuple[list, set]:
-        """(sample, image, target) rows of the batch's images, and the keys rejected for their prompt."""
-        rows, skipped = [], set()
+        outs: list = [None] * batch.n_real
+        skipped = self.kind.skip(batch.samples[:batch.n_real], images[:batch.n_real]) if self.kind.skip else {}
+        rows = []
         for j in range(batch.n_real):
             s = batch.samples[j]
             if isinstance(s.get("caption"), str):
                 s["prompt"] = s["caption"]
-            if s["__key__"] in self.targets_of and not prompt_has_words(
-                    s["prompt"], self.words_of(self.classes[int(s["meta"]["label"])])):
-                skipped.add(s["__key__"])
-                continue
-            rows += [(s, images[j], t) for t in self.targets_of.get(s["__key__"], [])]
-        return rows, skipped
+            start = int(s["item"]["start"])
+            if j in skipped:
+                outs[j] = {"__skip__": skipped[j]}
+            elif not prompt_has_words(s["prompt"], self.words_of(self.classes[start])):
+                outs[j] = {"__skip__": "label_not_in_caption"}
+            else:
+                rows.append((j, s, images[j], start, int(self.kind.target_of(s["item"]))))
+        # The engine batch is the runner's current batch size: after a CUDA OOM the runner halves it and redoes
+        # these items, and the chunks must shrink with it.
+        for chunk, n in fixed_chunks(rows, len(batch)) if rows else []:
+            for r, o in zip(chunk[:n], self.run_rows(chunk, n, dev)):
+                outs[r[0]] = o
+        return outs
 
     def objective(self, starts: list, tgts: list, keys: list, dev):
         from digin.engine.objectives import Objective
@@ -93,18 +85,18 @@ class EditProcess:
                          noise_scale_fn=self.noise_fn, **regularizer_models(cfg, dev))
 
     def run_rows(self, rows, n_real, dev) -> list[dict]:
-        """rows: (sample, image (3,H,W), target), padded to the batch size → per-row outputs."""
+        """rows: (position, sample, image (3,H,W), start, target), padded to the batch size → per-item records."""
         from digin.engine.edit import prepare_edit
         from digin.engine.guidance import optimise
 
         cfg, sd, kind = self.cfg, self.sd, self.kind
-        z = torch.stack([r[0]["inversion"]["z_T"] for r in rows]).to(dev)
-        null = torch.stack([r[0]["inversion"]["null_texts"] for r in rows]).to(dev)
-        imgs = torch.stack([r[1] for r in rows]).to(dev)
-        starts = [int(r[0]["meta"]["label"]) for r in rows]
-        tgts = [r[2] for r in rows]
-        prompts = [r[0]["prompt"] for r in rows]
-        keys = [f"{r[0]['__key__']}/t{t}" for r, t in zip(rows, tgts)]
+        z = torch.stack([r[1]["inversion"]["z_T"] for r in rows]).to(dev)
+        null = torch.stack([r[1]["inversion"]["null_texts"] for r in rows]).to(dev)
+        imgs = torch.stack([r[2] for r in rows]).to(dev)
+        starts = [r[3] for r in rows]
+        tgts = [r[4] for r in rows]
+        prompts = [r[1]["prompt"] for r in rows]
+        keys = [r[1]["__key__"] for r in rows]  # the item key: per-item random streams
         fg = [self.words_of(self.classes[s]) for s in starts]
         repl = [kind.replacement(" ".join(w), s, t) for w, s, t in zip(fg, starts, tgts)]
         obj = self.objective(starts, tgts, keys, dev)
@@ -119,37 +111,27 @@ class EditProcess:
         finally:
             setup.close(sd)
         evals = kind.evaluate(res, starts, tgts) if kind.evaluate is not None else {}
+        size = imgs.shape[-1]
         outs = []
         for b in range(n_real):
+            words = setup.word_maps[b] if setup.word_maps else None
             extra = {"prompt": prompts[b], "edited_prompt": setup.prompts[b], "schedule": list(setup.chosen[b]),
-                     **kind.extra_metrics(rows[b][0], starts[b], tgts[b]),
+                     **kind.extra_metrics(rows[b][1], starts[b], tgts[b]),
                      **{k: float(v[b]) for k, v in evals.items()}}
-            outs.append({"fields": result_fields(res, b, prefix=f"t{tgts[b]}_", extra_metrics=extra),
-                         "mask": setup.px_mask[b] if setup.px_mask is not None else None,
-                         "words": setup.word_maps[b] if setup.word_maps else None,
-                         "recon": setup.initial_images[b]})
+            if words:
+                extra["attention_words"] = list(words)
+            fields = {"orig": to_uint8(rows[b][2]), "recon": to_uint8(setup.initial_images[b])}
+            if setup.px_mask is not None:
+                fields["mask"] = mask_uint8(setup.px_mask[b])
+            if words:  # per-word cross-attention maps of the original prompt, side by side
+                fields["attention"] = word_tiles(words, size)
+            fields.update(result_fields(res, b, extra_metrics=extra))
+            outs.append(fields)
         return outs
 
-    def image_record(self, sample: dict, image, target_outs: list, size: int) -> dict:
-        """One image's output fields from its targets' outputs: orig, mask, attention, recon, t<t>_*, pairs."""
-        start = int(sample["meta"]["label"])
-        fields = {"orig": to_uint8(image)}
-        info = {"targets": [], "start": start, "start_label": self.classes[start], "prompt": sample["prompt"]}
-        for t, o in target_outs:
-            fields.update(o["fields"])
-            info["targets"].append(t)
-            if o["mask"] is not None:
-                fields["mask"] = mask_uint8(o["mask"])
-            if o["words"]:  # per-word cross-attention maps of the original prompt, side by side
-                fields["attention"] = word_tiles(o["words"], size)
-                info["attention_words"] = list(o["words"])
-            fields["recon"] = to_uint8(o["recon"])
-        fields["pairs"] = info
-        return fields
 
-
-def make_edit_process(sd, clf, cfg, classes: list[str], targets_of: dict, words_of: Callable, kind: EditKind,
-                      gcfg, noise_fn) -> EditProcess:
+def make_edit_process(sd, clf, cfg, classes: list[str], words_of: Callable, kind: EditKind, gcfg,
+                      noise_fn) -> EditProcess:
     """process(batch) for run_stage. words_of(label) → foreground words of a class label."""
     regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
-    return EditProcess(sd, clf, cfg, classes, targets_of, words_of, kind, gcfg, noise_fn)
+    return EditProcess(sd, clf, cfg, classes, words_of, kind, gcfg, noise_fn)

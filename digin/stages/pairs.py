@@ -134,3 +134,25 @@ def subsample(pairs: list[Pair], n: int | None, seed: int = 42) -> list[Pair]:
         return list(pairs)
     picked = sorted(random.Random(seed).sample(range(len(pairs)), n))
     return [pairs[i] for i in picked]
+
+
+# ---------------------------------------------------------------------------------------------- neuron counterfactuals
+def default_pairs() -> list[tuple[int, int]]:
+    """The reference's 14 Madry-L2 (class, neuron) pairs of imagenet_neuron_counterfactuals.py."""
+    return [(int(c), int(n)) for c, n in load_table("neurons")["madry_l2_class_neuron_pairs"]]
+
+
+def neurons_per_key(pairs, keys_labels: dict, num_images: int | None, seed: int) -> dict[str, list[int]]:
+    """key → neurons to edit it for: all images of the pair's class, or `num_images` of them (seeded, per pair)."""
+    by_class: dict[int, list[str]] = {}
+    for k, y in sorted(keys_labels.items()):
+        by_class.setdefault(int(y), []).append(k)
+    out: dict[str, list[int]] = {}
+    for c, n in pairs:
+        keys = by_class.get(int(c), [])
+        if num_images is not None and len(keys) > num_images:
+            keys = sorted(random.Random(f"{seed}|{c}|{n}").sample(keys, num_images))
+        for k in keys:
+            if int(n) not in out.setdefault(k, []):
+                out[k].append(int(n))
+    return out

@@ -17,5 +17,6 @@ TASKS = {
     "bench": "digin.tasks.bench",
     "toy-train": "digin.tasks.toy_train",
     "verify": "digin.tasks.verify",
+    "index": "digin.tasks.index",
     "doctor": "digin.tasks.doctor",
 }

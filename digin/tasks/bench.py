@@ -13,7 +13,9 @@ off); `fast` = the fast preset (bf16, batch 8, per-step recompute, torch.compile
 calls, fused kernels), with any single key overridden here; it runs once per attention backend.
 Each row: device, versions, workload, mode, batch, s/image, images/hour, peak GiB, compile time, recompiles,
 FLOPs per image (eager count at batch 1, same settings) and achieved TFLOP/s; then one `speedup` row per workload.
-`workloads=[cost]` (on by default) adds device-independent cost rows (engine/costs.py: FLOPs per image with and
+`workloads=[plan]` (on by default) adds the work plans of the reference's tables (busiest rank ÷ mean per world
+size, a simulated dynamic schedule with slow and dead ranks, the ImageNet UVCE pipeline's EFLOP; counted, not
+timed: digin/stages/plan_bench.py). `workloads=[cost]` (on by default) adds device-independent cost rows (engine/costs.py: FLOPs per image with and
 without recompute, saved bytes per sample, largest batch in `capacity_gib`) for sd15, sdxl512 or tiny.
 Tests never assert timings.
 """
@@ -83,6 +85,13 @@ def run(cfg: Config):
     for workload in cfg.workloads:
         if workload == "cost":
             for r in cost_rows(cfg, models):
+                emit(r)
+            continue
+        if workload == "plan":  # the reference's own workloads: SD-1.5 cost rows whatever `models` is
+            from digin.engine.costs import cost_rows as sd15_rows
+            from digin.stages.plan_bench import bench_rows
+
+            for r in bench_rows(sd15_rows("sd15")):
                 emit(r)
             continue
         by_mode = {}

@@ -8,12 +8,13 @@ cog_caption_imagenet.py): one caption per key, always containing the class label
   digin caption inputs=... out=... backend=hf hf.model_path=/models/blip2-opt-2.7b
   digin caption inputs=... out=... backend=import import_dir=/data/imagenet_captions   # <idx>_prompt.txt files
 
-Writes shard i of `out` with the keys of input shard i:
+The work plan is the selected image keys (`select=`, as `digin invert`: all, the UVCE table's images, a keys
+file, ...); one output sample per image, same key:
   caption.txt        the caption (what `digin invert captions=...` reads, field `caption`)
   caption_info.json  {backend, fallback: null or why the dataset template replaced the caption, raw, label}
 Fallback reasons: empty, label_missing (the label must appear as a word sequence, the rule P2P relies on),
 import_missing (no <idx>_prompt.txt for this index), backend_error:... (only with on_error=fallback).
-Killed jobs resume: committed shards are skipped (digin/shards/runner.py).
+Killed jobs resume: committed units are skipped (digin/shards/runner.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from digin.caption.hf import CAPTION_INSTRUCTION
+from digin.stages.args import SelectArgs, WorkArgs
 from digin.stages.caption import caption_source, make_process
 
 
@@ -50,7 +52,7 @@ class HFArgs:
 
 
 @dataclass
-class Config:
+class Config(SelectArgs, WorkArgs):
     inputs: str = "???"                     # image shard set (digin shard output)
     out: str = "???"                        # caption shard set folder
     backend: str = "template"               # template | open_flamingo | hf | import
@@ -68,7 +70,7 @@ class Config:
     device: Optional[str] = None            # default: cuda:<local rank> if available, else cpu
     num_workers: int = 0
     force: bool = False
-    allow_incomplete: bool = False          # process only the committed shards of an incomplete input
+    allow_incomplete: bool = False          # plan over the committed shards of an incomplete input only
     progress: bool = True
 
 
@@ -84,29 +86,40 @@ def stage_config(cfg: Config, dataset: str) -> dict:
     return c
 
 
+def build_spec(cfg: Config):
+    """The stage from the config and the input manifests alone (no sample read, no model)."""
+    from digin.errors import ConfigError
+    from digin.shards.runner import StageSpec
+    from digin.stages.plans import dataset_of, image_stage_plan, load_inputs
+
+    if cfg.backend not in ("template", "open_flamingo", "hf", "import"):
+        raise ConfigError(f"backend={cfg.backend!r}: one of template, open_flamingo, hf, import")
+    if cfg.on_error not in ("raise", "fallback"):
+        raise ConfigError(f"on_error={cfg.on_error!r}: one of raise, fallback")
+    inputs, incomplete = load_inputs({"images": cfg.inputs}, cfg.allow_incomplete)
+    images = inputs[0][1]
+    dataset = cfg.dataset or images.meta.get("source") or images.name
+    needs_pixels = cfg.backend in ("open_flamingo", "hf")
+    return StageSpec("caption", image_stage_plan("caption", cfg, inputs, dataset_of(cfg, images)),
+                     stage_config(cfg, dataset), inputs, resolution=cfg.resolution if needs_pixels else None,
+                     required=("image", "meta") if needs_pixels else ("meta",), incomplete=incomplete)
+
+
 def run(cfg: Config):
     import torch
 
-    from digin.shards.manifest import ShardSet
-    from digin.shards.runner import run_stage
+    from digin.stages.plans import run_or_show
 
-    if cfg.backend not in ("template", "open_flamingo", "hf", "import"):
-        raise SystemExit(f"digin caption: backend must be template, open_flamingo, hf or import, got {cfg.backend!r}")
-    if cfg.on_error not in ("raise", "fallback"):
-        raise SystemExit(f"digin caption: on_error must be raise or fallback, got {cfg.on_error!r}")
-    images = ShardSet.load(cfg.inputs)
-    dataset = cfg.dataset or images.meta.get("source") or images.name
+    spec = build_spec(cfg)
+    dataset = spec.record["dataset"]
     device = torch.device(cfg.device) if cfg.device else None
-    if device is None:
+    if device is None and not cfg.plan:
         from digin.shards.dist import device_for_local_rank
 
         device = device_for_local_rank()
-    captioner, imported = caption_source(cfg, dataset, device)
-    needs_pixels = cfg.backend in ("open_flamingo", "hf")
-    summary = run_stage(images, cfg.out, make_process(cfg, dataset, captioner, imported), cfg.batch_size,
-                        stage_config(cfg, dataset), name="caption",
-                        resolution=cfg.resolution if needs_pixels else None,
-                        required=("image", "meta") if needs_pixels else ("meta",),
-                        num_workers=cfg.num_workers, force=cfg.force, device=device, progress=cfg.progress,
-                        allow_incomplete=cfg.allow_incomplete)
-    return summary.exit_code
+
+    def load():
+        captioner, imported = caption_source(cfg, dataset, device)
+        return make_process(cfg, dataset, captioner, imported)
+
+    return run_or_show(cfg, spec, load, device=device)

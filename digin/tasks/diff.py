@@ -4,8 +4,8 @@ r"""Classifier differences: text-to-image guided so that one classifier is sure 
   digin diff out=runs/diff model_path=/models/sd-1.4 classifier1=madry:/ckpt/madry_l2.pt \
       classifier2=vit_base_patch16_224 classifier2_checkpoint=/ckpt/vit.safetensors target_classes=[1,2,3] num_images=10
 
-Work items are (class, i) pairs written as a work-list shard set (`<out>/worklist`), so the run is split over
-ranks, resumable and exactly-once like every stage; results go to `<out>/results`. Prompt "{prompt_template}
+The work plan is the (class, start prompt, i) items, from the config alone; it is cut into units split over ranks,
+resumable and exactly-once like every stage; results go to `<out>/results`. Prompt "{prompt_template}
 {label}", or with `prompts=[...]` every target class starts from each of those prompts (e.g. scenes of other
 classes: which change makes classifier1 see the target where classifier2 does not?); start noise per (class, i)
 from `seed` (no giant pre-allocated table); with classifier2 the loss is
@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from digin.stages.args import CommonArgs, stage_config_of, tracking_for
+from digin.stages.args import CommonArgs, stage_config_of
 from digin.stages.diff import class_names_for, make_process, work_items
 from digin.stages.models import load_classifier_for, load_sd_for, pick_device, stage_compute
-from digin.stages.worklist import write_worklist
 
 
 @dataclass
@@ -53,23 +52,30 @@ def stage_config(cfg: Config) -> dict:
     return stage_config_of(cfg, "diff")
 
 
+def build_spec(cfg: Config):
+    from digin.shards.runner import StageSpec
+    from digin.stages.plans import listed_plan
+
+    classes = class_names_for(cfg)
+    return StageSpec("diff", listed_plan("diff", cfg, work_items(cfg, classes)), stage_config(cfg),
+                     required=("item",), classes=classes)
+
+
 def run(cfg: Config):
-    from digin.shards.runner import run_stage
+    from digin.stages.plans import run_or_show
 
     dev = pick_device(cfg)
-    settings = stage_compute(cfg, dev)
-    classes = class_names_for(cfg)
-    out = Path(cfg.out)
-    wl = write_worklist(out / "worklist", "diff", work_items(cfg, classes), per_shard=max(cfg.batch_size * 4, 1),
-                        meta={"classes": classes})
-    clfs = [load_classifier_for(cfg.classifier1, cfg, dev, checkpoint=cfg.classifier1_checkpoint, settings=settings)]
-    if cfg.classifier2:
-        clfs.append(load_classifier_for(cfg.classifier2, cfg, dev, checkpoint=cfg.classifier2_checkpoint,
-                                        settings=settings))
-    eval_clf = (load_classifier_for(cfg.eval_classifier, cfg, dev, checkpoint=cfg.eval_classifier_checkpoint,
-                                    cutouts=False, settings=settings) if cfg.eval_classifier else None)
-    sd = load_sd_for(cfg, dev, settings)
-    summary = run_stage(wl, out / "results", make_process(sd, clfs, eval_clf, cfg), cfg.batch_size,
-                        stage_config(cfg), name="diff", required=("item",), num_workers=cfg.num_workers,
-                        force=cfg.force, device=dev, progress=cfg.progress, tracking=tracking_for(cfg))
-    return summary.exit_code
+    settings = stage_compute(cfg, dev)  # resolves the compute keys the recorded config holds
+    spec = build_spec(cfg)
+
+    def load():
+        clfs = [load_classifier_for(cfg.classifier1, cfg, dev, checkpoint=cfg.classifier1_checkpoint,
+                                    settings=settings)]
+        if cfg.classifier2:
+            clfs.append(load_classifier_for(cfg.classifier2, cfg, dev, checkpoint=cfg.classifier2_checkpoint,
+                                            settings=settings))
+        eval_clf = (load_classifier_for(cfg.eval_classifier, cfg, dev, checkpoint=cfg.eval_classifier_checkpoint,
+                                        cutouts=False, settings=settings) if cfg.eval_classifier else None)
+        return make_process(load_sd_for(cfg, dev, settings), clfs, eval_clf, cfg)
+
+    return run_or_show(cfg, spec, load, out=str(Path(cfg.out) / "results"), device=dev)

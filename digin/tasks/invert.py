@@ -1,11 +1,12 @@
 """Invert real images: z_T + per-step null-text embeddings for every image of a shard set (the reference's
 imagenet_inversion.py, inversion_cub_cars_food.py).
 
-  digin invert inputs=/data/shards/imagenet-val out=/data/inv/imagenet-val model_path=/models/sd-1.4
+  digin invert inputs=/data/shards/imagenet-val out=/data/inv/imagenet-val model_path=/models/sd-1.4 select=uvce
   digin invert inputs=... captions=/data/captions/imagenet-val out=... method=negative_prompt
 
-Reads shard i of the image set (joined by key with the caption set when `captions` is given, field `caption`)
-and writes shard i of `out`, one sample per image, same key:
+The work plan is the selected image keys (`select=`: all, the images of the UVCE table as the reference's
+selected=True, a keys file, ...; digin.stages.plans.select_keys), each joined by key with its caption when
+`captions` is given (field `caption`); one output sample per image, same key:
   inversion.safetensors  z_T (C,h,w) fp32, null_texts (T,L,D) fp32 (step 0 = noisiest)
   metrics.json           reconstruction PSNR/L2 (inversion and plain DDIM vs VAE reconstruction and original),
                          Adam steps per timestep, final loss, UNet call counts, settings
@@ -13,19 +14,20 @@ and writes shard i of `out`, one sample per image, same key:
   reconstruction.png     the inversion's reconstruction (optional)
 Defaults: 20 DDIM steps, guidance 3.0 — the value the UVCE stage expects (the reference's ImageNet script
 defaults to 1.0, with which the null-text gradient is identically zero; its README and UVCE folders use 3.0).
-Killed jobs resume: committed shards are skipped (see digin/shards/runner.py).
+Killed jobs resume: committed units are skipped (see digin/shards/runner.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from digin.stages.args import COMPUTE_FIELDS, ComputeArgs
+from digin.stages.args import COMPUTE_FIELDS, ComputeArgs, SelectArgs, WorkArgs
 from digin.stages.invert import fallback_template, make_process
 from digin.stages.models import load_sd_for, pick_device, stage_compute
 
+
 @dataclass
-class Config(ComputeArgs):
+class Config(ComputeArgs, SelectArgs, WorkArgs):
     inputs: str = "???"                 # image shard set (digin shard output)
     out: str = "???"                    # output shard set folder
     captions: Optional[str] = None      # caption shard set (field `caption`), same keys; else fallback prompts
@@ -43,7 +45,8 @@ class Config(ComputeArgs):
     save_reconstruction: bool = True
     num_workers: int = 0
     force: bool = False                 # resume into an output made with another config
-    allow_incomplete: bool = False      # process only the committed shards of an incomplete input
+    allow_incomplete: bool = False      # plan over the committed shards of an incomplete input only
+    progress: bool = True
     device: Optional[str] = None        # default: cuda:<local rank> if available, else cpu
 
 
@@ -55,21 +58,27 @@ def stage_config(cfg: Config) -> dict:
     return {"stage": "invert", **{k: getattr(cfg, k) for k in keep}}
 
 
-def run(cfg: Config):
-    from digin.shards.manifest import ShardSet
-    from digin.shards.runner import run_stage
+def build_spec(cfg: Config):
+    """The stage from the config and the input manifests alone (no sample read, no model)."""
+    from digin.errors import ConfigError
+    from digin.shards.runner import StageSpec
+    from digin.stages.plans import dataset_of, image_stage_plan, load_inputs
 
     if cfg.method not in ("null_text", "negative_prompt"):
-        raise SystemExit(f"digin invert: method must be null_text or negative_prompt, got {cfg.method!r}")
+        raise ConfigError(f"method={cfg.method!r}: one of null_text, negative_prompt")
+    inputs, incomplete = load_inputs({"images": cfg.inputs, "captions": cfg.captions}, cfg.allow_incomplete)
+    dataset = dataset_of(cfg, inputs[0][1])
+    return StageSpec("invert", image_stage_plan("invert", cfg, inputs, dataset), stage_config(cfg), inputs,
+                     resolution=cfg.resolution, center_crop=cfg.center_crop, required=("image",),
+                     incomplete=incomplete)
+
+
+def run(cfg: Config):
+    from digin.stages.plans import dataset_of, run_or_show
+
     device = pick_device(cfg)
-    settings = stage_compute(cfg, device)
-    images = ShardSet.load(cfg.inputs)
-    dataset = cfg.dataset or images.meta.get("source") or images.name
-    template = fallback_template(dataset, cfg.prompt_template)
-    inputs = [images] + ([ShardSet.load(cfg.captions)] if cfg.captions else [])
-    sd = load_sd_for(cfg, device, settings)
-    summary = run_stage(inputs, cfg.out, make_process(sd, cfg, template), cfg.batch_size, stage_config(cfg),
-                        name="invert", resolution=cfg.resolution, center_crop=cfg.center_crop, required=("image",),
-                        num_workers=cfg.num_workers, force=cfg.force, device=device,
-                        allow_incomplete=cfg.allow_incomplete)
-    return summary.exit_code
+    settings = stage_compute(cfg, device)  # resolves the compute keys the recorded config holds
+    spec = build_spec(cfg)
+    template = fallback_template(dataset_of(cfg, spec.inputs[0][1]), cfg.prompt_template)
+    return run_or_show(cfg, spec, lambda: make_process(load_sd_for(cfg, device, settings), cfg, template),
+                       device=device)

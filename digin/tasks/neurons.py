@@ -12,7 +12,7 @@
                     "<prompt_template> <word>", mean activation → out/word_search.json (ranked words per neuron).
   mode=visualise    (runs the search first if out/word_search.json is missing) DiG-IN maximisation of each neuron
                     from per-(neuron, i) start noise with "<prompt_template> <top word>", loss `loss`
-                    → result shards out/visualise (work list out/visualise_worklist; resumes, splits over ranks).
+                    → result shards out/visualise (a work plan of (neuron, i) items; resumes, splits over ranks).
   mode=counterfactuals  images=<shards> inversions=<digin invert output> pairs=[[class, neuron], ...]
                     → result shards out/counterfactuals (see digin/neurons/counterfactuals.py).
 

@@ -171,12 +171,11 @@ def check_uvce(work, set_name="heldout", n_per_class=2, prompt_edit=True, device
     run_task("uvce", settings.uvce(prompt_edit) + [
         f"images={inv['sets']['images']}", f"inversions={inv['out']}", f"out={out}", "pairs=explicit",
         f"explicit_pairs=[{pairs}]", f"batch_size={len(specs)}"])
-    res = read_results(out)
-    keys = sorted(res, key=key_index)
-    specs = [specs[key_index(k)] for k in keys]
-    tgt = [targets[key_index(k)] for k in keys]
-    img = {name: measure.to_tensor([res[k][f"t{t}_{name}" if name in ("sd", "ours") else name]
-                                    for k, t in zip(keys, tgt)]) for name in ("orig", "recon", "sd", "ours")}
+    res = read_results(out)  # one result per (image, target) item, keyed <image key>/t<target>
+    keys = sorted(res, key=lambda k: key_index(k.rsplit("/", 1)[0]))
+    specs = [specs[key_index(k.rsplit("/", 1)[0])] for k in keys]
+    tgt = [int(res[k]["metrics"]["target"]) for k in keys]
+    img = {name: measure.to_tensor([res[k][name] for k in keys]) for name in ("orig", "recon", "sd", "ours")}
     _, clean, _ = load_models(device)
     rows = torch.arange(len(keys))
     conf = {name: predict(clean, img[name])[rows, torch.tensor(tgt)] for name in ("sd", "ours")}

@@ -32,7 +32,7 @@ def test_torchrun_two_ranks_two_workers_exactly_once(tmp_path):
         per_rank[p.name.split("-")[0]] += len(keys)
     expected = [s["__key__"] for s in iter_samples(ss.dir)]
     assert sorted(executed) == sorted(expected) and set(executed.values()) == {1}
-    assert set(per_rank) == {"rank0", "rank1"}  # both ranks worked: shards 0,2,4 vs 1,3
+    assert set(per_rank) == {"rank0", "rank1"}  # both ranks worked: units (= input shards) 0,2,4 vs 1,3
     assert per_rank["rank0"] == 9 and per_rank["rank1"] == 6
     out = ShardSet.load(tmp_path / "out")
     assert sorted(out.records) == [0, 1, 2, 3, 4]

@@ -14,16 +14,17 @@ import pytest
 from digin.errors import ConfigError
 from digin.shards.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image, image_size
 from digin.shards.manifest import MANIFEST, ShardSet, write_json
-from digin.shards.runner import IncompleteInput, RunLocked, run_stage
+from digin.shards.runner import IncompleteInput, RunLocked
 from digin.shards.verify import verify_tree
 from digin.shards.writer import PartialExists, ShardWriter
 
+from .stage_script import run_keys
 from .test_lock_budget import clean_env, live_pid  # noqa: F401 (fixtures: environment cleared, a live pid)
-from .test_lock_budget import events, lock_path, make_input, plant_lock, snapshot, trivial
+from .test_lock_budget import events, key, lock_path, make_input, plant_lock, snapshot, trivial
 
 
 def run(inp, out, process=None, **kw):
-    return run_stage(inp, out, process or trivial(), 4, kw.pop("config", {}), rank=kw.pop("rank", 0),
+    return run_keys(inp, out, process or trivial(), 4, kw.pop("config", {}), rank=kw.pop("rank", 0),
                      world=kw.pop("world", 1), progress=False, **kw)
 
 
@@ -117,7 +118,9 @@ def test_allow_incomplete_joins_only_shards_every_input_has(tmp_path):
         run([a, b], tmp_path / "out")
     s = run([a, b], tmp_path / "out", allow_incomplete=True)
     assert s.committed_shards == 2 and not s.failed_shards
-    assert sorted(ShardSet.load(tmp_path / "out").records) == [1, 2]
+    out = ShardSet.load(tmp_path / "out")  # the plan holds the keys both inputs have: those of shards 1 and 2
+    assert [k for r in out.records.values() for k in r["keys"]] == [key(j) for j in range(2, 6)]
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["plan"]["counts"]["waiting_for_inputs"] == 2
 
 
 # ---------------------------------------------------------------------------------------------- #8 tmp manifest

@@ -7,8 +7,9 @@ from PIL import Image
 
 from digin.shards.decode import DecodeError, decode_image
 from digin.shards.manifest import FORMAT, ShardSet, write_json
-from digin.shards.runner import run_stage
+
 from digin.shards.writer import ShardWriter
+from .stage_script import run_keys
 
 
 def _enc(im, fmt, **kw):
@@ -133,8 +134,8 @@ def test_stage_reads_images_with_or_without_the_center_crop(tmp_path):
             return [{"n": str(i)} for i in range(b.n_real)]
         return process
 
-    run_stage(folder, tmp_path / "plain", grab("plain"), 4, {}, resolution=16, center_crop=False, progress=False)
-    run_stage(folder, tmp_path / "crop", grab("crop"), 4, {}, resolution=16, progress=False)
+    run_keys(folder, tmp_path / "plain", grab("plain"), 4, {}, resolution=16, center_crop=False, progress=False)
+    run_keys(folder, tmp_path / "crop", grab("crop"), 4, {}, resolution=16, progress=False)
     np.testing.assert_array_equal(seen["plain"], np.stack(rgbs))
     assert not np.array_equal(seen["crop"], np.stack(rgbs))
 
@@ -151,7 +152,7 @@ def test_corpus_through_a_stage_counts_add_up(tmp_path):
         w.add(key, {"image": ("png" if name != "truncated_jpeg" else "jpg", data)})
         keys.append(key)
     w.commit()
-    summary = run_stage(folder, tmp_path / "out", lambda b: [{"img": s["image"]} for s in b.samples[:b.n_real]],
+    summary = run_keys(folder, tmp_path / "out", lambda b: [{"img": s["image"]} for s in b.samples[:b.n_real]],
                         4, {}, resolution=8, progress=False)
     n_reject = sum(isinstance(e, str) for _, e in cases.values())
     assert summary.processed + summary.rejected == len(cases)

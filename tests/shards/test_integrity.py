@@ -5,7 +5,8 @@ import pytest
 
 from digin.shards.manifest import ShardError, ShardSet
 from digin.shards.reader import iter_samples
-from digin.shards.runner import StageFailed, run_stage
+from digin.shards.runner import StageFailed
+from .stage_script import run_keys
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_stage_fails_on_bad_input_shard_but_commits_the_rest(shards, tmp_path):
         return [{"note": k} for k in b.keys[:b.n_real]]
 
     with pytest.raises(StageFailed, match="toy-all-000004.tar"):
-        run_stage(shards, tmp_path / "out", process, 2, {}, progress=False)
+        run_keys(shards, tmp_path / "out", process, 2, {}, progress=False)
     out = ShardSet.load(tmp_path / "out")
     assert sorted(out.records) == [0, 1, 2, 3, 5]
     assert not list((tmp_path / "out").glob("*.partial"))
@@ -67,7 +68,7 @@ def test_committed_output_altered_is_detected_downstream(shards, tmp_path):
     def process(b):
         return [{"note": k} for k in b.keys[:b.n_real]]
 
-    run_stage(shards, tmp_path / "out", process, 4, {}, progress=False)
+    run_keys(shards, tmp_path / "out", process, 4, {}, progress=False)
     p = tmp_path / "out" / "out-000000.tar"
     data = bytearray(p.read_bytes())
     data[600] ^= 0x20
@@ -86,4 +87,4 @@ def test_duplicate_key_across_shards_refused_at_planning(shards, tmp_path):
     rec["keys"][0] = "toy/all/00000"  # also listed in shard 0
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(ShardError, match="toy/all/00000"):
-        run_stage(shards, tmp_path / "out", lambda b: [{"n": "x"}] * b.n_real, 2, {}, progress=False)
+        run_keys(shards, tmp_path / "out", lambda b: [{"n": "x"}] * b.n_real, 2, {}, progress=False)

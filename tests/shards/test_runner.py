@@ -1,4 +1,5 @@
-"""run_stage: padding + mask, OOM backoff, config hash, input joins, graceful stop, skip on rerun."""
+"""run_stage: padding + mask, OOM backoff, config hash, input joins, graceful stop, skip on rerun (units of 4 items
+over the 4-sample input shards where a test counts units)."""
 import os
 import signal
 
@@ -8,9 +9,9 @@ import torch
 
 from digin.shards.manifest import ConfigMismatch, ShardSet
 from digin.shards.reader import iter_samples
-from digin.shards.runner import EXIT_REQUEUE, run_stage
+from digin.shards.runner import EXIT_REQUEUE
 
-from .stage_script import process_fn
+from .stage_script import process_fn, run_keys
 
 
 def _tars(folder):
@@ -26,10 +27,11 @@ def test_batches_are_padded_and_masked(toy_shards, tmp_path):
         assert b.keys[b.n_real:] == [b.keys[b.n_real - 1]] * (len(b) - b.n_real)
         return [{"k": {"key": k}} for k in b.keys[:b.n_real]]
 
-    s = run_stage(toy_shards, tmp_path / "o", process, 3, {}, resolution=8, progress=False)
-    assert s.processed == 21 and s.committed_shards == 6
-    assert all(bs == 3 and shape == (3, 3, 8, 8) for bs, _, _, shape in seen)
-    assert (3, 1, [True, False, False], (3, 3, 8, 8)) in seen
+    s = run_keys(toy_shards, tmp_path / "o", process, 4, {}, resolution=8, progress=False, items_per_shard=3)
+    assert s.processed == 21 and s.committed_shards == 7
+    assert all(bs == 4 and shape == (4, 3, 8, 8) for bs, _, _, shape in seen)
+    # batches fill across unit boundaries: only the run's last batch is padded
+    assert [x[1] for x in seen] == [4, 4, 4, 4, 4, 1] and seen[-1] == (4, 1, [True, False, False, False], (4, 3, 8, 8))
     got = [x["k"]["key"] for x in iter_samples(tmp_path / "o")]
     assert got == [x["__key__"] for x in iter_samples(toy_shards)]
 
@@ -47,7 +49,7 @@ def test_oom_at_batch_8_redone_at_half_size(shards_2x40, tmp_path):
     """2 shards × 40 samples, batch 8 -> 10 calls; call 8 (shard 1, 3rd batch) OOMs once: the same 8 samples
     are redone as 2 × 4 and the rest of the run stays at 4; outputs byte-identical to an uninjected run."""
     ref = tmp_path / "ref"
-    run_stage(shards_2x40, ref, process_fn(), 8, {"s": 1}, resolution=16, progress=False)
+    run_keys(shards_2x40, ref, process_fn(), 8, {"s": 1}, resolution=16, progress=False, items_per_shard=40)
     calls, inner = [], process_fn()
 
     def flaky(b):
@@ -57,7 +59,7 @@ def test_oom_at_batch_8_redone_at_half_size(shards_2x40, tmp_path):
         return inner(b)
 
     out = tmp_path / "oom"
-    s = run_stage(shards_2x40, out, flaky, 8, {"s": 1}, resolution=16, progress=False)
+    s = run_keys(shards_2x40, out, flaky, 8, {"s": 1}, resolution=16, progress=False, items_per_shard=40)
     assert s.oom_retries == 1 and s.final_batch_size == 4 and s.processed == 80
     assert [c[:2] for c in calls] == [(8, 8)] * 8 + [(4, 4)] * 6
     assert calls[7][2] == calls[8][2] == "src/all/00056"  # the failed batch's samples are redone first
@@ -71,7 +73,7 @@ def test_non_oom_errors_propagate_and_leave_no_partial(toy_shards, tmp_path):
         raise RuntimeError("CUDA error: an illegal memory access was encountered (out of memory?)")
 
     with pytest.raises(RuntimeError, match="illegal"):
-        run_stage(toy_shards, tmp_path / "o", bad, 4, {}, progress=False)
+        run_keys(toy_shards, tmp_path / "o", bad, 4, {}, progress=False)
     assert not list((tmp_path / "o").glob("*.partial")) and not ShardSet.load(tmp_path / "o").records
 
 
@@ -83,24 +85,24 @@ def test_rerun_skips_and_config_change_is_refused(toy_shards, tmp_path):
         calls.append(b.n_real)
         return [{"t": "x"}] * b.n_real
 
-    run_stage(toy_shards, out, process, 4, {"lr": 0.1}, progress=False)
+    run_keys(toy_shards, out, process, 4, {"lr": 0.1}, progress=False, items_per_shard=4)
     n = len(calls)
-    s = run_stage(toy_shards, out, process, 4, {"lr": 0.1}, progress=False)
+    s = run_keys(toy_shards, out, process, 4, {"lr": 0.1}, progress=False, items_per_shard=4)
     assert len(calls) == n and s.skipped_shards == 6 and s.skipped_samples == 21 and s.processed == 0
     before = _tars(out)
     with pytest.raises(ConfigMismatch, match=r"lr: 0\.1 → 0\.2"):  # the refusal names what changed
-        run_stage(toy_shards, out, process, 4, {"lr": 0.2}, progress=False)
+        run_keys(toy_shards, out, process, 4, {"lr": 0.2}, progress=False, items_per_shard=4)
     with pytest.raises(ConfigMismatch, match=r"new_key: \(absent\) → 'x'"):
-        run_stage(toy_shards, out, process, 4, {"lr": 0.1, "new_key": "x"}, progress=False)
+        run_keys(toy_shards, out, process, 4, {"lr": 0.1, "new_key": "x"}, progress=False, items_per_shard=4)
     assert _tars(out) == before and len(calls) == n
     (out / "o-000002.tar").unlink()  # a committed shard whose file vanished is redone
-    s = run_stage(toy_shards, out, process, 4, {"lr": 0.2}, force=True, progress=False)
+    s = run_keys(toy_shards, out, process, 4, {"lr": 0.2}, force=True, progress=False, items_per_shard=4)
     assert s.committed_shards == 1 and s.skipped_shards == 5
 
 
-def test_two_inputs_joined_by_shard_and_key(toy_shards, tmp_path):
+def test_two_inputs_joined_by_key(toy_shards, tmp_path):
     cap = tmp_path / "captions"
-    run_stage(toy_shards, cap, lambda b: [{"caption": f"a photo of {s['meta']['label_name']}"}
+    run_keys(toy_shards, cap, lambda b: [{"caption": f"a photo of {s['meta']['label_name']}"}
                                           for s in b.samples[:b.n_real]], 4, {}, progress=False)
     seen = {}
 
@@ -109,7 +111,7 @@ def test_two_inputs_joined_by_shard_and_key(toy_shards, tmp_path):
             seen[s["__key__"]] = (s["caption"], s["meta"]["label_name"], s["image"].shape)
         return [{"ok": "1"}] * b.n_real
 
-    s = run_stage([toy_shards, cap], tmp_path / "joined", process, 4, {}, resolution=8, progress=False)
+    s = run_keys([toy_shards, cap], tmp_path / "joined", process, 4, {}, resolution=8, progress=False)
     assert s.processed == 21 and len(seen) == 21
     assert all(c == f"a photo of {n}" and shape == (8, 8, 3) for c, n, shape in seen.values())
 
@@ -120,15 +122,15 @@ def test_sigterm_discards_open_shard_and_keeps_committed(toy_shards, tmp_path):
 
     def process(b):
         calls.append(b.shard)
-        if len(calls) == 5:  # mid shard 2 (batch 2: shards take 2 calls each)
+        if len(calls) == 5:  # mid unit 2 (batch 2: units of 4 take 2 calls each)
             os.kill(os.getpid(), signal.SIGTERM)
         return [{"t": "x"}] * b.n_real
 
-    s = run_stage(toy_shards, out, process, 2, {}, progress=False)
+    s = run_keys(toy_shards, out, process, 2, {}, progress=False, items_per_shard=4)
     assert s.interrupted and s.exit_code == EXIT_REQUEUE
     assert sorted(ShardSet.load(out).records) == [0, 1]
     assert not list(out.glob("*.partial")) and not (out / "o-000002.tar").exists()
-    s = run_stage(toy_shards, out, process, 2, {}, progress=False)
+    s = run_keys(toy_shards, out, process, 2, {}, progress=False, items_per_shard=4)
     assert s.skipped_shards == 2 and s.committed_shards == 4 and not s.interrupted
 
 
@@ -159,7 +161,7 @@ def test_shard_assignment_is_a_partition():
 
 def test_repeated_oom_shrinks_again_without_losing_samples(shards_2x40, tmp_path):
     ref = tmp_path / "ref"
-    run_stage(shards_2x40, ref, process_fn(), 8, {}, resolution=16, progress=False)
+    run_keys(shards_2x40, ref, process_fn(), 8, {}, resolution=16, progress=False)
     calls, inner = [], process_fn()
 
     def flaky(b):
@@ -168,7 +170,7 @@ def test_repeated_oom_shrinks_again_without_losing_samples(shards_2x40, tmp_path
             raise torch.cuda.OutOfMemoryError("injected")
         return inner(b)
 
-    s = run_stage(shards_2x40, tmp_path / "oom", flaky, 8, {}, resolution=16, progress=False)
+    s = run_keys(shards_2x40, tmp_path / "oom", flaky, 8, {}, resolution=16, progress=False)
     assert s.oom_retries == 2 and s.final_batch_size == 2 and s.processed == 80
     assert calls[:4] == [8, 8, 8, 4] and set(calls[4:]) == {2} and len(calls) == 4 + 64 // 2
     assert _tars(tmp_path / "oom") == _tars(ref)
@@ -202,7 +204,7 @@ def test_start_event_records_the_environment(toy_shards, tmp_path):
 
     import torch
 
-    s = run_stage(toy_shards, tmp_path / "env", lambda b: [{"t": "x"}] * b.n_real, 4, {}, progress=False,
+    s = run_keys(toy_shards, tmp_path / "env", lambda b: [{"t": "x"}] * b.n_real, 4, {}, progress=False,
                   rank=0, world=6, device="cpu")
     start = next(e for e in map(json.loads, open(s.log_path)) if e["event"] == "start")
     env = start["env"]

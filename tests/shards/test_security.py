@@ -6,7 +6,8 @@ import tarfile
 
 from digin.shards.manifest import FORMAT, sha256_bytes, write_commit, write_json
 from digin.shards.reader import iter_samples
-from digin.shards.runner import run_stage
+from .stage_script import run_keys
+
 
 
 class _Evil:
@@ -54,7 +55,7 @@ def test_pickle_members_refused_sentinel_absent(tmp_path):
     assert all(s["__reject__"] == "obj:forbidden_member" for s in got[1:])
     assert not sentinel.exists()
     # the same through a stage: rejected, recorded, never unpickled
-    summary = run_stage(tmp_path / "in", tmp_path / "out", lambda b: [{"n": "x"}] * b.n_real, 2, {},
+    summary = run_keys(tmp_path / "in", tmp_path / "out", lambda b: [{"n": "x"}] * b.n_real, 2, {},
                         progress=False)
     assert (summary.processed, summary.rejected) == (1, 4)
     assert not sentinel.exists()
@@ -69,7 +70,7 @@ def test_traversal_and_odd_member_names_refused(tmp_path):
     _make_shard_set(tmp_path / "in", members, ["ok/0"] + [f"!bad:{n!r}" for n in bad_names])
     got = list(iter_samples(tmp_path / "in", include_rejects=True))
     assert [s.get("__reject__") for s in got] == [None] + ["bad_member_name"] * n_bad
-    summary = run_stage(tmp_path / "in", tmp_path / "out" / "stage",
+    summary = run_keys(tmp_path / "in", tmp_path / "out" / "stage",
                         lambda b: [{"inv": 255 - s["image"]} for s in b.samples[:b.n_real]], 2, {}, progress=False)
     assert (summary.processed, summary.rejected) == (1, n_bad)
     assert set(os.listdir(tmp_path)) == before | {"in", "out"}

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from digin.shards.runner import run_stage
+
 from digin.shards.tracking import scalar_rows
+from .stage_script import run_keys
 
 
 def test_scalar_rows_split_targets_and_skip_non_numbers():
@@ -26,7 +27,7 @@ def test_stage_logs_each_committed_sample_once(toy_shards, tmp_path, fake_wandb)
 
     out = tmp_path / "tracked"
     tracking = {"project": "digin-test", "mode": "offline"}
-    run_stage(toy_shards, out, process, 4, {"lr": 0.1}, name="uvce", rank=0, world=2, progress=False,
+    run_keys(toy_shards, out, process, 4, {"lr": 0.1}, name="uvce", rank=0, world=2, progress=False,
               tracking=tracking)
     run = fake_wandb[0]
     assert run.init["project"] == "digin-test" and run.init["mode"] == "offline" and run.finished
@@ -41,7 +42,7 @@ def test_stage_logs_each_committed_sample_once(toy_shards, tmp_path, fake_wandb)
     assert steps == list(range(len(steps)))
     assert run.summary["processed"] == len(sample_rows)
     # resume: nothing left to do → nothing logged again
-    run_stage(toy_shards, out, process, 4, {"lr": 0.1}, name="uvce", rank=0, world=2, progress=False,
+    run_keys(toy_shards, out, process, 4, {"lr": 0.1}, name="uvce", rank=0, world=2, progress=False,
               tracking=tracking)
     assert fake_wandb[1].logged == [] and fake_wandb[1].finished
 
@@ -49,8 +50,8 @@ def test_stage_logs_each_committed_sample_once(toy_shards, tmp_path, fake_wandb)
 def test_missing_wandb_fails_before_anything_is_written(toy_shards, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb → ImportError
     with pytest.raises(RuntimeError, match="wandb is not installed"):
-        run_stage(toy_shards, tmp_path / "out", lambda b: [], 4, {}, progress=False,
+        run_keys(toy_shards, tmp_path / "out", lambda b: [], 4, {}, progress=False,
                   tracking={"project": "p"})
     assert not (tmp_path / "out").exists()
-    run_stage(toy_shards, tmp_path / "plain", lambda b: [{"m": {"v": 1}}] * b.n_real, 4, {}, progress=False,
+    run_keys(toy_shards, tmp_path / "plain", lambda b: [{"m": {"v": 1}}] * b.n_real, 4, {}, progress=False,
               rank=0, world=6, tracking={"project": None})  # no project: tracking off, wandb never imported

@@ -12,6 +12,7 @@ from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, sha256_bytes, writ
 from digin.shards.members import safetensors_header_problem
 from digin.shards.verify import verify_shard_set, verify_tree
 from digin.shards.writer import ShardWriter
+from .stage_script import run_keys
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +231,8 @@ def test_safetensors_header_check():
 
 
 def _two_stage_output(src, task):
-    """A task output with two stage sets, like `digin diff` (worklist + results): a -> b."""
+    """A task output with two stage sets (a stage over another stage's output): a -> b."""
     import torch
-
-    from digin.shards.runner import run_stage
 
     def stage_a(b):
         return [{"lat": {"z": torch.full((2,), float(i))}, "info": {"key": k}, "note": k}
@@ -243,8 +242,8 @@ def _two_stage_output(src, task):
         return [{"img": torch.zeros(4, 4, 3, dtype=torch.uint8).numpy(), "info": {"from": k}}
                 for k in b.keys[:b.n_real]]
 
-    run_stage(src, task / "a", stage_a, 4, {"s": "a"}, progress=False)
-    run_stage(task / "a", task / "b", stage_b, 4, {"s": "b"}, progress=False)
+    run_keys(src, task / "a", stage_a, 4, {"s": "a"}, progress=False)
+    run_keys(task / "a", task / "b", stage_b, 4, {"s": "b"}, progress=False)
 
 
 def test_tree_checks_every_stage_set(toy_shards, tmp_path, capsys):

@@ -13,11 +13,12 @@ from PIL import Image
 from digin.cli import main
 from digin.shards.manifest import ShardError, ShardSet, sha256_file
 from digin.shards.reader import iter_samples, iter_shard
-from digin.shards.runner import run_stage
+
 from digin.shards.verify import verify_shard_set
 from digin.shards.wdsindex import FieldMap, index_webdataset
 from digin.toy.world import SHAPES
 from tests.shards.foreign import LAYOUTS, scene_jpeg, write_foreign_set
+from .stage_script import run_keys
 
 CLASSES = "[" + ",".join(SHAPES) + "]"
 
@@ -110,7 +111,7 @@ def test_changed_truncated_or_missing_tar_stops_that_shard(sets, tmp_path):
         with pytest.raises(ShardError, match=why) as e:
             list(iter_shard(ss, i))
         assert str(tars[i]) in str(e.value)
-    summary = run_stage(tmp_path / "idx", tmp_path / "out", lambda b: [{"n": {"i": 1}}] * b.n_real, 2, {},
+    summary = run_keys(tmp_path / "idx", tmp_path / "out", lambda b: [{"n": {"i": 1}}] * b.n_real, 2, {},
                         progress=False, raise_on_failure=False)
     assert summary.processed == 0 and sorted(f["shard"] for f in summary.failed_shards) == [0, 1, 2]
     assert all(str(tars[f["shard"]]) in f["error"] for f in summary.failed_shards)
@@ -190,7 +191,7 @@ def test_unsafe_names_and_pickle_members_are_refused(tmp_path):
     assert [s.get("__reject__") for s in got] == [None] + reasons + [None]
     assert [s["__key__"] for s in got if "__reject__" not in s] == ["webdataset/val/00000", "webdataset/val/00001"]
     assert [s["meta"]["label"] for s in got if "__reject__" not in s] == [1, 2]
-    summary = run_stage(tmp_path / "idx", tmp_path / "out", lambda b: [{"n": {"i": 1}}] * b.n_real, 2, {},
+    summary = run_keys(tmp_path / "idx", tmp_path / "out", lambda b: [{"n": {"i": 1}}] * b.n_real, 2, {},
                         progress=False)
     assert (summary.processed, summary.rejected) == (2, 6)
     assert not sentinel.exists() and not (tmp_path.parent / "trav2.jpg").exists()
@@ -206,7 +207,7 @@ def test_digin_shards_read_back_with_webdataset(toy_shards, tmp_path):
         return [{"recon": s["image"], "stats": {"pos": s["__pos__"]}, "prompt": f"image {s['__key__']}",
                  "latents": {"z": torch.full((2,), float(s["__pos__"]))}} for s in b.samples[:b.n_real]]
 
-    run_stage(toy_shards, tmp_path / "out", process, 2, {}, progress=False)
+    run_keys(toy_shards, tmp_path / "out", process, 2, {}, progress=False)
     for folder in (toy_shards, tmp_path / "out"):
         ss = ShardSet.load(folder)
         ours = {s["__key__"]: s for s in iter_samples(ss)}

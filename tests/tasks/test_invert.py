@@ -35,12 +35,14 @@ def _read_all(folder):
 def test_invert_killed_and_resumed_equals_uninterrupted(tiny_sd_dir, image_shards, tmp_path, monkeypatch):
     from digin.engine import inversion
 
-    assert task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "full")) == 0
+    assert task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "full", items_per_shard=3)) == 0
 
     real = inversion.invert
     calls = {"n": 0}
 
-    def crashing(*a, **k):  # dies in the middle of shard 1 (its 2nd batch), after shard 0 was committed
+    # units of 3, 3, 1 items, batches of 2 across units: [0 0] [0 1] [1 1] [2 ·]; dies in the 4th call, after
+    # units 0 and 1 were committed
+    def crashing(*a, **k):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("killed")
@@ -48,14 +50,14 @@ def test_invert_killed_and_resumed_equals_uninterrupted(tiny_sd_dir, image_shard
 
     monkeypatch.setattr(inversion, "invert", crashing)
     with pytest.raises(KeyboardInterrupt):
-        task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "resumed"))
+        task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "resumed", items_per_shard=3))
     from digin.shards.manifest import ShardSet
 
-    assert sorted(ShardSet.load(tmp_path / "resumed").records) == [0]
-    assert not list((tmp_path / "resumed").glob("*.tar.*"))  # the open shard was discarded
+    assert sorted(ShardSet.load(tmp_path / "resumed").records) == [0, 1]
+    assert not list((tmp_path / "resumed").glob("*.tar.*"))  # the open unit was discarded
     monkeypatch.setattr(inversion, "invert", real)
     calls["n"] = 0
-    assert task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "resumed")) == 0
+    assert task.run(_cfg(tiny_sd_dir, image_shards, tmp_path / "resumed", items_per_shard=3)) == 0
 
     full, a = _read_all(tmp_path / "full")
     resumed, b = _read_all(tmp_path / "resumed")
@@ -71,11 +73,11 @@ def test_invert_killed_and_resumed_equals_uninterrupted(tiny_sd_dir, image_shard
 
 
 def test_invert_uses_captions_and_negative_prompt(tiny_sd_dir, image_shards, tmp_path):
-    from digin.shards.runner import run_stage
+    from digin.shards.runner import RunOptions, StageSpec, run_stage
 
-    run_stage(image_shards, tmp_path / "captions",
-              lambda batch: [{"caption": f"a bird number {k[-1]}"} for k in batch.keys], 4,
-              {"stage": "fake_captions"}, progress=False, device="cpu")
+    run_stage(StageSpec.every_key("captions", image_shards, {"stage": "fake_captions"},
+                                  lambda batch: [{"caption": f"a bird number {k[-1]}"} for k in batch.keys]),
+              RunOptions(tmp_path / "captions", batch_size=4, progress=False, device="cpu"))
     cfg = _cfg(tiny_sd_dir, image_shards, tmp_path / "inv", captions=str(tmp_path / "captions"),
                method="negative_prompt", save_reconstruction=False, num_ddim_steps=2)
     assert task.run(cfg) == 0

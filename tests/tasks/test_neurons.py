@@ -150,15 +150,23 @@ def test_search_and_visualise_end_to_end(small_pipeline, tmp_path, monkeypatch):
         assert all(v is not None and math.isfinite(v) for v in r.metrics["loss"])
         a = r.metrics["confidences"]["activation"]
         assert a[r.metrics["best_iter"]] >= a[0] - 1e-6  # ours activates the neuron at least as much as sd
-    # resume: nothing to redo; a rank > 0 reads rank 0's work list instead of writing it
+    # resume: nothing to redo; a rank > 0 plans from rank 0's word search instead of running it
     before = {i: rec["sha256"] for i, rec in ShardSet.load(tmp_path / "visualise").records.items()}
     assert neurons.run(_cfg("mode=visualise", *args)) == 0
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    (tmp_path / "word_search.json").unlink()  # rank 1 must not redo the search
+    search_file = tmp_path / "word_search.json"
+    stamp = (search_file.read_bytes(), search_file.stat().st_mtime_ns)
+    import digin.neurons.search as S
+
+    monkeypatch.setattr(S, "word_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("searched")))
     assert neurons.run(_cfg("mode=visualise", *args, "wait_s=0")) == 0
-    assert not (tmp_path / "word_search.json").exists()
+    assert (search_file.read_bytes(), search_file.stat().st_mtime_ns) == stamp
     assert {i: rec["sha256"] for i, rec in ShardSet.load(tmp_path / "visualise").records.items()} == before
+    # a rank > 0 whose rank 0 has not searched yet waits for it, and says so when wait_s runs out
+    search_file.unlink()
+    with pytest.raises(SystemExit, match="did not write .*word_search.json"):
+        neurons.run(_cfg("mode=visualise", *args, "wait_s=0"))
 
 
 def test_counterfactuals_end_to_end(small_pipeline, tmp_path):
@@ -170,18 +178,19 @@ def test_counterfactuals_end_to_end(small_pipeline, tmp_path):
     labels = {s["__key__"]: s["meta"]["label"] for s in iter_samples(p["images"])}
     want = sorted((k, n) for k, y in labels.items() for c, n in ((0, 3), (0, 7), (2, 1)) if y == c)
     recs = records_from_shards(tmp_path / "counterfactuals")
-    assert sorted((r.key.rsplit("/t", 1)[0], r.metrics["neuron"]) for r in recs) == want
-    for r in recs:
-        assert r.key.endswith(f"/t{r.metrics['neuron']}")
-        assert r.metrics["start"] == labels[r.key.rsplit("/t", 1)[0]]
+    assert sorted((r.key.rsplit("/n", 1)[0], r.metrics["neuron"]) for r in recs) == want
+    for r in recs:  # one item per (image, neuron): key <image key>/n<neuron>
+        assert r.key.endswith(f"/n{r.metrics['neuron']}")
+        assert r.metrics["start"] == labels[r.key.rsplit("/n", 1)[0]]
         assert r.group == f"{r.metrics['start']}_neuron_{r.metrics['neuron']}"
         assert set(r.images) >= {"orig", "sd", "ours"} and "mask" in r.aux_images
         assert all(v is not None and math.isfinite(v) for v in r.metrics["loss"])
         a = r.metrics["confidences"]["activation"]
         assert a[r.metrics["best_iter"]] >= a[0] - 1e-6
     out = ShardSet.load(tmp_path / "counterfactuals")
-    rejects = [x["reason"] for rec in out.records.values() for x in rec.get("rejects", [])]
-    assert rejects == ["skip:no_pairs", "skip:no_pairs"]  # the two dog images: no pair asks for class 1 (not failures)
+    # the plan holds only the images a pair asks for (the two dog images, class 1, are not read at all)
+    assert out.meta["plan"]["counts"] == {"pairs": 3, "images": 4, "items": 6}
+    assert not [x for rec in out.records.values() for x in rec.get("rejects", [])]
 
 
 def test_name_vlm_backend_calls_caption_hook(act_data, tmp_path, monkeypatch):

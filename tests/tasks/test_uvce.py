@@ -16,11 +16,13 @@ def _args(p, out, *extra):
 def test_uvce_end_to_end(small_pipeline, tmp_path):
     p = small_pipeline
     cfg = build_config(uvce.Config, _args(p, tmp_path / "uvce", "regularizers=[latent_background_l2]",
-                                          "regularizers_ws=[1.0]"))
+                                          "regularizers_ws=[1.0]", "items_per_shard=5"))
     assert cfg.p2p.xa_interpolation_schedule == ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"]
     assert uvce.run(cfg) == 0
     out = ShardSet.load(tmp_path / "uvce")
-    assert out.num_samples() == 6 and len(out.records) == 2  # same shards as the input: 3 + 3 images
+    # one item per (image, target) pair, 5 per unit: 12 pairs in units of 5, 5 and 2
+    assert out.num_samples() == 12 and [r["count"] for r in out.records.values()] == [5, 5, 2]
+    assert out.meta["plan"]["counts"] == {"images": 6, "pairs": 12, "input_images": 6}
     saved = out.meta["config"]  # the resolved config is stored with the results
     assert saved["optim_params"]["sgd_steps"] == 3 and saved["regularizers"] == ["latent_background_l2"]
     assert saved["p2p"]["xa_interpolation_schedule"][0] == "threshold_0.0_0.3"
@@ -44,19 +46,28 @@ def test_uvce_failure_mode_pushes_misclassified_images_to_their_class(small_pipe
     p = small_pipeline
     cfg = build_config(uvce.Config, _args(p, tmp_path / "fail", "error_visualisation=true", "optim_params.sgd_steps=1",
                                           "regularizers=[]", "regularizers_ws=[]"))
+    import numpy as np
+    import torch
+
     from digin.engine.classifiers import load_classifier
     from digin.shards.reader import iter_samples
 
     clf = load_classifier(f"tiny:{p['clf']}")
-    preds = uvce.predict_labels(clf, p["images"], 32, "cpu", batch_size=4)
-    labels = {s["__key__"]: int(s["meta"]["label"]) for s in iter_samples(p["images"])}
+    samples = list(iter_samples(p["images"], resolution=32))
+    x = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        preds = dict(zip([s["__key__"] for s in samples], clf(x)[:, 0].argmax(-1).tolist()))
+    labels = {s["__key__"]: int(s["meta"]["label"]) for s in samples}
     wrong = {k for k in labels if preds[k] != labels[k]}
     assert wrong and len(wrong) < len(labels)  # the random tiny classifier gets some right, some wrong
     assert uvce.run(cfg) == 0
     recs = records_from_shards(tmp_path / "fail")
-    assert {r.key.rsplit("/", 1)[0] for r in recs} == wrong
+    assert {r.key.rsplit("/", 1)[0] for r in recs} == wrong  # predicted by the stage, on its own items
     assert all(r.metrics["start"] == r.metrics["target"] == labels[r.key.rsplit("/", 1)[0]] for r in recs)
     assert all(r.metrics["edited_prompt"] == r.metrics["prompt"] for r in recs)  # identity P2P
+    skipped = [r for rec in ShardSet.load(tmp_path / "fail").records.values() for r in rec["rejects"]]
+    assert sorted(r["key"].rsplit("/", 1)[0] for r in skipped) == sorted(set(labels) - wrong)
+    assert {r["reason"] for r in skipped} == {"skip:correctly_classified"}
 
 
 def test_uvce_with_the_masked_clip_regulariser(small_pipeline, tmp_path):

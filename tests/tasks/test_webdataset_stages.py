@@ -51,10 +51,11 @@ def test_invert_and_uvce_read_an_indexed_webdataset_set(layout, tmp_path):
                  f"classifier={toy.classifier_spec('clean')}", "optim_params.sgd_steps=1", "batch_size=3",
                  "augmentation_num_cutouts=2", "pairs=explicit", f"explicit_pairs={json.dumps(pairs)}",
                  "progress=false", "regularizers=[latent_background_l2]", "regularizers_ws=[1.0]"]) == 0
-    res = ShardSet.load(out)
-    assert [r["keys"] for r in res.records.values()] == [r["keys"] for r in ss.records.values()]
+    res = ShardSet.load(out)  # one result per (image, target) pair, keyed <image key>/t<target>, in key order
+    want = sorted(f"{k}/t{(lbl + 1) % len(SHAPES)}" for k, lbl in labels.items())
+    assert [k for r in res.records.values() for k in r["keys"]] == want
     results = {s["__key__"]: s for s in iter_samples(res)}
     for key, target in ((k, (lbl + 1) % len(SHAPES)) for k, lbl in labels.items()):
-        m = results[key][f"t{target}_metrics"]
+        m = results[f"{key}/t{target}"]["metrics"]
         assert m["start"] == labels[key] and m["target_label"] == SHAPES[target]
     assert main(["verify", f"path={tmp_path}", "deep=true"]) == 0
