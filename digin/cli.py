@@ -34,12 +34,14 @@ TASK_GROUPS = {
     "look at results": {
         "eval": "confidences and image metrics of result shards under the guided and an independent classifier",
         "gallery": "static HTML pages over result shards",
+        "figure": "paper-ready figures (PNG, PDF, SVG) of chosen results, in the reference's layouts",
         "export": "result shards as the reference's folder layout",
     },
     "tools": {
         "doctor": "check this machine before a job: GPU, versions, optional stacks, model folder, settings",
         "bench": "throughput benchmark: reference mode vs fast mode, one JSON row per measurement",
         "verify": "check committed shard sets on disk: records, sizes, sha256, duplicate keys, stray files",
+        "status": "where a running or finished stage stands: units, items, per-rank state and rate, ETA",
         "index": "add per-sample spans and labels to a shard set made by an earlier digin (keyed reads)",
         "demo": "the whole chain (shard → invert → uvce → diff → neurons → gallery) on the toy world, on CPU",
         "toy-train": "retrain the toy world's bundled models",
@@ -60,6 +62,7 @@ def main_help(tasks: dict[str, str]) -> str:
     width = max(map(len, tasks)) + 2
     lines = ["usage: digin <task> key=value ...     run a task (resolved config in its output's manifest.json)",
              "       digin <task> --help            the task's keys with their defaults",
+             "       digin <task> --outputs         what the task writes: members and JSON fields with their meaning",
              "       digin --version", ""]
     listed = set()
     for group, entries in TASK_GROUPS.items():
@@ -132,6 +135,90 @@ def _compute_here(config) -> dict | None:
     return resolve_compute(preset or "auto").as_dict()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota and by SLURM_CPUS_PER_TASK."""
+    import math
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(1, n)
+
+
+def size_torch_threads() -> None:
+    """torch's CPU threads = the CPUs this process may use (unless OMP_NUM_THREADS says otherwise): torch's default
+    is every core of the machine, which on a shared node or a cgroup-limited job oversubscribes it many times."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS") or "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    n = usable_cpus()
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+
+
+def exit_code(value) -> int:
+    """A task's return value as the process exit code: an int is one (0 done, 1 failed, 75 interrupted); anything
+    else a task returns on success (a path, a list of files) is 0 — never handed to sys.exit, which would print it
+    and exit 1."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _fields(config_cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(config_cls)}
+
+
+def _is_list_field(f: dataclasses.Field) -> bool:
+    import typing
+
+    t = f.type if not isinstance(f.type, str) else f.type.replace(" ", "")
+    if isinstance(t, str):
+        return t.startswith(("list", "List", "Optional[list", "Optional[List", "list|None"))
+    return typing.get_origin(t) is list or t is list or list in typing.get_args(t)
+
+
+def normalise_args(config_cls, argv: list[str]) -> list[str]:
+    """Before the config is built: an unknown key is refused with the closest known ones ("did you mean"), and a
+    single value given to a list key becomes a one-element list (`results=/runs/a` = `results=[/runs/a]`)."""
+    import difflib
+
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq or key == "config":
+            out.append(a)
+            continue
+        node, parts = config_cls, key.split(".")
+        for i, part in enumerate(parts):
+            fields = _fields(node)
+            if part not in fields:
+                close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
+                where = ".".join(parts[:i]) or config_cls.__module__.rsplit(".", 1)[-1]
+                hint = f"; did you mean {' or '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else \
+                    f" (`digin {config_cls.__module__.rsplit('.', 1)[-1]} --help` lists them)"
+                raise SystemExit(f"digin: unknown config key {key!r} ({part!r} is not a key of {where}){hint}")
+            f = fields[part]
+            default = _field_default(f)
+            if i < len(parts) - 1:
+                if not dataclasses.is_dataclass(default):
+                    break
+                node = type(default)
+            elif _is_list_field(f) and value and not value.lstrip().startswith("[") and value.strip() != "null":
+                a = f"{key}=[{value}]"
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None):
     from digin.quiet import third_party_to_log
 
@@ -153,6 +240,11 @@ def _main(argv: list[str]):
     if task not in tasks:
         raise SystemExit(f"digin: unknown task {task!r}; tasks: {', '.join(tasks)}")
     mod = importlib.import_module(tasks[task])
+    if "--outputs" in argv:  # what the task writes: members, JSON fields, meanings and units
+        from digin.stages.outputs import task_text
+
+        print(task_text(task))
+        return 0
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: digin {task} key=value ...\n\n{(mod.__doc__ or '').strip()}\n\nkeys (defaults):")
         print("\n".join(config_help(mod.Config)))
@@ -161,13 +253,17 @@ def _main(argv: list[str]):
             print(f"\n{note}")
         print("\nkeys every task takes:\n" + GLOBAL_KEYS)
         return 0
-    cfg = build_config(mod.Config, argv)
+    cfg = build_config(mod.Config, normalise_args(mod.Config, argv))
     import os
 
     from digin.errors import is_expected, one_line
 
+    size_torch_threads()
+    from digin.shards.interrupt import urgent
+
     try:
-        return mod.run(cfg)
+        with urgent(f"digin {task}"):  # a stop signal while models load (before a stage's own handlers) exits 75
+            return exit_code(mod.run(cfg))
     except Exception as e:  # bad input, refused runs, a full disk: one line (traceback in the rank's log); bugs raise
         if not is_expected(e) or os.environ.get("DIGIN_TRACEBACK") == "1":
             raise

@@ -102,7 +102,7 @@ RULES: dict[str, Num] = {
     "num_images": COUNT, "num_images_per_pair": COUNT, "target_class": COUNT0,
     "k": COUNT, "activation_batch_size": COUNT, "rank": COUNT0, "world": COUNT, "num_images_to_label": COUNT,
     "min_word_count": COUNT0, "max_words": COUNT, "images_per_word": COUNT, "sd_batch_size": COUNT,
-    "wait_s": NONNEG,
+    "wait_s": NONNEG, "stall_s": Real(0, lo_open=True),
     # work plans (digin.shards.plan): units, dynamic-schedule leases
     "items_per_shard": Int(1, 100_000), "lease_s": Real(1, lo_open=False),
     # shard
@@ -114,6 +114,7 @@ RULES: dict[str, Num] = {
     # bench (None: the preset's value)
     "batch": COUNT, "warmup": COUNT0, "iters": COUNT, "ddim_steps": Int(1, 1000), "loss_steps": COUNT,
     "num_cutouts": COUNT0, "inner_steps": COUNT0, "capacity_gib": Real(0, lo_open=True), "top": COUNT,
+    "steady": COUNT, "timeout_s": COUNT, "reps": COUNT, "search_candidates": COUNT, "budget_s": NONNEG,
     # toy-train
     "threads": COUNT, "vae_steps": COUNT0, "vae_batch": COUNT, "vae_lr": RATE, "vae_kl_weight": NONNEG,
     "num_latents": COUNT, "unet_minutes": NONNEG, "unet_steps": COUNT0, "unet_batch": COUNT, "unet_lr": RATE,
@@ -277,10 +278,17 @@ def _check_strings(cfg, report_only: bool = False):
 PRESET_DIR = Path(__file__).parent / "configs"  # the bundled model-family configs (config=<name>)
 
 
+def _first_line(e: Exception) -> str:
+    """OmegaConf's message without the `full_key:` / `object_type=` lines it appends."""
+    msg = str(getattr(e, "msg", None) or e)
+    return " ".join(msg.strip().splitlines()[0].split()) if msg.strip() else type(e).__name__
+
+
 def build_config(config_cls, overrides: list[str]):
-    """Dataclass defaults ← preset YAML ← key=value overrides; returns an instance of `config_cls`."""
+    """Dataclass defaults ← preset YAML ← key=value overrides; returns an instance of `config_cls`. Every problem is
+    a SystemExit with one line naming the key."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     base = OmegaConf.structured(config_cls)
     family = [o for o in overrides if o.startswith("config=")]
@@ -297,23 +305,31 @@ def build_config(config_cls, overrides: list[str]):
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
             raise SystemExit(f"digin: config {name!r} not found ({path}); bundled: {known}")
-        layers.append(OmegaConf.load(path))
+        try:
+            layers.append(OmegaConf.load(path))
+        except (OmegaConfBaseException, ValueError) as e:  # (yaml errors are ValueErrors too)
+            raise SystemExit(f"digin: config {path} does not parse: {_first_line(e)}") from None
     for o in rest:
         if "=" not in o:
             raise SystemExit(f"digin: argument {o!r} is not key=value")
     try:
         layers.append(OmegaConf.from_dotlist(rest))
         merged = OmegaConf.merge(*layers)
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
+                             f"(give them as key=value)")
+        cfg = OmegaConf.to_object(merged)
     except (ConfigAttributeError, ConfigKeyError) as e:
-        key = getattr(e, "full_key", None) or str(e)
+        key = getattr(e, "full_key", None) or _first_line(e)
         raise SystemExit(f"digin: unknown config key {key!r} for {config_cls.__name__}") from None
-    except ValidationError as e:
-        raise SystemExit(f"digin: bad value for {getattr(e, 'full_key', '?')!r}: {e.msg}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise SystemExit(f"digin: missing required key(s) {', '.join(missing)} for {config_cls.__name__} "
-                         f"(give them as key=value)")
-    cfg = OmegaConf.to_object(merged)
+    except ValidationError as e:  # a value of the wrong type: `batch_size=abc`
+        key, value = getattr(e, "full_key", None) or "?", getattr(e, "value", None)
+        shown = f"{key}={value}" if value is not None else repr(key)
+        raise SystemExit(f"digin: {shown} is not allowed ({_first_line(e)})") from None
+    except OmegaConfBaseException as e:  # a bad interpolation (`seed=${x}`) or override syntax
+        key = getattr(e, "full_key", None)
+        raise SystemExit(f"digin: bad value{f' for {key!r}' if key else ''}: {_first_line(e)}") from None
     try:  # numeric ranges, dtype, device: before the task writes anything
         validate(cfg)
     except ConfigError as e:

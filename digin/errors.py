@@ -16,15 +16,18 @@ class ConfigError(UserError, ValueError):
     """A config value, or an environment variable the run depends on, outside what the task accepts."""
 
 
-# OSErrors that say something about the machine or the paths given, never about the code.
-_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
-                                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EIO, errno.EMFILE, errno.ENFILE,
-                                 errno.ENAMETOOLONG, errno.ESTALE})
+# OSErrors that say something about the machine or the paths given, never about the code. Every disk limit is
+# one: a full disk (ENOSPC), a quota (EDQUOT), a file-size limit (EFBIG: ulimit -f, or the file system's maximum).
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                                 errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EIO, errno.EMFILE,
+                                 errno.ENFILE, errno.ENAMETOOLONG, errno.ESTALE})
 
 _HINTS = {
     errno.ENOSPC: "free disk space (or point out= elsewhere), then run the same command again: committed shards "
                   "are kept",
     errno.EDQUOT: "raise the quota or free space, then run the same command again: committed shards are kept",
+    errno.EFBIG: "a file-size limit was hit (ulimit -f, or the file system's largest file): raise it or use a "
+                 "smaller items_per_shard, then run the same command again: committed shards are kept",
     errno.EACCES: "check the permissions of that path",
     errno.EPERM: "check the permissions of that path",
     errno.EROFS: "that file system is read-only; choose another folder",

@@ -113,3 +113,17 @@ def test_regularizer_names_and_the_lpips_file_are_checked_before_writing_anythin
 
     with torch_home_with_alexnet(tmp_path / "hub-home"):  # with the file in the hub cache the key passes
         build_config(diff.Config, [f"out={out}", "model_path=tiny", "regularizers=[px_lpips]", "regularizers_ws=[1.0]"])
+
+
+@pytest.mark.parametrize("arg, start", [("batch_size=abc", "digin: batch_size=abc is not allowed (Value 'abc'"),
+                                        ("center_crop=maybe", "digin: center_crop=maybe is not allowed"),
+                                        ("seed=${nowhere}", "digin: bad value for 'seed': ")])
+def test_a_value_of_the_wrong_type_is_one_line(arg, start):
+    """Issue 32: OmegaConf's type errors (three lines: message, full_key, object_type) come out as one line."""
+    from digin.config_check import build_config
+    from digin.tasks.invert import Config
+
+    with pytest.raises(SystemExit) as e:
+        build_config(Config, ["inputs=a", "out=b", "model_path=tiny", arg])
+    msg = str(e.value.code)
+    assert msg.startswith(start) and "\n" not in msg and "full_key" not in msg

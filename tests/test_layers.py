@@ -22,7 +22,7 @@ LAYERS = [
     ("digin.neurons",),
     ("digin.config_check",),
     ("digin.tasks",),
-    ("digin.cli",),
+    ("digin.cli", "digin.__main__"),
     ("digin.toy.science", "digin.toy.contact_sheet"),
 ]
 

@@ -3,8 +3,10 @@
 The reference's MakeCutouts (src/utils/models/model_wrappers.py) takes `num_cutouts` square crops of the image,
 side `int(u**cut_power · (S − s) + s)` with u ~ U(0,1), S = min(H, W), s = min(S, size), at a uniform offset,
 average-pools each crop to `size` and adds `noise_sd · N(0,1)`. Here every random number of a sample comes from
-its own CPU `torch.Generator`, seeded from the sample key (`sample_seed`), so a sample's augmentation never depends
-on which batch it lands in, and CPU and GPU runs draw the very same boxes and noise.
+its own `torch.Generator`, seeded from the sample key (`sample_seed`), so a sample's augmentation never depends
+on which batch it lands in. Boxes are drawn on the CPU (the same on every machine, as the reference draws its
+sizes and offsets on the host); the noise on the GPU when the image is there (every preset, the reference one
+included: the reference adds `torch.randn_like` of the GPU tensor), on the CPU otherwise.
 
 `make_cutouts` is a pure function of (image, boxes): crop + adaptive average pool, written as two batched
 matrix products (pool_y · crop · pool_xᵀ) so it runs at fixed shapes with no host syncs. It equals
@@ -39,6 +41,15 @@ def _substream(seed: int, stream: str) -> int:
     return int.from_bytes(h.digest(), "little") & _MASK63
 
 
+def classifier_seeds(seeds: list[int], index: int) -> list[int]:
+    """Augmentation seeds of classifier `index` in a multi-classifier loss: classifier 0 keeps the sample seeds,
+    classifier j > 0 draws its own boxes and noise from a derived per-sample stream (the reference's two wrappers
+    draw independently from the global RNG)."""
+    if index == 0:
+        return list(seeds)
+    return [_substream(s, f"classifier{int(index)}") for s in seeds]
+
+
 def _hw(image_size) -> tuple[int, int]:
     if isinstance(image_size, int):
         return image_size, image_size
@@ -67,11 +78,16 @@ def make_cutouts(img_BCHW: torch.Tensor, boxes_BN3: torch.Tensor, size: int) -> 
 
 
 def cutout_noise(seeds: list[int], shape, noise_sd: float, device, dtype=torch.float32,
-                 on_device: bool = False) -> torch.Tensor:
-    """(B, *shape) noise_sd·N(0,1), one generator per sample: on the CPU (bitwise the same on every device), or,
-    with `on_device`, a generator on `device` itself (per sample and batch-independent as well, but CUDA's draws
-    differ from the CPU's; used by the fused CUDA path, where CPU draws at 16×3×384² per sample would dominate)."""
-    gen_device = torch.device(device) if on_device else torch.device("cpu")
+                 on_device: bool | None = None) -> torch.Tensor:
+    """(B, *shape) noise_sd·N(0,1), one generator per sample (per sample and batch-independent either way): drawn on
+    `device` itself when it is a GPU (`on_device` None or True) — as the reference draws its cutout noise
+    (`torch.randn_like` on the GPU tensor) — or on the CPU (on a CPU device, or `on_device=False`: bitwise the same
+    on every machine, at ~100 ms per 16×3×384² sample, which would dominate a GPU loss step). CUDA's draws differ
+    from the CPU's."""
+    device = torch.device(device)
+    if on_device is None:
+        on_device = device.type == "cuda"
+    gen_device = device if on_device else torch.device("cpu")
     noise = torch.stack([
         torch.randn(tuple(shape), generator=torch.Generator(device=gen_device).manual_seed(_substream(s, "noise")),
                     device=gen_device)

@@ -17,6 +17,13 @@ The per-iteration composition follows engine/guidance.py:
   + one evaluation iterate per image: T·U_fwd + D_fwd + C1_fwd.
 Null-text inversion: VAE encode + T conditional calls (DDIM inversion) + per step (ε_c + inner·(ε_u fwd + bwd)
 + advance), one row each; no recompute in any mode.
+UVCE (the `digin uvce` stage per image, engine/edit.py + guidance): the controlled UNet call (attention control as
+data: capture + Prompt-to-Prompt injection on every cross layer, counted on the real processors) in every chain,
+  initial pass:  T·U^c_fwd + D_fwd + E_fwd (decode the reconstruction, encode the real image for the regularisers)
+  search:        N·(T·U^c_fwd + D_fwd + C1_fwd) (N = xa × blend candidates, each a no-grad chain + its loss)
+  + the guidance iterations and the evaluation above with U^c in place of U;
+and per sample the stored cross-attention maps (every cross layer at the P2P steps, the mask layers at the mask
+steps) on top of the saved bytes.
 """
 from __future__ import annotations
 
@@ -191,6 +198,8 @@ class Workload:
     num_cutouts: int = 16
     inner_steps: int = 10  # null-text inversion
     resolution: int = 512
+    search_candidates: int = 6  # UVCE schedule search: 3 xa × 2 blend schedules (the reference's UVCE defaults)
+    p2p_schedule: str = "threshold_0.0_0.5"  # the longest xa schedule searched: its steps store maps
 
 
 def _unet_call(unet, L: int, D: int, sdxl: bool, pooled: int, rows: int):
@@ -251,6 +260,76 @@ def model_costs(unet, vae, clf, clf_size: int, *, sdxl: bool, pooled: int, L: in
     else:
         out["classifier_block"] = out["classifier"]
     return out
+
+
+def controlled_unet_costs(unet, L: int, D: int, dtype, mask_q: int) -> dict:
+    """The UNet call as the UVCE stage runs it (engine/attention.py on the real processors, meta tensors): no grad with
+    capture + injection on every cross layer, with grad (injection only, also under block checkpointing), and the
+    bytes of one step's stored cross maps (all layers / the mask layers)."""
+    from .attention import Layout, unet_forward, use_backend
+
+    use_backend(unet, "sdpa")
+    h = unet.config.sample_size
+    x = torch.empty(2, unet.config.in_channels, h, h, device="meta", dtype=dtype)
+    emb = torch.empty(2, L, D, device="meta", dtype=dtype)
+    t = torch.zeros((), dtype=torch.long, device="meta")
+    with torch.no_grad():
+        _, caps = unet_forward(unet, x, t, emb, None, layout=Layout("all", 0, None))
+    maps = {k[2:]: torch.empty(v.shape, device="meta", dtype=dtype) for k, v in caps.items()}
+    ctl = {"xw": torch.empty(1, device="meta"), "xmaps": maps}
+    el = torch.tensor([], dtype=dtype).element_size()
+    step_bytes = sum(m.numel() * el for m in maps.values())
+    mask_bytes = sum(m.numel() * el for m in maps.values() if m.shape[2] == mask_q)
+    params = list(unet.parameters())
+
+    def capture_inject(xx, ee):
+        return unet_forward(unet, xx, t, ee, ctl, layout=Layout("all", 0, None))[0]
+
+    def inject(xx, ee):
+        return unet_forward(unet, xx, t, ee, ctl, layout=Layout(None, 0, None))[0]
+
+    out = {"unet_ctl_fwd": measure_nograd(capture_inject, [x, emb]), "unet_ctl": measure(inject, [x, emb], params),
+           "map_step_bytes": step_bytes, "map_mask_bytes": mask_bytes}
+    unet.enable_gradient_checkpointing()
+    try:
+        out["unet_ctl_block"] = measure(inject, [x, emb], params)
+    finally:
+        unet.disable_gradient_checkpointing()
+    return out
+
+
+def uvce_rows(c: dict, w: Workload, weights_bytes: int, capacity: int, sample_state: int) -> list[dict]:
+    """The UVCE stage per image: initial pass, schedule search, guidance with the controlled UNet, evaluation; saved
+    bytes per sample plus its stored attention maps."""
+    from .p2p import interpolation_schedule
+    from .segment import mask_steps
+
+    T, K, L, N = w.ddim_steps, w.sgd_steps, w.loss_steps, w.search_candidates
+    Uf, Ug, Ugb = c["unet_ctl_fwd"], c["unet_ctl"], c["unet_ctl_block"]
+    D, Db, C, Cb, C1 = c["decode"], c["decode_block"], c["classifier"], c["classifier_block"], c["classifier_view_fwd"]
+    initial = T * Uf + D.fwd + c["encode_fwd"]
+    search = N * (T * Uf + D.fwd + C1)
+    evaluate = T * Uf + D.fwd + C1
+    losses = L * (D.fwd + D.bwd) + L * (C.fwd + C.bwd) + C1
+    per_iter = {"floor": T * (Ug.fwd + Ug.bwd) + losses,
+                "fast": T * Uf + T * (Ug.fwd + Ug.bwd) + losses,
+                "reference": T * (Ugb.fwd + Ugb.bwd) + L * (Db.fwd + Db.bwd) + L * (Cb.fwd + Cb.bwd) + C1}
+    p2p_steps = set(int(i) for i in interpolation_schedule(w.p2p_schedule, T).nonzero().flatten())
+    mask_only = [i for i in mask_steps(T) if i not in p2p_steps]
+    maps = len(p2p_steps) * c["map_step_bytes"] + len(mask_only) * c["map_mask_bytes"]
+    latents = (T + L) * c["latent_bytes"]
+    saved = {"floor": T * Ug.saved + L * (D.saved + C.saved),
+             "fast": max(Ug.saved, D.saved + C.saved) + latents + c["map_step_bytes"],  # + one step of zero maps
+             "reference": T * Ugb.saved + L * (Db.saved + Cb.saved)}
+    rows = []
+    for mode in ("reference", "fast", "floor"):
+        flops = initial + search + K * per_iter[mode] + evaluate
+        per_sample = saved[mode] + maps + sample_state
+        rows.append(dict(mode=mode, flop_per_image=flops, tflop_per_image=flops / 1e12,
+                         search_tflop_per_image=(initial + search) / 1e12, stored_maps_gib_per_sample=maps / GIB,
+                         saved_gib_per_sample=(saved[mode] + maps) / GIB,
+                         max_batch=max(0, int((capacity - weights_bytes) // per_sample))))
+    return rows
 
 
 def guidance_rows(c: dict, w: Workload, weights_bytes: int, capacity: int, sample_state: int) -> list[dict]:
@@ -325,6 +404,10 @@ def cost_rows(models: str = "sd15", classifier: str | None = None, capacity_gib:
         if not sdxl:
             i_rows = [r for r in inversion_rows(c, w, weights, capacity) if r["mode"] in modes]
             out += [dict(workload="inversion", models=models, weights_gib=weights / GIB, **r) for r in i_rows]
+            mask_q = (16 * unet.config.sample_size // 64) ** 2 if unet.config.sample_size >= 64 else 16 * 16
+            c.update(controlled_unet_costs(unet, L, D, mode_dtype, mask_q))
+            u_rows = [r for r in uvce_rows(c, w, weights, capacity, state) if r["mode"] in modes]
+            out += [dict(workload="uvce", models=models, weights_gib=weights / GIB, **r) for r in u_rows]
     for wl in {r["workload"] for r in out}:
         floor = next(r["flop_per_image"] for r in out if r["workload"] == wl and r["mode"] == "floor")
         for r in out:

@@ -1,21 +1,30 @@
 """Editing set-up shared by UVCEs, neuron counterfactuals and masked txt2img (the reference's UVCE editing path).
 
 One no-grad initial pass with cross-attention capture → foreground masks (cross-attention, optional SAM-HQ,
-post-processing) → Prompt-to-Prompt re-indexing to the edited prompt → latent blend templates → a batched
-search over (xa × self × blend) schedule candidates that keeps, per sample, the candidate with the lowest
-non-augmented objective. `guidance.optimise(setup.objective, blend=..., controller=...)` takes the result as it is.
+post-processing) → Prompt-to-Prompt re-indexing to the edited prompt → latent blend templates → a search over
+(xa × self × blend) schedule candidates that keeps, per sample, the candidate with the lowest non-augmented
+objective. Where the UNet call compiles, the search runs one candidate of all B samples per chain (as the reference
+runs them one at a time): its UNet calls then have the SGD chain's rows and reuse its compiled graph (the attention
+controller's one no-grad graph, engine/attention.py), instead of compiling a UNet, decoder and classifier graph of
+N·B rows for one use per batch; eager, all candidates run as one batch of N·B rows. `guidance.optimise(setup.objective, blend=..., controller=...)` takes the result as it is.
 Masks are computed whenever blending or a masked regulariser needs them (no "needs a masked regulariser" quirk).
+Schedules switched to learnable (`optimize_*`) start from the chosen candidate and travel with the blend /
+controller, so `optimise` learns them (engine/learnable.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from digin.errors import ConfigError
+
 from .attention import AttentionController, install_attention, restore_attention
+from .learnable import ScheduleSpec, has_schedule, learnable_blend
 from .p2p import (expand_candidates, make_blend, replacement_matrix, schedule_grid, search_schedules, take_best,
                   token_mean_embedder, token_weights, word_token_positions)
-from .sampling import decode_latents, run_chain
+from .sampling import decode_latents, run_chain, unet_compiles
 from .schedule import make_schedule
 from .segment import SegmentationConfig, mask_steps, segment_foreground
 
@@ -28,6 +37,10 @@ class P2PParams:
     xa_interpolation_schedule: list | None = field(
         default_factory=lambda: ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"])
     self_interpolation_schedule: list | None = None
+    # learn the chosen schedules with the image (per sample, own optimiser group, clamped to [0, 1])
+    optimize_xa_interpolation_schedule: bool = False
+    optimize_self_interpolation_schedule: bool = False
+    schedule_stepsize: float = 0.05  # absolute step size of the learned attention schedules
 
 
 @dataclass
@@ -37,6 +50,8 @@ class MaskBlendParams:
     do_mask_blend: bool = True
     foreground_blend: bool = True
     initial_mask_blend_schedule: list | None = field(default_factory=lambda: ["threshold_0.3"])
+    optimize_mask_blend: bool = False  # learn the chosen blend schedule with the image (as above)
+    mask_blend_stepsize: float = 0.05  # absolute step size of the learned blend schedule
 
 
 @dataclass
@@ -139,6 +154,42 @@ def _search(sd, sched, objective, grid, controller, use_p2p, blend, latent_mask,
     return search_schedules(evaluate, grid, B, search_chunk)
 
 
+def _real_schedules(names) -> bool:
+    return any(n not in (None, "none") for n in (_names(names) or []))
+
+
+def check_learnable(p2p: P2PParams, blend: MaskBlendParams, use_p2p: bool) -> None:
+    """A learnable schedule needs a schedule to learn: one-line ConfigError naming the key otherwise."""
+    wants = (("p2p.optimize_xa_interpolation_schedule", p2p.optimize_xa_interpolation_schedule,
+              use_p2p and _real_schedules(p2p.xa_interpolation_schedule),
+              "Prompt-to-Prompt (p2p.do_p2p with word replacements) and a p2p.xa_interpolation_schedule"),
+             ("p2p.optimize_self_interpolation_schedule", p2p.optimize_self_interpolation_schedule,
+              use_p2p and _real_schedules(p2p.self_interpolation_schedule),
+              "Prompt-to-Prompt (p2p.do_p2p with word replacements) and a p2p.self_interpolation_schedule"),
+             ("mask_blend.optimize_mask_blend", blend.optimize_mask_blend,
+              blend.do_mask_blend and _real_schedules(blend.initial_mask_blend_schedule),
+              "mask_blend.do_mask_blend and a mask_blend.initial_mask_blend_schedule"))
+    for key, on, exists, needs in wants:
+        if on and not exists:
+            raise ConfigError(f"{key}=true but there is no schedule to learn: it needs {needs} other than none")
+    steps = (("p2p.schedule_stepsize", p2p.schedule_stepsize,
+              p2p.optimize_xa_interpolation_schedule or p2p.optimize_self_interpolation_schedule),
+             ("mask_blend.mask_blend_stepsize", blend.mask_blend_stepsize, blend.optimize_mask_blend))
+    for key, lr, used in steps:
+        if used and not (math.isfinite(float(lr)) and float(lr) > 0):
+            raise ConfigError(f"{key} must be a positive number, got {lr!r}")
+
+
+def _attention_learn(p2p: P2PParams, chosen: list, dev) -> dict:
+    """controller.learn for the switched-on attention schedules; a sample that chose 'none' learns nothing."""
+    learn = {}
+    for name, on, col in (("xa", p2p.optimize_xa_interpolation_schedule, 0),
+                          ("self", p2p.optimize_self_interpolation_schedule, 1)):
+        if on:
+            learn[name] = ScheduleSpec(float(p2p.schedule_stepsize), has_schedule([c[col] for c in chosen]).to(dev))
+    return learn
+
+
 def _controller_for_sgd(sd, controller, use_p2p: bool, xa_BT, self_BT):
     """P2P: the controller injecting each sample's chosen schedules. Masks only: None, the UNet back on plain fused
     attention for the SGD loop."""
@@ -155,7 +206,7 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
                  foreground_words: list[list[str]], guidance_scale: float, num_ddim_steps: int,
                  replacements: list[tuple[str, str]] | None = None, images: torch.Tensor | None = None,
                  p2p: P2PParams | None = None, blend: MaskBlendParams | None = None,
-                 segmentation: SegmentationConfig | None = None, search_chunk: int | None = None,
+                 segmentation: SegmentationConfig | None = None, search_chunk: int | None | str = "auto",
                  generator: torch.Generator | None = None, solver: str = "ddim",
                  guidance_rescale: float = 0.0) -> EditSetup:
     """Run the initial pass and everything derived from it for a batch of B samples.
@@ -163,14 +214,18 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
     images: real images in [0,1] (img2img; used for SAM-HQ and as the regularisers' reference); None for txt2img
     (the initial output becomes the reference, as in the reference). replacements: per-sample (source, target)
     words for P2P (identity pairs keep the structure); None disables the prompt edit. The objective is not
-    changed: `setup.objective` is the one to optimise, with this edit's reference and masks.
+    changed: `setup.objective` is the one to optimise, with this edit's reference and masks. search_chunk: schedule
+    candidates per chain (None: all at once, N·B rows; "auto": one when the UNet call compiles, else all).
     """
     p2p = p2p or P2PParams(do_p2p=False)
     blend = blend or MaskBlendParams(do_mask_blend=False)
     seg_cfg = segmentation or SegmentationConfig(sam_segmentation=False)
     T, B, dev = num_ddim_steps, z_T.shape[0], z_T.device
     sched = make_schedule(sd.scheduler_config, T, solver).to(dev)
+    if search_chunk == "auto":
+        search_chunk = 1 if unet_compiles(sd) else None
     use_p2p = bool(p2p.do_p2p and replacements is not None)
+    check_learnable(p2p, blend, use_p2p)
     need_masks = bool(blend.do_mask_blend or getattr(objective, "needs_masks", False))
     grid = schedule_grid(_names(p2p.xa_interpolation_schedule) if use_p2p else None,
                          _names(p2p.self_interpolation_schedule) if use_p2p else None,
@@ -215,7 +270,11 @@ def prepare_edit(sd, objective, *, z_T: torch.Tensor, uncond: torch.Tensor, prom
 
     if controller is not None:
         controller = _controller_for_sgd(sd, controller, use_p2p, xa_BT, self_BT)
+    if controller is not None:  # P2P: the attention schedules switched to learnable
+        controller.learn = _attention_learn(p2p, chosen, dev)
     bl = make_blend(latent_mask, templates, blend_BT, foreground=blend.foreground_blend) if blend.do_mask_blend else None
+    if bl is not None and blend.optimize_mask_blend:
+        bl = learnable_blend(bl, blend.mask_blend_stepsize, has_schedule([c[2] for c in chosen]))
     return EditSetup(cond=cond, prompts=new_prompts, controller=controller, blend=bl, initial_images=initial_images,
                      px_mask=px_mask, latent_mask=latent_mask, word_maps=wmaps, chosen=chosen,
                      search_losses=losses_NB, objective=objective)

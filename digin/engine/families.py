@@ -44,11 +44,31 @@ def build_tiny_sd2(seed: int = 0, folder: str | os.PathLike | None = None, words
     return build_tiny_sd(seed=seed, folder=folder, prediction_type="v_prediction", words=words)
 
 
+def resolve_model_path(model_path):
+    """A local model path as given, or a diffusers hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`) resolved to
+    its snapshot folder in the local Hugging Face hub cache — never downloaded. ConfigError when it is neither."""
+    from pathlib import Path
+
+    text = str(model_path)
+    if text in TINY or Path(text).exists() or text.startswith(("/", ".", "~")) or text.count("/") != 1:
+        return model_path
+    from digin.engine.classifiers.pretrained import cached_hf_file
+    from digin.errors import ConfigError
+
+    index, looked = cached_hf_file(text, ("model_index.json",))
+    if index is None:
+        raise ConfigError(f"model_path={text}: not a local folder or file, and not a diffusers repo in the local "
+                          f"Hugging Face hub cache (looked in {looked[0]}); nothing is downloaded: copy the model "
+                          "to a folder (or into the hub cache) and point model_path= at it")
+    return str(Path(index).parent)
+
+
 def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None):
-    """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, or a tiny
-    preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
+    """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, a diffusers hub id
+    found in the local Hugging Face cache, or a tiny preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
     from .models import load_sd, resolve_dtype
 
+    model_path = resolve_model_path(model_path)
     if str(model_path) not in TINY:
         require_complete(model_path, model_config)  # names a missing or cut-short file before a loader meets it
     fam = family_of(model_path, model_config)

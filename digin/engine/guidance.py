@@ -19,6 +19,9 @@ Gradient paths (`checkpoint`):
 - `none`: one autograd graph over the whole chain (every activation kept); `block`: the same with diffusers'
   UNet/VAE gradient checkpointing (the reference's compute path).
 The only host sync is the per-iteration "every sample stopped → leave the loop" check (the reference's break).
+
+Learnable edit schedules (engine/learnable.py) come with the blend / controller that apply them: their (B, T) factors
+are extra optimised variables with their own step sizes, clamped to [0, 1] after each step.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+
+from digin.shards.progress import report_activity
+
+from .learnable import clamp_schedules, learned_schedules, mask_schedule_grads
 from .sampling import Blend, decode_latents, run_chain, step_embedding, step_vjp
 from .schedule import loss_step_weights, make_schedule
 
@@ -82,6 +89,8 @@ class GuidanceResult:
     cond_delta: torch.Tensor | None  # (B,T|1,L,D) at the best iterate
     uncond_delta: torch.Tensor | None
     trajectory: torch.Tensor | None = None  # (K+1,B,3,H,W) on CPU when requested
+    schedules: dict = field(default_factory=dict)  # learned schedule name → (B,T) factors at the best iterate
+    schedule_trajectory: dict = field(default_factory=dict)  # name → (K+1,B,T) factors of each iterate; NaN unlogged
 
 
 # ------------------------------------------------------------------------------ per-sample optimiser
@@ -103,14 +112,22 @@ class MaskedOptimizer:
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
+    def _bias_corrections(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample Adam step size lr/(1 − β1^t) and √(1 − β2^t), (B,) fp32. Computed in float64 and then rounded,
+        as torch.optim.Adam does with its Python-float corrections: in fp32, 1 − β2^t alone is off by ~1e-6
+        relative (β2 = 0.999), which made every step ~6e-6 short."""
+        b1, b2 = self.betas
+        t = self.steps.double().clamp(min=1)
+        return (lr / (1 - b1 ** t)).float(), (1 - b2 ** t).sqrt().float()
+
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], active_B: torch.Tensor, lrs: list[float] | None = None):
         """One update; `lrs`: this step's learning rate per variable (default: the base rates)."""
         self.steps += active_B.float()
         b1, b2 = self.betas
-        t = self.steps.clamp(min=1)
         for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.base_lrs if lrs is None else lrs):
-            act = active_B.view(-1, *([1] * (p.dim() - 1)))
+            shape = (-1, *([1] * (p.dim() - 1)))
+            act = active_B.view(shape)
             g = torch.where(act, g, torch.zeros_like(g))
             if self.kind == "sgd":
                 first = (self.steps == 1).view_as(act)
@@ -119,12 +136,11 @@ class MaskedOptimizer:
                 p.copy_(torch.where(act, p - lr * m, p))
                 continue
             new_p = p * (1 - lr * self.wd) if self.kind == "adamw" else p
-            new_m = b1 * m + (1 - b1) * g
-            new_v = b2 * v + (1 - b2) * g * g
-            bc1 = (1 - b1 ** t).view(-1, *([1] * (p.dim() - 1)))
-            bc2 = (1 - b2 ** t).view(-1, *([1] * (p.dim() - 1)))
-            denom = new_v.sqrt() / bc2.sqrt() + self.eps
-            new_p = new_p - (lr / bc1) * new_m / denom
+            new_m = torch.lerp(m, g, 1 - b1)  # torch.optim.Adam's own formulas, rounding included
+            new_v = (v * b2).addcmul(g, g, value=1 - b2)
+            step_B, bc2_sqrt_B = self._bias_corrections(lr)
+            denom = new_v.sqrt() / bc2_sqrt_B.view(shape) + self.eps
+            new_p = new_p - (step_B.view(shape) * new_m) / denom  # addcdiv's order
             m.copy_(torch.where(act, new_m, m))
             v.copy_(torch.where(act, new_v, v))
             p.copy_(torch.where(act, new_p, p))
@@ -157,6 +173,19 @@ def condition_grads(grads: list[torch.Tensor], clip: float | None, normalize: bo
 
 
 # ------------------------------------------------------------------------------------- main loop
+
+def any_left(active_B: torch.Tensor) -> bool:
+    """The loop's one host sync per iteration: does any sample still run (the reference's break)? It is the only
+    device→host read of a step, and the one a `torch.cuda.set_sync_debug_mode("error")` check lets through."""
+    if active_B.is_cuda and torch.cuda.get_sync_debug_mode():
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return bool(active_B.any())
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+    return bool(active_B.any())
+
 
 def _select_rows(mask_B: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(mask_B.view(-1, *([1] * (new.dim() - 1))), new, old)
@@ -200,9 +229,11 @@ class IterateLog:
     """Per-iterate non-augmented logs and the best iterate so far (per sample, masked), and the objective this
     run evaluates (the caller's, given iterate 0 as its reference when it had none)."""
 
-    def __init__(self, K: int, B: int, dev, keep_trajectory: bool, objective):
+    def __init__(self, K: int, B: int, dev, keep_trajectory: bool, objective, learned=()):
         nan = float("nan")
         self.K, self.dev, self.objective = K, dev, objective
+        self.learned = list(learned)  # learned schedules: logged per iterate, kept at the best one
+        self.schedules = {s.name: torch.full((K + 1, *s.factors_BT.shape), nan, device=dev) for s in self.learned}
         self.losses = torch.full((K + 1, B), nan, device=dev)
         self.aug_losses = torch.full((max(K, 1), B), nan, device=dev)
         self.parts, self.confs = {}, {}
@@ -224,6 +255,7 @@ class IterateLog:
     @torch.no_grad()
     def record(self, k: int, img_final, x0_final, variables):
         """Log iterate k's non-augmented objective on the reported image; update the best iterate."""
+        variables = (*variables, *(s.factors_BT for s in self.learned))
         if k == 0:
             self.objective = with_iterate0_reference(self.objective, img_final, x0_final)
         objective = self.objective
@@ -238,6 +270,8 @@ class IterateLog:
             self._put(self.parts, name, k, val, logged)
         for name, val in confs.items():
             self._put(self.confs, name, k, val, logged)
+        for s in self.learned:
+            self.schedules[s.name][k] = _select_rows(logged, s.factors_BT.detach(), self.schedules[s.name][k])
         self.num_logged += logged.long()
         if k == 0:
             self.sd_img, self.best_img = img_final.clone(), img_final.clone()
@@ -275,7 +309,7 @@ def _grads_autograd(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, wei
     with torch.enable_grad():
         aug_total = augmented_loss(log.objective, imgs, out.x0_kept, weights, k)
     active = log.record_augmented(k, aug_total, cfg.optim_params.early_stopping_loss)
-    if not bool(active.any()):  # the loop's one host sync per iteration
+    if not any_left(active):  # the loop's one host sync per iteration
         return None
     masked = torch.where(active, aug_total, torch.zeros_like(aug_total)).sum()
     grads = torch.autograd.grad(masked, variables, allow_unused=True)
@@ -284,7 +318,8 @@ def _grads_autograd(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, wei
 
 def _grads_adjoint(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weights, k, log,
                    blend, controller):
-    """One iterate by the per-step adjoint (checkpoint step). → (g_z, g_dC, g_dU) or None when all stopped."""
+    """One iterate by the per-step adjoint (checkpoint step). → (g_z, g_dC, g_dU, *g_schedules) or None when all
+    stopped."""
     T = sched.num_steps
     op = cfg.optim_params
     cond_TBLD, uncond_TBLD = chain_conditioning(cond_f, uncond_f, dC, dU, T)
@@ -305,24 +340,28 @@ def _grads_adjoint(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, loss_steps, weig
         aug_total = aug_total + loss_B.detach()
         del img, loss_B, masked
     active = log.record_augmented(k, aug_total, op.early_stopping_loss)
-    if not bool(active.any()):  # the loop's one host sync per iteration
+    if not any_left(active):  # the loop's one host sync per iteration
         return None
     g_x0 = {i: _select_rows(active, g, torch.zeros_like(g)) for i, g in g_x0.items()}
     wrt_c, wrt_u = op.optimize_conditioning, op.optimize_uncond
     g_dC, g_dU = torch.zeros_like(dC), torch.zeros_like(dU)
+    factors = [s.factors_BT for s in log.learned]
+    g_factors = [torch.zeros_like(f) for f in factors]
     g_x = None
     for i in reversed(range(T)):
         g0 = g_x0.get(i)
         if g_x is None and g0 is None:
             continue
-        g_x, g_c, g_u = step_vjp(sd, sched, i, out.inputs[i], step_embedding(cond_TBLD, i),
-                                 step_embedding(uncond_TBLD, i), cfg.guidance_scale, g_x, g0, wrt_cond=wrt_c,
-                                 wrt_uncond=wrt_u, controller=controller, guidance_rescale=cfg.guidance_rescale,
-                                 blend=blend)
+        g_x, g_c, g_u, g_f = step_vjp(sd, sched, i, out.inputs[i], step_embedding(cond_TBLD, i),
+                                      step_embedding(uncond_TBLD, i), cfg.guidance_scale, g_x, g0, wrt_cond=wrt_c,
+                                      wrt_uncond=wrt_u, factors=factors, controller=controller,
+                                      guidance_rescale=cfg.guidance_rescale, blend=blend)
         for g_all, g_i in ((g_dC, g_c), (g_dU, g_u)):
             if g_i is not None:
                 g_all[:, i if g_all.shape[1] == T else 0] += g_i
-    return g_x, g_dC, g_dU
+        for g_all, g_i in zip(g_factors, g_f):
+            g_all += g_i
+    return (g_x, g_dC, g_dU, *g_factors)
 
 
 @torch.no_grad()
@@ -378,15 +417,21 @@ def block_checkpointing(sd, on: bool):
             sd.vae.disable_gradient_checkpointing()
 
 
-def sgd_update(opt: MaskedOptimizer, grads, active_B, z, z_norm0, op: OptimParams, k: int, K: int) -> None:
-    """Clean and condition the gradients, one masked optimiser step, then put each z_T back on its norm."""
+def sgd_update(opt: MaskedOptimizer, grads, active_B, z, z_norm0, op: OptimParams, k: int, K: int,
+               learned=()) -> None:
+    """Clean and condition the gradients, one masked optimiser step, then put each z_T back on its norm and each
+    learned schedule back into [0, 1]. The learned schedules' gradients come last in `grads`."""
     grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+    if learned:
+        n = len(learned)
+        grads = grads[:-n] + mask_schedule_grads(grads[-n:], learned)
     grads = condition_grads(grads, op.gradient_clipping, op.normalize_gradients)
     lrs = cosine_lrs(opt.base_lrs, k, K, op.sgd_stepsize / 10) if op.sgd_scheduler == "cosine" else None
     opt.step(grads, active_B, lrs)
     if op.optimize_latents:
         with torch.no_grad():  # keep each sample's Gaussian / inverted latent norm
             z.copy_(_select_rows(active_B, z * z_norm0 / _per_sample(lambda f: f.norm(dim=1), z), z))
+    clamp_schedules(learned)
 
 
 def guidance_result(log: IterateLog, op: OptimParams, K: int) -> GuidanceResult:
@@ -394,13 +439,15 @@ def guidance_result(log: IterateLog, op: OptimParams, K: int) -> GuidanceResult:
     if trajectory:  # after an all-stopped break the later iterates equal the last one
         trajectory += [trajectory[-1]] * (K + 1 - len(trajectory))
     best = log.best_vars
+    schedules = {s.name: v for s, v in zip(log.learned, best[3:])}
     return GuidanceResult(
         sd_images=log.sd_img, ours_images=log.best_img, best_iter=log.best_iter, losses=log.losses,
         parts=log.parts, confidences=log.confs, aug_losses=log.aug_losses[:K], num_logged=log.num_logged,
         stopped_early=log.stopped_early, nonfinite=log.nonfinite, z_T=best[0],
         cond_delta=best[1] if op.optimize_conditioning else None,
         uncond_delta=best[2] if op.optimize_uncond else None,
-        trajectory=torch.stack(trajectory) if trajectory else None)
+        trajectory=torch.stack(trajectory) if trajectory else None, schedules=schedules,
+        schedule_trajectory=dict(log.schedules))
 
 
 def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
@@ -411,27 +458,37 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
     z_T (B,C,h,w) start latent (noise or an inversion); cond (B,L,D) prompt embedding; uncond (B,L,D) or per-step
     null texts (B,T,L,D). `objective(img, z, augment_salt) -> (total_B, parts)` and `objective.confidences(img)`;
     an objective that `needs_reference` is run as `objective.with_reference(iterate 0's image, x̂0)`.
+    A `learnable.LearnableBlend` / a controller with `learn` set also optimises those schedules (from copies: the
+    blend and controller given keep their factors).
     """
     cfg = cfg or GuidanceConfig()
-    op = cfg.optim_params
     _check_config(cfg)
+    if uncond.dim() == 4 and uncond.shape[1] != cfg.num_ddim_steps:
+        raise ValueError(f"null-text embeddings have {uncond.shape[1]} steps but num_ddim_steps={cfg.num_ddim_steps}")
+    with learned_schedules(blend, controller) as (run_blend, learned):
+        return _optimise(sd, objective, z_T, cond, uncond, cfg, run_blend, controller, learned, progress)
+
+
+def _optimise(sd, objective, z_T, cond, uncond, cfg: GuidanceConfig, blend, controller, learned, progress):
+    op = cfg.optim_params
     dev = z_T.device
     T, K = cfg.num_ddim_steps, op.sgd_steps
     sched = make_schedule(sd.scheduler_config, T, cfg.solver).to(dev)
     weights = loss_step_weights(T, op.loss_steps, op.loss_steps_schedule)
     loss_steps = [i for i, w in enumerate(weights) if w > 0]
-    if uncond.dim() == 4 and uncond.shape[1] != T:
-        raise ValueError(f"null-text embeddings have {uncond.shape[1]} steps but num_ddim_steps={T}")
     z, dC, dU, variables, lrs = optimised_variables(z_T, cond, op, T)
+    variables += [s.factors_BT for s in learned]  # the reference's extra groups, after z_T, ΔC, Δ∅
+    lrs += [s.spec.lr for s in learned]
     z_norm0 = _per_sample(lambda f: f.norm(dim=1), z)
     opt = MaskedOptimizer(op.sgd_optim, variables, lrs) if variables else None
-    switched_on = (op.optimize_latents, op.optimize_conditioning, op.optimize_uncond)
+    switched_on = (op.optimize_latents, op.optimize_conditioning, op.optimize_uncond) + (True,) * len(learned)
 
     cond_f, uncond_f = cond.float(), uncond.float()
-    log = IterateLog(K, z.shape[0], dev, cfg.keep_trajectory, objective)
+    log = IterateLog(K, z.shape[0], dev, cfg.keep_trajectory, objective, learned)
     chain = dict(blend=blend, controller=controller)
     with block_checkpointing(sd, cfg.checkpoint == "block"):
         for k in range(K + 1):
+            report_activity("sgd", k, K)  # what a stage's progress heartbeat says inside a long batch
             if k == K or opt is None:
                 _evaluate(sd, sched, z, dC, dU, cond_f, uncond_f, cfg, k, log, **chain)
                 break
@@ -443,7 +500,7 @@ def optimise(sd, objective, *, z_T: torch.Tensor, cond: torch.Tensor, uncond: to
                 grads = _grads_autograd(*args, variables, **chain)
             if grads is None:  # every sample has stopped: the remaining iterations would change nothing
                 break
-            sgd_update(opt, grads, log.active, z, z_norm0, op, k, K)
+            sgd_update(opt, grads, log.active, z, z_norm0, op, k, K, learned)
             if progress is not None:
                 progress(k, log.losses[k])
     return guidance_result(log, op, K)

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from digin.shards.progress import report_activity
+
 from .distances import l2_norm, mean_lp, psnr
-from .guidance import MaskedOptimizer
+from .guidance import MaskedOptimizer, any_left
 from .sampling import call_unet, cfg_ddim_update, decode_latents, denoise
 from .schedule import DDIMSchedule, ddim_invert_step, make_ddim_schedule
 
@@ -96,6 +98,7 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
     x0 = z_BCHW
     calls = grads = 0
     for i in range(T):
+        report_activity("inversion step", i, T)  # what a stage's heartbeat says inside a long batch
         t = sched.timesteps[i]
         target_BCHW = latents[T - i - 1]
         with torch.no_grad():
@@ -123,7 +126,7 @@ def null_text_optimisation(sd, sched: DDIMSchedule, latents: list[torch.Tensor],
                 inner_BT[:, i] += active_B.long()
                 loss_BT[:, i] = torch.where(active_B, loss_B, loss_BT[:, i])
                 active_B = active_B & ~(loss_B < threshold)
-            if early_exit and not bool(active_B.any()):  # the reference's break; one host sync per iteration
+            if early_exit and not any_left(active_B):  # the reference's break; one host sync per iteration
                 break
         null_BTLD[:, i] = emb_BLD
         with torch.no_grad():

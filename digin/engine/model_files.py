@@ -4,7 +4,8 @@ checked from file headers, without loading a weight.
 `check_model` answers for a diffusers folder (SD-1.x / SD-2.x / SDXL) or a single-file checkpoint (+ its
 `model_config` folder) with every problem, each naming the file and where it was looked for; `require_complete`
 raises with them before a loader meets a half-copied folder (a truncated safetensors file otherwise fails with
-a message that names no file). `digin doctor model_path=...` prints the same report. `detect_family` reads a
+a message that names no file): ModelFileError, an expected error (digin.errors), so every rank prints one line
+and no traceback. `digin doctor model_path=...` prints the same report. `detect_family` reads a
 folder's family from its configs (engine/families.py builds on it).
 """
 from __future__ import annotations
@@ -15,12 +16,19 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from digin.errors import UserError
+
 # What the loaders read from a diffusers folder: component → weight file stem (safetensors only).
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 SDXL_WEIGHTS = {**WEIGHTS, "text_encoder_2": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 FAST_TOKENIZER = "tokenizer.json"
 MAX_HEADER = 100 * 2**20  # a safetensors header is JSON; anything this large is garbage
+
+
+class ModelFileError(UserError, ValueError):
+    """A model on disk that is incomplete or corrupt (cut-short weights, a garbage header, a config that does not
+    parse, a model_path that is no model): the message names each file and what is wrong."""
 
 
 def _json(path: Path) -> dict:
@@ -217,6 +225,11 @@ def check_single_file(path: Path, model_config: str | None) -> ModelReport:
     from digin.engine.models import LDM_PREFIXES
 
     report = ModelReport(path, kind="single-file checkpoint")
+    if path.suffix == ".json":
+        report.problems.append(f"{path} is a JSON file, not a model: model_path= takes the diffusers folder "
+                               f"(the one holding model_index.json, e.g. {path.parent}) or a single .safetensors "
+                               "checkpoint + model_config")
+        return report
     keys = _single_file_keys(path, report)
     if keys is not None:
         for part, prefixes in LDM_PREFIXES.items():
@@ -247,10 +260,11 @@ def check_model(model_path: str, model_config: str | None = None) -> ModelReport
 
 
 def require_complete(model_path: str, model_config: str | None = None):
-    """Raise (FileNotFoundError or ValueError, every problem named) unless the model on disk is complete."""
+    """Raise (FileNotFoundError when files are missing, else ModelFileError; every problem named) unless the model
+    on disk is complete."""
     report = check_model(model_path, model_config)
     if report.ok:
         return
     missing = any("missing" in p or "does not exist" in p for p in report.problems)
-    raise (FileNotFoundError if missing else ValueError)(
-        f"model_path {report.path} is incomplete: " + "; ".join(report.problems))
+    raise (FileNotFoundError if missing else ModelFileError)(
+        f"model_path {report.path} is not a complete model: " + "; ".join(report.problems))

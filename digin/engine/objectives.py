@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from digin.engine.augment import sample_seed
+from digin.engine.augment import classifier_seeds, sample_seed
 from digin.engine.distances import mean_lp
 from digin.engine.perceptual import build_lpips, masked_lpips, require_trunk_file
 
@@ -227,7 +227,9 @@ class ClassifierLoss:
         if name in TEXT_LOSSES:
             _, emb = clfs[0].features(img_B3HW, seeds, noise_scale)
             return text_loss(name, emb, self.text_embeddings.to(img_B3HW.device), self.text_loss_factor)
-        logits = [c(img_B3HW, seeds, noise_scale) for c in clfs]  # same seeds → same cutouts for both
+        # each classifier its own views (independent draws, as the reference's two wrappers)
+        logits = [c(img_B3HW, None if seeds is None else classifier_seeds(seeds, j), noise_scale)
+                  for j, c in enumerate(clfs)]
         if len(clfs) == 2:
             fn = {"conf": conf_diff_loss, "log_conf": log_conf_diff_loss, "logits": logits_diff_loss}[name]
             return fn(logits[0], logits[1], y)

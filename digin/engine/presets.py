@@ -2,11 +2,21 @@
 CUDA graphs, fused kernels), resolved once per run from `preset=` and any single-key override.
 
     fast       bf16 weights (optimised variables and latents stay fp32), torch.compile (inductor), fused Triton
-               kernels, batch 8, per-step recompute, CUDA graph trees for the no-grad chains — the default on CUDA.
-    reference  fp32, eager, batch 1, block checkpointing (diffusers' UNet/VAE gradient checkpointing), kernels off:
-               the reference implementation's compute path, for parity runs and the benchmark's baseline.
-    eager      fp32, eager, batch 4, per-step recompute — the default on a CPU (compiling costs minutes there).
+               kernels, batch 8, per-step recompute, CUDA graph trees for the no-grad chains, TF32 for the few
+               fp32 matmuls and convolutions left — the default on CUDA.
+    reference  fp32, eager, batch 1, block checkpointing (diffusers' UNet/VAE gradient checkpointing), kernels off,
+               TF32 as the reference ran (`tf32=conv`: cuDNN convolutions in TF32, matmuls in full fp32 — PyTorch's
+               defaults, which the reference never changes): its compute path, for parity runs and the
+               benchmark's baseline.
+    eager      fp32, eager, batch 4, per-step recompute, tf32=conv — the default on a CPU (compiling costs minutes
+               there).
     auto       fast on CUDA, eager elsewhere.
+
+`tf32`: off (convolutions and matmuls in full fp32) | conv (TF32 convolutions only) | on (both); applied process-wide
+by engine/prepare.py (`apply_tf32`) on CUDA, recorded everywhere. `strict_compile`: a call site that falls back to
+eager (or loses the CUDA graphs it asked for) stops the run with one line instead of a warning. `compile_scope`: full
+(the whole UNet call one graph per grad mode: the most fusion, CUDA graphs) | regional (only its repeated transformer
+blocks, one graph per block shape: a fraction of the cold compile, convolutions eager, no CUDA graphs).
 
 The resolved values are recorded in each stage's manifest (they move results through float rounding).
 """
@@ -20,12 +30,14 @@ PRESETS = ("auto", "fast", "reference", "eager")
 DTYPES = ("fp32", "bf16", "fp16")
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 CHECKPOINTS = ("step", "none", "block")
+TF32_MODES = ("off", "conv", "on")
+COMPILE_SCOPES = ("full", "regional")
 ATTENTION_BACKENDS = ("sdpa", "xformers")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 # The keys a preset fills; a task config may set any of them to override the preset (None = from the preset).
 COMPUTE_KEYS = ("dtype", "compile", "compile_backend", "batch_size", "checkpoint", "attention", "cudagraphs",
-                "kernels")
+                "kernels", "tf32", "strict_compile", "compile_scope")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,9 @@ class ComputeSettings:
     attention: str  # sdpa | xformers
     cudagraphs: bool  # CUDA graph trees for the compiled no-grad chains (inductor on CUDA only)
     kernels: bool  # fused Triton kernels (CFG+DDIM step, cutouts) where they run
+    tf32: str = "conv"  # off | conv (cuDNN convolutions only: PyTorch's default, the reference's) | on
+    strict_compile: bool = False  # a compile fallback is an error (one line naming the call site), not a warning
+    compile_scope: str = "full"  # full: the whole UNet call one graph | regional: its repeated blocks, once each
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,15 +61,15 @@ class ComputeSettings:
 
 _VALUES = {
     "fast": dict(dtype="bf16", compile=True, compile_backend="inductor", batch_size=8, checkpoint="step",
-                 attention="sdpa", cudagraphs=True, kernels=True),
+                 attention="sdpa", cudagraphs=True, kernels=True, tf32="on", strict_compile=False, compile_scope="full"),
     "reference": dict(dtype="fp32", compile=False, compile_backend="inductor", batch_size=1, checkpoint="block",
-                      attention="sdpa", cudagraphs=False, kernels=False),
+                      attention="sdpa", cudagraphs=False, kernels=False, tf32="conv", strict_compile=False, compile_scope="full"),
     "eager": dict(dtype="fp32", compile=False, compile_backend="inductor", batch_size=4, checkpoint="step",
-                  attention="sdpa", cudagraphs=False, kernels=True),
+                  attention="sdpa", cudagraphs=False, kernels=True, tf32="conv", strict_compile=False, compile_scope="full"),
 }
 
 _ALLOWED = {"dtype": DTYPES, "checkpoint": CHECKPOINTS, "attention": ATTENTION_BACKENDS,
-            "compile_backend": COMPILE_BACKENDS}
+            "compile_backend": COMPILE_BACKENDS, "tf32": TF32_MODES, "compile_scope": COMPILE_SCOPES}
 
 
 def _device_type(device) -> str:
@@ -88,7 +103,7 @@ def resolve_compute(preset: str = "auto", device=None, **overrides) -> ComputeSe
     if isinstance(values["batch_size"], bool) or not isinstance(values["batch_size"], int) \
             or values["batch_size"] < 1:
         raise ValueError(f"batch_size={values['batch_size']!r} is not allowed (allowed: an integer ≥ 1)")
-    for key in ("compile", "cudagraphs", "kernels"):
+    for key in ("compile", "cudagraphs", "kernels", "strict_compile"):
         values[key] = bool(values[key])
     if values["attention"] == "xformers":
         problem = xformers_problem(device)
@@ -114,10 +129,29 @@ def apply_compute(cfg, settings: ComputeSettings):
 def describe(settings: ComputeSettings) -> str:
     """One line for logs and `digin doctor`."""
     s = settings
-    comp = f"compile {s.compile_backend}" if s.compile else "eager"
+    comp = f"compile {s.compile_backend}" + (" regional" if s.compile_scope == "regional" else "") if s.compile \
+        else "eager"
     graphs = ", CUDA graphs" if (s.compile and s.cudagraphs) else ""
-    return (f"preset {s.preset}: {s.dtype}, {comp}{graphs}, batch {s.batch_size}, checkpoint {s.checkpoint}, "
-            f"attention {s.attention}, kernels {'on' if s.kernels else 'off'}")
+    strict = " (strict)" if (s.compile and s.strict_compile) else ""
+    return (f"preset {s.preset}: {s.dtype}, {comp}{strict}{graphs}, batch {s.batch_size}, checkpoint {s.checkpoint}, "
+            f"attention {s.attention}, kernels {'on' if s.kernels else 'off'}, tf32 {s.tf32}")
+
+
+def apply_tf32(mode: str) -> dict:
+    """Set PyTorch's TF32 switches for `mode` (process-wide, like the kernel switch) → the flags now in force, for
+    rows and manifests. off: convolutions and matmuls in IEEE fp32; conv: TF32 cuDNN convolutions, fp32 matmuls
+    (PyTorch's defaults since 1.12, what the reference ran with); on: both TF32."""
+    if mode not in TF32_MODES:
+        raise ValueError(f"tf32={mode!r} is not allowed (allowed: one of {', '.join(TF32_MODES)})")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "on"
+    torch.backends.cudnn.allow_tf32 = mode in ("conv", "on")
+    return tf32_flags()
+
+
+def tf32_flags() -> dict:
+    """The TF32 switches in force (what a row or manifest records)."""
+    return {"matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32)}
 
 
 _XFORMERS_PROBLEM: dict = {}

@@ -1,11 +1,13 @@
 """The one step function and the DDIM sampling chain with classifier-free guidance — for generation,
 reconstruction, the initial (no-grad) pass, the DiG-IN forward pass and its per-step recompute, and inversion.
 
-A step is: (latent blending) → one UNet call on [x, x] with [∅, C] → CFG combine + DDIM update. The UNet call goes
-through the model's prepared runtime (compiled per call site, see engine/prepare.py) unless an attention controller
-acts at that step (capture / Prompt-to-Prompt injection: per-layer Python logic, run eagerly with the step index in
-`cross_attention_kwargs["digin_step"]`, so a recomputed step sees the same index). The CFG + DDIM update is the fused
-Triton op on CUDA (its eager reference elsewhere, and on CUDA with kernels off).
+A step is: (latent blending) → one UNet call on [x, x] with [∅, C] → CFG combine + DDIM update. Every UNet call
+goes through the model's prepared runtime (compiled per call site, see engine/prepare.py); an attention controller
+(capture / Prompt-to-Prompt injection) adds the step's factors and maps as tensor inputs and gets the captured maps
+back as outputs (engine/attention.py), so controlled steps run the compiled graph too, and a step recomputed in the
+adjoint sees the same injection. The CFG + DDIM update is the fused Triton op on CUDA (its eager reference
+elsewhere, and on CUDA with kernels off); its guidance scale is a cached device constant (no host→device copy per
+step).
 
 Conditioning may be shared over steps (B, L, D) or per step (B, T, L, D).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .attention import unet_forward
 from .schedule import DDIMSchedule, rescale_noise_cfg
 
 
@@ -39,19 +43,32 @@ def step_embedding(emb: torch.Tensor, i: int) -> torch.Tensor:
 
 def call_unet(sd, x_NCHW: torch.Tensor, t: torch.Tensor, emb_NLD: torch.Tensor, controller=None,
               step: int | None = None) -> torch.Tensor:
-    """One UNet call on N rows → prediction in the weight dtype (inputs cast to it)."""
+    """One UNet call on N rows → prediction in the weight dtype (inputs cast to it). Under an attention controller
+    the call carries the step's control tensors and returns the captured maps, which the controller keeps
+    (engine/attention.py): the same call site, and the same compiled graph, at every step."""
     dt = sd.dtype
     x, emb = x_NCHW.to(dt), emb_NLD.to(dt)
     runtime = getattr(sd, "runtime", None)
-    if controller is not None and controller.acts_at(step):
+    ctl = controller.control(sd, step, x, t, emb, dense=unet_compiles(sd)) if controller is not None else None
+    if ctl is None:
         if runtime is not None:
-            runtime.note_once("unet calls at steps where an attention controller captures or injects (Prompt-to-"
-                              "Prompt, cross-attention masks) run eagerly; the other steps run the compiled graph")
-        return sd.unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs={"digin_step": step},
-                       return_dict=False)[0]
+            return runtime.unet(x, t, emb)
+        return unet_forward(sd.unet, x, t, emb)
+    tensors, layout = ctl
     if runtime is not None:
-        return runtime.unet(x, t, emb)
-    return sd.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0]
+        out, captured = runtime.unet(x, t, emb, tensors, layout=layout)
+    else:
+        out, captured = unet_forward(sd.unet, x, t, emb, tensors, layout=layout)
+    controller.keep(step, captured)
+    return out
+
+
+def unet_compiles(sd) -> bool:
+    """Whether this model's UNet calls run a compiled graph (then attention control keeps one input structure over
+    the whole run; eager calls skip the steps where it does nothing)."""
+    unet = getattr(getattr(sd, "runtime", None), "unet", None)
+    cfg = getattr(unet, "cfg", None)
+    return bool(cfg is not None and cfg.enabled and not unet.fell_back)
 
 
 def decode_latents(sd, z_BCHW: torch.Tensor) -> torch.Tensor:
@@ -135,8 +152,10 @@ def denoise(sd, sched, z_T_BCHW, cond, uncond, guidance_scale, **kw):
 
 def step_vjp(sd, sched: DDIMSchedule, i: int, x_in: torch.Tensor, cond_BLD: torch.Tensor, uncond_BLD: torch.Tensor,
              guidance_scale: float, g_xprev: torch.Tensor | None, g_x0: torch.Tensor | None, *, wrt_cond: bool,
-             wrt_uncond: bool, controller=None, guidance_rescale: float = 0.0, blend: Blend | None = None):
-    """Recompute step i with grad and pull (g_xprev, g_x0) back → (g_x_in, g_cond | None, g_uncond | None).
+             wrt_uncond: bool, controller=None, guidance_rescale: float = 0.0, blend: Blend | None = None,
+             factors=()):
+    """Recompute step i with grad and pull (g_xprev, g_x0) back → (g_x_in, g_cond | None, g_uncond | None,
+    [g_factor (B, T)] for the learned schedule leaves `factors` (engine/learnable.py; only column i gets one)).
 
     The per-step adjoint of the DiG-IN chain: the forward pass runs without grad and keeps only each step's input
     latent; the backward walks the steps in reverse, one recompute + one VJP each (what per-step checkpointing
@@ -151,10 +170,10 @@ def step_vjp(sd, sched: DDIMSchedule, i: int, x_in: torch.Tensor, cond_BLD: torc
             if g is not None:
                 outs.append(o)
                 grads.append(g)
-        wrt = [x] + ([c] if wrt_cond else []) + ([u] if wrt_uncond else [])
+        wrt = [x] + ([c] if wrt_cond else []) + ([u] if wrt_uncond else []) + list(factors)
         got = list(torch.autograd.grad(outs, wrt, grads, allow_unused=True))
     got = [torch.zeros_like(v) if g is None else g for g, v in zip(got, wrt)]
     g_x = got.pop(0)
     g_c = got.pop(0) if wrt_cond else None
     g_u = got.pop(0) if wrt_uncond else None
-    return g_x, g_c, g_u
+    return g_x, g_c, g_u, got

@@ -1,6 +1,6 @@
-"""Pure-Python gallery check: every page reachable from index.html has only relative links to existing files,
-scripts and stylesheets that exist, images that decode, and a grid (`rows.js`) whose thumbnails and page links
-exist. Runs without a browser (the Chromium test checks rendering on top of this)."""
+"""Pure-Python gallery check: every page reachable from index.html has only relative links to existing files (and
+in-page links to anchors it has), scripts and stylesheets that exist, images that decode, and a grid (`rows.js`)
+whose thumbnails and page links exist. Runs without a browser (the Chromium test checks rendering on top of this)."""
 from __future__ import annotations
 
 import html
@@ -84,7 +84,12 @@ def check_gallery(root, decode: bool = True) -> tuple[list[str], int, int]:
             continue
         seen_pages.add(page)
         with open(page, encoding="utf-8") as f:
-            links, images, files = _refs(f.read())
+            text = f.read()
+        links, images, files = _refs(text)
+        for frag in {ref for ref in links if ref.startswith("#")}:  # in-page links: the anchor must exist
+            if f'id="{html.escape(frag[1:])}"' not in text:
+                problems.append(f"{resolve.rel(page)}: no anchor for {frag!r}")
+        links = [ref for ref in links if not ref.startswith("#")]
         for src in files:
             target, err = resolve(page, src)
             if err:

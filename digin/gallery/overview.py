@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 
-from digin.gallery.html import anchor, esc, group_title, page
+from digin.gallery.detail import pair_title
+from digin.gallery.html import esc, page
+from digin.gallery.labels import DIST_UNIT, PROB
+from digin.gallery.neurons import is_dead, neuron_status
 from digin.gallery.summary import DISTANCES, FLIPS, STATUSES, finite, mean
 from digin.gallery.svg import histogram_svg
 
@@ -94,13 +97,16 @@ def categories_html(s: dict) -> str:
             "</table>")
 
 
-def histograms_html(rows: list[dict], label: str, region: str) -> str:
-    plots = [histogram_svg([r["gain"] for r in rows], f"gain in {label} (ours − sd)"),
-             histogram_svg([r["after"] for r in rows], f"{label} of ours")]
+def histograms_html(rows: list[dict], label: str, region: str, kind: str = "target") -> str:
+    unit = "the layer's units" if kind == "activation" else PROB if kind == "target" else "difference of probabilities"
+    span = 1e-6 if kind == "activation" else 0.02
+    plots = [histogram_svg([r["gain"] for r in rows], f"gain in {label} (ours − sd)", unit, min_span=span),
+             histogram_svg([r["after"] for r in rows], f"{label} of ours", unit, min_span=span)]
     for name in DISTANCES:
         vals = [r[name] for r in rows if name in r]
         if vals:
-            plots.append(histogram_svg(vals, f"{DISTANCE_NAMES[name]} ours ↔ original{region}"))
+            plots.append(histogram_svg(vals, f"{DISTANCE_NAMES[name]} ours ↔ original{region}",
+                                       DIST_UNIT[name.split("_")[0]]))
     return f'<div class="hists">{"".join(plots)}</div>'
 
 
@@ -147,29 +153,23 @@ def _thumb(caption: str, img) -> list:
     return [caption, "../" + img.thumb, img.thumb_width, img.thumb_height]
 
 
-def result_entries(items: list, columns: list[str], page_of: dict) -> list[dict]:
-    """One grid row per result: its images (thumbnails), title, numbers."""
+def result_entries(items: list, columns: list[str], href_of) -> list[dict]:
+    """One grid row per result: its images (thumbnails), title, numbers; href_of(item) = its block's link."""
     out = []
     for it in items:
         m, r = it.metrics, it.row
-        if m.get("start_label") and m.get("target_label"):
-            title = f"{m['start_label']} → {m['target_label']}"
-        elif m.get("label"):
-            title = str(m["label"]) + (f" · image {m['i']}" if m.get("i") is not None else "")
-            if m.get("prompt_index") is not None:  # diff prompts=[...]: which start prompt
-                title += f" · from “{m.get('prompt', '')}”"
-        else:
-            title = group_title(it.group, m)
-        if m.get("neuron") is not None and m.get("start") is not None:
-            title += f" · neuron {m['neuron']}"
+        title = pair_title(m, it.key)
+        if m.get("prompt_index") is not None:  # diff prompts=[...]: which start prompt
+            title += f" · from “{m.get('prompt', '')}”"
         images = [_thumb(c, it.images[c]) for c in columns if c in it.images]
-        out.append(_entry(r, f"{page_of[it.group]}#{anchor(it.key)}", title, images,
+        out.append(_entry(r, href_of(it), title, images,
                           _score_lines(m, r) + [_eval_line(r), f"best iterate {r['best_iter']}"]))
     return out
 
 
-def neuron_entries(items: list, page_of: dict, info: dict) -> list[dict]:
-    """One grid row per neuron: top-activating dataset images, then the visualisations, with its words."""
+def neuron_entries(items: list, href_of, info: dict) -> list[dict]:
+    """One grid row per neuron: top-activating dataset images, then the visualisations, with its words; one
+    status tag and a success flag that agree (see neurons.neuron_status), dead units flagged."""
     by_neuron: dict[int, list] = {}
     for it in items:
         by_neuron.setdefault(int(it.metrics["neuron"]), []).append(it)
@@ -184,18 +184,20 @@ def neuron_entries(items: list, page_of: dict, info: dict) -> list[dict]:
                 images.append(_thumb(f"i{it.metrics.get('i', '?')} · {values or '—'}", it.images["ours"]))
         rows = [it.row for it in its]
         afters = [r["after"] for r in rows if r["after"] is not None]
-        bad = [r["status"] for r in rows if r["status"] != "ok"]
-        row = {"key": f"neuron {n}", "category": rows[0]["category"], "status": bad[0] if bad else "ok",
-               "success": any(r["success"] for r in rows), "gain": mean(r["gain"] for r in rows),
-               "after": max(afters) if afters else None, "before": mean(r["before"] for r in rows), "best_iter": None}
+        dead = is_dead(rows, nfo.get("top", []))
+        status, success, counts = neuron_status(rows, dead)
+        row = {"key": f"neuron {n}", "category": rows[0]["category"], "status": status, "success": success,
+               "gain": mean(r["gain"] for r in rows), "after": max(afters) if afters else None,
+               "before": mean(r["before"] for r in rows), "best_iter": None}
         words = ", ".join(f"{w} ({c})" for w, c in nfo.get("words", [])[:8])
         ranked = ", ".join(f"{w} {s:.3g}" for w, s in nfo.get("ranked", [])[:5])
         prompt_words = sorted({str(it.metrics.get("word")) for it in its if it.metrics.get("word")})
-        lines = [f"prompt word: {', '.join(prompt_words)}" if prompt_words else "",
+        lines = ["dead unit? activation 0 throughout" if dead else "", counts,
+                 f"prompt word: {', '.join(prompt_words)}" if prompt_words else "",
                  f"named: {words}" if words else "", f"word search: {ranked}" if ranked else "",
                  f"{len(its)} visualisations, mean gain in activation "
                  + ("—" if row["gain"] is None else f"{row['gain']:+.3g}")]
-        out.append(_entry(row, f"{page_of[its[0].group]}#{anchor(its[0].key)}",
+        out.append(_entry(row, href_of(its[0]).split("#")[0],
                           f"neuron {n}" + (f": {prompt_words[0]}" if prompt_words else ""), images, lines))
     return out
 
@@ -204,10 +206,10 @@ SORTS = [("g", "gain (ours − sd)"), ("a", "score of ours"), ("b", "score of sd
          ("c", "category"), ("k", "key")]
 
 
-def controls_html(entries: list[dict], statuses: list[str]) -> str:
+def controls_html(entries: list[dict], statuses: list[str], sorts=None) -> str:
     cats = sorted({e["c"] for e in entries})
     dists = [n for n in DISTANCES if any(n in e["d"] for e in entries)]
-    sorts = SORTS + [(f"d:{n}", f"{DISTANCE_NAMES[n]} to original") for n in dists]
+    sorts = (sorts or SORTS) + [(f"d:{n}", f"{DISTANCE_NAMES[n]} to original") for n in dists]
     opt = "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in sorts)
     cat_opt = "".join(f'<option value="{esc(c)}">{esc(c)}</option>' for c in cats)
     st_opt = "".join(f'<option value="{esc(s)}">{esc(s)}</option>' for s in statuses)
@@ -241,7 +243,7 @@ def task_page(task: str, summary: dict, rows: list[dict], entries: list[dict], n
     statuses = sorted({e["st"] for e in entries} | set(STATUSES))
     note_html = "".join(f"<p class='note'>{esc(n)}</p>" for n in notes)
     body = (f"<h2>Run summary</h2>{summary_html(summary)}{note_html}"
-            f"{histograms_html(rows, summary['score_label'], region)}"
+            f"{histograms_html(rows, summary['score_label'], region, summary['kind'])}"
             f"<details{' open' if len(summary['categories']) <= 20 else ''}><summary>per category "
             f"({len(summary['categories'])}; click a column to sort)</summary>"
             f"{categories_html(summary)}</details>"

@@ -25,6 +25,10 @@ class ResultRecord:
     loss_curve: list[float] | None = None
     aux_images: dict = field(default_factory=dict)  # masks, attention maps: shown below the main row
     source: str | None = None  # the result shard set folder it came from
+    thumbs: dict = field(default_factory=dict)  # name -> the thumbnail the stage wrote (`<name>_thumb` JPEG bytes)
+    # name -> an id of the image's bytes that never names other bytes ("<shard sha256>:<tar key>.<member>": a
+    # committed shard is immutable), so the gallery names its copy without hashing it; None: hash the bytes
+    origins: dict = field(default_factory=dict)
 
     def image_array(self, name: str) -> np.ndarray:
         return image_to_array(self.images.get(name, self.aux_images.get(name)))
@@ -85,10 +89,15 @@ class ShardFields:
     task: str = "task"  # key inside the metrics dict; falls back to the shard set's manifest name
 
 
+THUMB_SUFFIX = "_thumb"  # digin.gallery.thumbs.SUFFIX: `<image>_thumb` is the stage's thumbnail of `<image>`
+
+
 def record_from_sample(sample: dict, fields: ShardFields | None = None, task: str | None = None,
-                       source: str | None = None) -> ResultRecord:
-    """A decoded shard sample (digin.shards.reader) -> ResultRecord."""
+                       source: str | None = None, shard_id: str | None = None) -> ResultRecord:
+    """A decoded shard sample (digin.shards.reader) -> ResultRecord. shard_id: the sha256 of the committed shard it
+    was read from (names its images without hashing them)."""
     fields = fields or ShardFields()
+    names = {**{n: n for n in fields.images + fields.aux_images}, **sample.get("__member__", {})}
     metrics = dict(sample.get(fields.metrics) or {})
     curve = metrics.pop(fields.loss_curve, None)
     if curve is None and isinstance(metrics.get("loss"), list):  # the guidance tasks' per-iteration total
@@ -102,6 +111,10 @@ def record_from_sample(sample: dict, fields: ShardFields | None = None, task: st
         loss_curve=[float(v) for v in curve] if curve is not None else None,
         aux_images={n: sample[n] for n in fields.aux_images if n in sample},
         source=source,
+        thumbs={n: sample[n + THUMB_SUFFIX] for n in fields.images
+                if isinstance(sample.get(n + THUMB_SUFFIX), (bytes, bytearray)) and n in sample},
+        origins={n: f"{shard_id}:{sample.get('__tar_key__', sample['__key__'])}.{names[n]}"
+                 for n in fields.images + fields.aux_images if n in sample} if shard_id else {},
     )
 
 
@@ -116,10 +129,11 @@ def expand_targets(sample: dict) -> list[dict]:
     shared.pop("pairs", None)
     for t in info["targets"]:
         s = dict(shared)
-        s["__key__"] = f"{sample['__key__']}/t{t}"
-        for f in ("sd", "ours", "metrics", "latents"):
+        s["__key__"], s["__tar_key__"], s["__member__"] = f"{sample['__key__']}/t{t}", sample["__key__"], {}
+        for f in ("sd", "ours", "metrics", "latents", "sd_thumb", "ours_thumb"):
             if f"t{t}_{f}" in sample:
                 s[f] = sample[f"t{t}_{f}"]
+                s["__member__"][f] = f"t{t}_{f}"
         out.append(s)
     return out
 
@@ -149,9 +163,10 @@ def iter_records(shard_dir, fields: ShardFields | None = None, task: str | None 
     ss = shard_dir if isinstance(shard_dir, ShardSet) else ShardSet.load(shard_dir)
     task, source = task or task_of(ss), str(ss.dir)
     for index in ss.indices():
+        shard_id = ss.records[index].get("sha256")  # checked against the bytes by iter_shard
         for s in iter_shard(ss, index, decode=keep_encoded):
             if "__reject__" not in s:
-                yield from (record_from_sample(x, fields, task, source) for x in expand_targets(s))
+                yield from (record_from_sample(x, fields, task, source, shard_id) for x in expand_targets(s))
 
 
 def records_from_shards(shard_dir, fields: ShardFields | None = None, task: str | None = None):

@@ -1,10 +1,13 @@
 """Content-addressed image copies and thumbnails for a gallery folder.
 
-`img/<hash>.<png|jpg>` holds each distinct image once (the original of an image is shared by all its UVCE targets),
-copied byte for byte when it is PNG or JPEG; `thumb/<hash>.jpg` is a small copy, made once: a rebuild over the
-same results finds it and decodes nothing. Every image is checked before it is written (decoded for its
-thumbnail, else its PNG checksums verified); images no larger than the thumbnail box serve as their own
-thumbnail.
+`img/<id>.<png|jpg>` holds each image once, copied byte for byte when it is PNG or JPEG; `thumb/<id>.jpg` is its
+thumbnail. The id is a hash of where the bytes come from when the record says so (a committed shard's sha256, the
+sample key and the member: immutable, so nothing has to be hashed) and of the bytes otherwise. The original of an
+image, written again with each of its UVCE targets, is stored once: equal bytes in the same slot (member name) as the
+image before are recognised by comparison. A thumbnail the stage wrote (`<name>_thumb`) is used as it is when it
+has the size the gallery wants (else it is scaled, or the full image decoded); a rebuild over the same results
+finds every file and decodes nothing. Every image is checked before it is written (its PNG checksums verified, or
+decoded for its thumbnail); images no larger than the thumbnail box serve as their own thumbnail.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digin.gallery.records import image_to_png
+from digin.gallery.thumbs import thumb_box
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
@@ -37,12 +41,7 @@ def write_once(path: Path, data: bytes):
     os.replace(tmp, path)
 
 
-def thumb_size(width: int, height: int, box: int) -> tuple[int, int]:
-    """Size of the thumbnail of a width×height image inside a box×box square (aspect kept, never upscaled)."""
-    if max(width, height) <= box:
-        return width, height
-    scale = box / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+thumb_size = thumb_box  # the name the gallery used before thumbnails moved to thumbs.py
 
 
 class ImageStore:
@@ -55,33 +54,44 @@ class ImageStore:
         (self.root / "thumb").mkdir(parents=True, exist_ok=True)
         self._known: dict[str, StoredImage] = {}
         self._recent: OrderedDict[int, tuple] = OrderedDict()
-        self.decoded = 0  # thumbnails this build made (each a full decode)
+        self._slots: dict[str, tuple] = {}  # slot -> (bytes, StoredImage) of the last image put there
+        self.decoded = 0  # full images this build decoded for a thumbnail
+        self.given = 0  # thumbnails taken from the results (as they are, or scaled)
 
     def has_thumb(self, s: StoredImage) -> bool:
         return (s.thumb_width, s.thumb_height) == thumb_size(s.width, s.height, self.thumb_px)
 
-    def put(self, value, name: str = "image", thumb: bool = True) -> StoredImage:
+    def put(self, value, name: str = "image", thumb: bool = True, origin: str | None = None,
+            small: bytes | None = None, slot: str | None = None) -> StoredImage:
         """Store an image (PNG/JPEG bytes, other encoded bytes, a path or a uint8 array) and, with `thumb`, its
-        thumbnail (images only shown in full, such as masks, need none). `name` only labels errors."""
+        thumbnail (images only shown in full, such as masks, need none). `name` only labels errors; `origin` names
+        the bytes (see the module doc); `small`: the thumbnail the stage wrote; `slot`: equal bytes put in the same
+        slot one after the other are stored once (an image's original, repeated by each of its targets)."""
         hit = self._recent.get(id(value))
         if hit is not None and hit[0] is value and (not thumb or self.has_thumb(hit[1])):
             return hit[1]
         data = value if isinstance(value, (bytes, bytearray)) else image_to_png(value)
         data = bytes(data)
+        last = self._slots.get(slot) if slot else None
+        if last is not None and last[0] == data and (not thumb or self.has_thumb(last[1])):
+            return last[1]
         if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
-            data = image_to_png(data)  # webp/bmp/...: one PNG copy, so every page shows the same formats
+            data, origin = image_to_png(data), None  # webp/bmp/...: one PNG copy, so every page shows the same formats
         ext = "png" if data.startswith(PNG_MAGIC) else "jpg"
-        digest = hashlib.blake2b(data, digest_size=10).hexdigest()
+        digest = hashlib.blake2b(origin.encode() if origin else data, digest_size=10,
+                                 person=b"origin" if origin else b"").hexdigest()
         stored = self._known.get(digest)
         if stored is None or (thumb and not self.has_thumb(stored)):
             src, tsrc = f"img/{digest}.{ext}", f"thumb/{digest}.jpg"
             stored = self._reuse(src, tsrc, thumb) if (self.root / src).exists() else None
             if stored is None:
-                stored = self._make(data, name, src, tsrc, thumb)
+                stored = self._make(data, name, src, tsrc, thumb, small, checked=origin is not None)
             self._known[digest] = stored
         self._recent[id(value)] = (value, stored)  # holding `value` keeps its id from being reused
         if len(self._recent) > self.RECENT:
             self._recent.popitem(last=False)
+        if slot:
+            self._slots[slot] = (data, stored)
         return stored
 
     def _reuse(self, src: str, tsrc: str, thumb: bool) -> StoredImage | None:
@@ -97,9 +107,35 @@ class ImageStore:
             return None  # the thumbnail is still to be made
         return StoredImage(src, w, h, src, w, h)
 
-    def _make(self, data: bytes, name: str, src: str, tsrc: str, thumb: bool) -> StoredImage:
-        """Check the image (a thumbnail decodes it fully; otherwise the PNG chunk checksums are verified), then
-        write it and its thumbnail."""
+    def _given_thumb(self, small: bytes | None, box: tuple[int, int], checked: bool = False) -> bytes | None:
+        """The stage's thumbnail as the gallery wants it: as it is when it has the box's size, scaled down when it
+        is larger; None when there is none, it is smaller (decode the full image) or it does not decode (checked
+        only from its header when it comes from a committed shard)."""
+        from PIL import Image
+
+        if not small or not bytes(small[:3]) == JPEG_MAGIC:
+            return None
+        try:
+            with Image.open(io.BytesIO(small)) as im:
+                if im.size == box:
+                    if not checked:
+                        im.load()  # a broken thumbnail is made again from the full image
+                    return bytes(small)
+                if im.width < box[0] or im.height < box[1]:
+                    return None
+                im.draft("RGB", box)
+                out = im.convert("L" if im.mode in ("L", "1") else "RGB").resize(box, Image.BICUBIC)
+        except Exception:  # any decoder failure: fall back to the full image
+            return None
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=self.quality)
+        return buf.getvalue()
+
+    def _make(self, data: bytes, name: str, src: str, tsrc: str, thumb: bool, small: bytes | None = None,
+              checked: bool = False) -> StoredImage:
+        """Check the image (its header; its PNG chunk checksums unless `checked`: bytes of a committed shard, whose
+        sha256 the reader verified; a full decode when its thumbnail has to be made), then write it and its
+        thumbnail."""
         from PIL import Image
 
         buf = None
@@ -107,15 +143,21 @@ class ImageStore:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 tw, th = thumb_size(w, h, self.thumb_px)
-                if thumb and (tw, th) != (w, h):
+                given = self._given_thumb(small, (tw, th), checked) if thumb and (tw, th) != (w, h) else None
+                if given is not None:
+                    if not checked:
+                        im.verify()
+                    buf = io.BytesIO(given)
+                    self.given += 1
+                elif thumb and (tw, th) != (w, h):
                     im.draft("RGB", (tw, th))  # JPEG: decode at a reduced scale
                     im.thumbnail((self.thumb_px, self.thumb_px))
-                    small = im.convert("L" if im.mode in ("L", "1") else "RGB")
+                    made = im.convert("L" if im.mode in ("L", "1") else "RGB")
                     buf = io.BytesIO()
-                    small.save(buf, format="JPEG", quality=self.quality)
-                    tw, th = small.size
+                    made.save(buf, format="JPEG", quality=self.quality)
+                    tw, th = made.size
                     self.decoded += 1
-                else:
+                elif not checked:
                     im.verify()
         except Exception as e:  # any decoder failure: the image is broken
             raise ValueError(f"image {name!r} does not decode ({type(e).__name__}: {e})") from None

@@ -1,9 +1,13 @@
 """Synthetic UVCE result shards, laid out as `digin uvce` writes them, for the gallery's tests and benchmark.
 
-Per image: `orig`, `recon`, `mask`, `attention`, `pairs.json` and per target t `t<t>_sd`, `t<t>_ours`,
-`t<t>_metrics.json` (numbers drawn from a seeded generator, with some non-finite and no-improvement results),
-`t<t>_latents`. Images are a few base pictures made distinct per member by a PNG text chunk: every member has
-its own bytes (so nothing is deduplicated) and decodes like the base picture, without encoding thousands of PNGs.
+layout="pair" (what the stage writes now): one sample per (image, target), key `<image key>/t<t>`, members `orig`,
+`recon`, `mask`, `attention` (the same bytes for every target of an image), `sd`, `ours`, `metrics.json`,
+`latents` and the thumbnails `orig_thumb`, `recon_thumb`, `sd_thumb`, `ours_thumb` (thumbs=False: none, as in sets
+written before thumbnails). layout="image" (older sets): one sample per image with `orig`, `recon`, `mask`,
+`attention`, `pairs.json` and per target t `t<t>_sd`, `t<t>_ours`, `t<t>_metrics.json`, `t<t>_latents`.
+Numbers are drawn from a seeded generator, with some non-finite and no-improvement results. Images are a few base
+pictures made distinct per member by a PNG text chunk (thumbnails by a JPEG comment): every member has its own bytes
+(so nothing is deduplicated by accident) and decodes like the base picture, without encoding thousands of PNGs.
 """
 from __future__ import annotations
 
@@ -21,6 +25,12 @@ def stamp_png(data: bytes, text: str) -> bytes:
     chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
     end_of_ihdr = 8 + 4 + 4 + 13 + 4
     return data[:end_of_ihdr] + chunk + data[end_of_ihdr:]
+
+
+def stamp_jpeg(data: bytes, text: str) -> bytes:
+    """The JPEG with a comment segment after its start marker: other bytes, the same pixels."""
+    body = text.encode("latin-1")
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + data[2:]
 
 
 def base_pngs(n: int, size: int, seed: int, grey: bool = False) -> list[bytes]:
@@ -63,13 +73,23 @@ def _every(j: int, n: int) -> bool:
     return bool(n) and j % n == n - 1
 
 
+def _thumbs(pngs: list[bytes]) -> list[bytes]:
+    from digin.gallery.records import image_to_array
+    from digin.gallery.thumbs import thumbnail_jpeg
+
+    return [thumbnail_jpeg(image_to_array(p)) for p in pngs]
+
+
 def write_uvce_results(folder, n_images: int, targets_per_image: int = 2, classes=None, size: int = 64,
                        per_shard: int = 64, seed: int = 0, steps: int = 5, dataset: str = "synthetic",
                        nonfinite_every: int = 0, no_improvement_every: int = 0, rejects_per_shard=(),
-                       latent_bytes: int = 4 * 8 * 8 * 4) -> Path:
+                       latent_bytes: int = 4 * 8 * 8 * 4, layout: str = "image", thumbs: bool = True) -> Path:
     """A committed UVCE result shard set of n_images × targets_per_image results. Result j (in key order) is
     non-finite when j % nonfinite_every == nonfinite_every - 1 (0: never), likewise no-improvement.
-    rejects_per_shard: reasons recorded as rejects in every shard's commit record (`skip:<why>` = skipped)."""
+    rejects_per_shard: reasons recorded as rejects in every shard's commit record (`skip:<why>` = skipped).
+    per_shard counts images (layout="pair": the shard holds their pairs)."""
+    if layout not in ("image", "pair"):
+        raise ValueError(f"layout must be image or pair, got {layout!r}")
     from digin.shards.manifest import FORMAT, MANIFEST, write_json
     from digin.shards.writer import ShardWriter
 
@@ -81,6 +101,7 @@ def write_uvce_results(folder, n_images: int, targets_per_image: int = 2, classe
     rng = np.random.default_rng(seed)
     pictures, masks = base_pngs(16, size, seed), base_pngs(4, size, seed + 1, grey=True)
     attention = base_pngs(2, size, seed + 2, grey=True)
+    small = _thumbs(pictures) if layout == "pair" and thumbs else None
     from safetensors.numpy import save
 
     latents = ("safetensors", save({"z_T": np.zeros(max(latent_bytes // 4, 1), np.float32)}))
@@ -94,22 +115,34 @@ def write_uvce_results(folder, n_images: int, targets_per_image: int = 2, classe
             start = index % len(classes)
             targets = [(start + 1 + k) % len(classes) for k in range(targets_per_image)]
 
-            def png(pool, name):
-                return ("png", stamp_png(pool[int(rng.integers(len(pool)))], f"{key}/{name}"))
+            def png(pool, name, with_thumb=False, tag=""):
+                k, stamp = int(rng.integers(len(pool))), f"{key}/{tag}{name}"
+                out = {name: ("png", stamp_png(pool[k], stamp))}
+                if with_thumb and small is not None:
+                    out[name + "_thumb"] = ("jpg", stamp_jpeg(small[k], stamp))
+                return out
 
-            fields = {"orig": png(pictures, "orig"), "recon": png(pictures, "recon"), "mask": png(masks, "mask"),
-                      "attention": png(attention, "attention"),
-                      "pairs": {"targets": targets, "start": start, "start_label": classes[start],
-                                "prompt": f"a photo of a {classes[start]}"}}
+            shared = {**png(pictures, "orig", True), **png(pictures, "recon", True), **png(masks, "mask"),
+                      **png(attention, "attention")}
+            if layout == "image":
+                fields = {**shared, "pairs": {"targets": targets, "start": start, "start_label": classes[start],
+                                              "prompt": f"a photo of a {classes[start]}"}}
             for t in targets:
                 kind = ("nonfinite" if _every(j, nonfinite_every) else
                         "no_improvement" if _every(j, no_improvement_every) else "ok")
-                fields[f"t{t}_sd"] = png(pictures, f"t{t}_sd")
-                fields[f"t{t}_ours"] = png(pictures, f"t{t}_ours")
-                fields[f"t{t}_metrics"] = uvce_metrics(rng, start, t, classes, steps, kind)
-                fields[f"t{t}_latents"] = latents  # read (not decoded) by the gallery, like real latents
+                m = uvce_metrics(rng, start, t, classes, steps, kind)
+                if layout == "pair":
+                    w.add(f"{key}/t{t}", {**shared, **png(pictures, "sd", True, f"t{t}_"),
+                                          **png(pictures, "ours", True, f"t{t}_"),
+                                          "metrics": m, "latents": latents})
+                else:
+                    fields[f"t{t}_sd"] = png(pictures, f"t{t}_sd")[f"t{t}_sd"]
+                    fields[f"t{t}_ours"] = png(pictures, f"t{t}_ours")[f"t{t}_ours"]
+                    fields[f"t{t}_metrics"] = m
+                    fields[f"t{t}_latents"] = latents  # read (not decoded) by the gallery, like real latents
                 j += 1
-            w.add(key, fields)
+            if layout == "image":
+                w.add(key, fields)
         w.commit(rejects=[{"key": f"{dataset}/val/r{shard}_{k}", "reason": r, "pos": k}
                           for k, r in enumerate(rejects_per_shard)])
     return folder

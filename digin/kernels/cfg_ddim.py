@@ -8,7 +8,8 @@
 Eager it is ~10 elementwise kernels forward and as many backward on the latent; fused it is one each
 way. It saves launches and memory passes, not FLOPs. Coefficients (g, ᾱ_t, ᾱ_prev) are floats, 0-dim
 tensors or per-sample (B,) tensors; pass ᾱ as tensors under torch.compile so one graph serves every
-timestep. Gradients flow to eps_u, eps_c and x_t (not to the coefficients).
+timestep; a Python float (the guidance scale) becomes a cached device constant, never a per-step host→device copy.
+Gradients flow to eps_u, eps_c and x_t (not to the coefficients).
 """
 from __future__ import annotations
 
@@ -20,9 +21,27 @@ from .switch import kernel_enabled, triton_runs_on
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
+_CONSTANTS: dict = {}
+
+
+def device_constant(value: float, device) -> Tensor:
+    """A 0-dim fp32 tensor holding `value` on `device`, made once (torch.full: a fill kernel, no host→device copy)
+    and reused: a Python coefficient such as the guidance scale costs no blocking copy per step."""
+    key = (float(value), str(device))
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 4096:  # distinct values are few (guidance scales); bound it anyway
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = torch.full((), float(value), dtype=torch.float32, device=device)
+    return t
+
+
 def _per_sample(c, B: int, like: Tensor) -> Tensor:
-    """float / 0-dim / (B,) coefficient → (B, 1, 1, 1) fp32 on like's device."""
-    c = torch.as_tensor(c, dtype=torch.float32, device=like.device)
+    """float / 0-dim / (B,) coefficient → (B, 1, 1, 1) fp32 on like's device (Python numbers: a cached constant)."""
+    if isinstance(c, Tensor):
+        c = c.to(device=like.device, dtype=torch.float32)
+    else:
+        c = device_constant(c, like.device)
     return c.reshape(-1).expand(B).reshape(B, *([1] * (like.dim() - 1)))
 
 

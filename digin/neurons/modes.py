@@ -81,7 +81,8 @@ def run_activations(cfg) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     chash = _hash({"stage": "neurons_activations", "images": ss.meta.get("config_hash") or str(ss.dir),
-                   "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "layer", "k", "center_crop"))})
+                   "world": world, **_plain(cfg, ("classifier", "classifier_checkpoint", "random_weights", "layer", "k",
+                                                    "center_crop"))})
     path = out / RANK_FILE.format(rank=rank)
     if path.exists() and not cfg.force:
         from digin.neurons.activations import load_topk
@@ -198,8 +199,8 @@ def run_name(cfg) -> int:
 
 def _search_config(cfg) -> dict:
     return _plain(cfg, ("model_path", "dtype", "resolution", "num_ddim_steps", "seed", "classifier",
-                        "classifier_checkpoint", "layer", "prompt_template", "min_word_count", "max_words",
-                        "images_per_word", "search_guidance_scale"))
+                        "classifier_checkpoint", "random_weights", "layer", "prompt_template", "min_word_count",
+                        "max_words", "images_per_word", "search_guidance_scale"))
 
 
 def _search_state(cfg):
@@ -280,7 +281,7 @@ def visualise_spec(cfg, ranked: dict):
         "model_path", "model_config", "resolution", "guidance_scale", "guidance_rescale", "solver", "num_ddim_steps",
         "optim_params", "augmentation_num_cutouts", "augmentation_noise_sd", "augmentation_noise_schedule", "seed",
         "classifier", "classifier_checkpoint", "classifier_label_order", "layer", "loss", "loss_weight",
-        "target_class", *COMPUTE_FIELDS))}
+        "target_class", "random_weights", *COMPUTE_FIELDS))}
     return StageSpec("neurons", listed_plan("neurons", cfg, items, {"neurons": len(ranked), "items": len(items)}),
                      stage, required=("item",))
 
@@ -338,7 +339,8 @@ def counterfactual_spec(cfg):
         "model_path", "model_config", "resolution", "center_crop", "guidance_scale", "guidance_rescale", "solver",
         "num_ddim_steps", "optim_params", "augmentation_num_cutouts", "augmentation_noise_sd",
         "augmentation_noise_schedule", "seed", "classifier", "classifier_checkpoint", "classifier_label_order",
-        "layer", "loss", "loss_weight", *COMPUTE_FIELDS, "regularizers", "regularizers_ws", "num_images_per_pair",
+        "layer", "loss", "loss_weight", "random_weights", *COMPUTE_FIELDS, "regularizers", "regularizers_ws",
+        "num_images_per_pair",
         "foreground_words", "segmentation", "p2p", "mask_blend"))}
     if uses_clip_regularizer(cfg):  # the CLIP tower changes the outputs
         stage.update(_plain(cfg, ("clip_regularizer_model", "clip_regularizer_weights")))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from digin.shards.decode import IMAGE_POLICY
 from digin.shards.manifest import (FORMAT, MANIFEST, ConfigMismatch, ShardSet, config_differences, config_hash,
-                                   write_json)
+                                   read_manifest, write_json)
 from digin.shards.progress import Progress
 from digin.shards.sources import SOURCES
 from digin.shards.writer import PARTIAL, write_shard
@@ -60,7 +60,7 @@ def start_dataset(out: Path, meta: dict, force: bool):
     out.mkdir(parents=True, exist_ok=True)
     mpath = out / MANIFEST
     if mpath.exists():
-        old = json.loads(mpath.read_text())
+        old = read_manifest(mpath)  # a damaged one: one line naming it (digin.shards.manifest)
         if old.get("config_hash") != meta["config_hash"] and not force:
             changed = "; ".join(config_differences(old.get("config"), meta["config"]))
             raise ConfigMismatch(f"{out} holds a different conversion ({old.get('config_hash')} != "
@@ -109,7 +109,7 @@ def convert(source: str, root, split: str, out, name: str | None = None, samples
             "classes": classes, "config": config, "config_hash": chash, "num_shards": len(chunks),
             "num_samples": len(keyed), "image_policy": IMAGE_POLICY, "key_format": f"{name}/{split}/<index>"}
     start_dataset(out, meta, force)
-    done = ShardSet.load(out)
+    done = ShardSet.load(out, damaged="skip")  # a damaged record's shard is redone (a conversion is deterministic)
     jobs = []
     for i, entries in enumerate(chunks):
         if is_done(out, done.records.get(i), chash):

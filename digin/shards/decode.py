@@ -3,6 +3,11 @@
 Image policy (recorded in manifests as `IMAGE_POLICY`): EXIF orientation applied; first frame of animations;
 16-bit greyscale scaled to 8 bits (not clamped: Pillow's convert("RGB") turns a 16-bit ramp white); alpha composited
 over white; CMYK/L/P/... converted to RGB. Output: uint8 HWC numpy array, RGB.
+
+Memory: one decode holds the decoded image and at most one converted copy at a time (wide conversions and the output
+array are made strip by strip, each decoded copy is dropped as soon as the next exists), so its peak is at most
+PEAK_BYTES_PER_PIXEL bytes per pixel (Pillow keeps RGB as 4 bytes) plus the member's encoded bytes: at most about
+1.1 GB for the largest accepted image (MAX_IMAGE_PIXELS), per decode worker.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ FORBIDDEN_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "bin", 
 # ~134 Mpx: above this an image is a reject (`too_large`), never an OOM. The one limit: the reader and
 # `digin verify deep=true` both apply it through _pixel_limit().
 MAX_IMAGE_PIXELS = 16384 * 16384 // 2
+PEAK_BYTES_PER_PIXEL = 8  # decoded (≤ 4 B/px) + one converted copy (≤ 4 B/px); see the module docstring
+STRIP_BYTES = 16 << 20  # row strips of this size for the wide temporaries
 IMAGE_POLICY = {"exif": "transpose", "alpha": "composite_white", "i16": "scale_to_8bit", "frames": "first"}
 
 
@@ -72,26 +79,72 @@ def decode_safetensors(data: bytes):
         raise DecodeError("bad_safetensors", str(e)[:200]) from None
 
 
-def _to_rgb(im):
-    """Any Pillow mode -> RGB PIL image, following IMAGE_POLICY."""
+def _rows(im, bytes_per_pixel: int):
+    """(top, bottom) row strips of about STRIP_BYTES each."""
+    w, h = im.size
+    step = max(1, STRIP_BYTES // max(1, w * bytes_per_pixel))
+    return [(y, min(h, y + step)) for y in range(0, h, step)]
+
+
+def _eight_bit(im):
+    """A 16/32-bit integer or float greyscale image -> L, by IMAGE_POLICY, strip by strip (the float64 copy of a
+    whole 134 MP image alone would be a gigabyte). Same values as scaling the whole array at once: every step is
+    elementwise; the integer peak (65535, or 255 for a 32-bit image whose values fit 8 bits) and the float scale
+    (255 when every value is ≤ 1) are decided over the whole image first."""
     from PIL import Image
 
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.int64 if mode == "I" else np.uint16).astype(np.float64)
-        peak = 65535.0 if mode != "I" or a.max(initial=0) > 255 else 255.0
-        a8 = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(a8, "L").convert("RGB")
+    mode, (w, h) = im.mode, im.size
+    strips = _rows(im, 8)
+    dtype = np.float64 if mode == "F" else np.int64 if mode == "I" else np.uint16
+    top = max((np.asarray(im.crop((0, y0, w, y1)), dtype=dtype).max(initial=0) for y0, y1 in strips), default=0)
     if mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        a8 = np.clip(np.round(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(a8, "L").convert("RGB")
+        scale = 255.0 if top <= 1.0 else 1.0  # (a NaN anywhere makes top NaN: scale 1, as before)
+    else:
+        scale = 255.0 / (65535.0 if mode != "I" or top > 255 else 255.0)
+    a8 = np.empty((h, w), dtype=np.uint8)
+    for y0, y1 in strips:
+        a = np.asarray(im.crop((0, y0, w, y1)), dtype=dtype).astype(np.float64)
+        a8[y0:y1] = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(a8, "L")
+
+
+def _over_white(im):
+    """Alpha composited over white -> RGB, strip by strip (no whole-image RGBA copy or white canvas)."""
+    from PIL import Image
+
+    w, _ = im.size
+    out = Image.new("RGB", im.size)
+    for y0, y1 in _rows(im, 16):
+        rgba = im.crop((0, y0, w, y1)).convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(white, rgba).convert("RGB"), (0, y0))
+    return out
+
+
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_rgb(im):
+    """Any Pillow mode -> RGB PIL image, following IMAGE_POLICY."""
+    mode = im.mode
+    if mode in WIDE_MODES:
+        return _eight_bit(im).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
     if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return _over_white(im)
     return im if mode == "RGB" else im.convert("RGB")
+
+
+def _as_array(rgb) -> np.ndarray:
+    """uint8 (H, W, 3) copy of an RGB image, strip by strip (np.asarray of a whole image goes through one big
+    bytes object, a second full copy)."""
+    w, h = rgb.size
+    if w * h * 4 <= STRIP_BYTES:
+        return np.asarray(rgb, dtype=np.uint8)
+    arr = np.empty((h, w, 3), dtype=np.uint8)
+    for y0, y1 in _rows(rgb, 4):
+        arr[y0:y1] = np.asarray(rgb.crop((0, y0, w, y1)), dtype=np.uint8)
+    return arr
 
 
 def center_crop_resize(im, resolution: int):
@@ -164,11 +217,14 @@ def decode_image(data: bytes, resolution: int | None = None, center_crop: bool =
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()  # decoding happens here: truncation errors must surface inside this try
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
+            ImageOps.exif_transpose(im, in_place=True)  # (a copy only when it has to turn the image)
+            if im.mode in WIDE_MODES:  # each step rebinds `im`: the previous copy is freed once the next exists
+                im = _eight_bit(im)
+            im = _to_rgb(im)
             if resolution:
-                rgb = (center_crop_resize if center_crop else squash_resize)(rgb, resolution)
-            arr = np.asarray(rgb, dtype=np.uint8)
+                im = (center_crop_resize if center_crop else squash_resize)(im, resolution)
+            arr = _as_array(im)
+            del im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError("too_large", str(e)[:200]) from None
     except Image.UnidentifiedImageError as e:

@@ -183,9 +183,11 @@ def read_groups(ss: ShardSet, index: int, positions, check_hash: bool = True) ->
 
 
 def read_keys(ss: ShardSet, wanted: list[tuple[int, int]], resolution=None, required=(), check_hash: bool = True,
-              center_crop: bool = True, decode=decode_member) -> dict[tuple[int, int], dict]:
+              center_crop: bool = True, decode=decode_member, keep=None) -> dict[tuple[int, int], dict]:
     """{(shard, position): sample} for the given committed samples, each read by its span (one seek; see
-    digin.shards.keyed), decoded like iter_shard's. ShardError when a shard or sample differs from its record."""
+    digin.shards.keyed), decoded like iter_shard's. `keep`: the only fields decoded (a digin set's other members,
+    e.g. the image when a stage needs its label only, are not decoded at all). ShardError when a shard or sample
+    differs from its record."""
     by_shard: dict[int, list[int]] = {}
     for i, pos in wanted:
         by_shard.setdefault(i, []).append(pos)
@@ -197,5 +199,7 @@ def read_keys(ss: ShardSet, wanted: list[tuple[int, int]], resolution=None, requ
         for pos, (key, fields) in groups.items():
             if keys is not None and key != keys[pos]:
                 raise ShardError(f"shard {ss.where(i)}: sample {pos} is {key!r}, the record says {keys[pos]!r}")
+            if keep is not None and not foreign and isinstance(fields, dict):
+                fields = {f: v for f, v in fields.items() if f in keep}
             out[(i, pos)] = sample_from_group(ss, i, pos, key, fields, resolution, required, center_crop, decode)
     return out

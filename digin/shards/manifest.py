@@ -6,6 +6,9 @@ Layout of a shard set folder:
                            config_hash. Written last (temp -> fsync -> rename -> fsync dir): the commit point.
   <name>-NNNNNN.tar        the shard itself
 A converted dataset also lists its records under manifest["shards"]. A shard without a record does not exist.
+A record that does not parse or lacks its fields (a disk error, a non-atomic copy) is damaged: `ShardSet.load`
+refuses the set in one line naming the file and the fix (DamagedRecord), or with `damaged="skip"` leaves that shard
+out and lists it in `ShardSet.damaged`; `digin verify` reports the same records as bad_record.
 An indexed webdataset set (`digin shard source=webdataset`, manifest["webdataset"]) has no tars of its own: each
 record's `url` names a foreign tar, `source_keys` the tar's own sample keys, `keys` digin's.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +35,78 @@ class ShardError(UserError, RuntimeError):
     """A shard that does not match its manifest (truncated, altered, wrong count/keys, unreadable)."""
 
 
+class DamagedRecord(ShardError):
+    """A manifest or commit record that does not parse or lacks its fields: one line naming the file and the fix."""
+
+
 class ConfigMismatch(UserError, RuntimeError):
     """Resuming a stage with a different resolved config (pass force=True to override)."""
+
+
+COMMIT_NAME_RE = re.compile(r"^(\d{6,})\.json$")  # commit_path(): f"{index:06d}.json"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Field -> type every commit record has (ShardWriter.commit always writes them): readers and `digin verify` agree
+# that a record without them commits nothing.
+RECORD_FIELDS = {"index": int, "file": str, "count": int, "bytes": int, "sha256": str, "keys": list}
+
+
+def record_problem(rec) -> str | None:
+    """Why a commit record cannot be trusted, or None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [f for f in RECORD_FIELDS if f not in rec]
+    if missing:
+        return f"lacks field(s) {', '.join(missing)}"
+    wrong = [f for f, t in RECORD_FIELDS.items() if not isinstance(rec[f], t) or isinstance(rec[f], bool)]
+    if wrong:
+        return f"field(s) of the wrong type: {', '.join(wrong)}"
+    if min(rec["index"], rec["count"], rec["bytes"]) < 0:
+        return "negative index, count or bytes"
+    if not SHA256_RE.match(rec["sha256"]):
+        return f"sha256 {rec['sha256'][:80]!r} is not 64 lowercase hex digits"
+    name = rec["file"]
+    if name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name or name.startswith("."):
+        return f"file {name[:80]!r} is not a plain file name inside the folder"
+    if not all(isinstance(k, str) for k in rec["keys"]):
+        return "keys must be strings"
+    if len(rec["keys"]) != rec["count"]:
+        return f"count {rec['count']} but {len(rec['keys'])} keys"
+    return None
+
+
+def read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None), or (None, why it is damaged) for one commit record file."""
+    try:
+        raw = path.read_bytes()
+        count_read("manifest", len(raw))
+        rec = json.loads(raw)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # (an I/O error on one record: that record only)
+        return None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    m = COMMIT_NAME_RE.match(path.name)
+    problem = record_problem(rec)
+    if not problem and m and rec["index"] != int(m.group(1)):
+        problem = f"index {rec['index']} but the file name says {int(m.group(1))}"
+    return (None, problem) if problem else (rec, None)
+
+
+def damaged_message(path: Path, index: int, why: str) -> str:
+    """The one line a damaged commit record gets everywhere: the file, what is wrong, what to do."""
+    folder = path.parent.parent
+    return (f"{path}: damaged commit record ({why}), so shard {index} of {folder} counts as not committed; delete this "
+            f"file and run the command that writes {folder} again to redo it (digin verify path={folder} lists "
+            "every damaged record)")
+
+
+def damaged_records(folder) -> dict[int, str]:
+    """index -> damaged_message for every commit record of `folder` that does not parse or lacks its fields."""
+    out = {}
+    cdir = Path(folder) / COMMITS
+    for p in sorted(cdir.glob("*.json")) if cdir.is_dir() else ():
+        m = COMMIT_NAME_RE.match(p.name)
+        _, why = read_record(p)
+        if why and m:
+            out[int(m.group(1))] = damaged_message(p, int(m.group(1)), why)
+    return out
 
 
 def canonical_json(obj) -> bytes:
@@ -186,35 +260,69 @@ def write_commit_once(folder, record: dict) -> None:
                            "by another attempt")
 
 
+def read_manifest(mpath: Path) -> dict:
+    """A shard set's manifest.json; DamagedRecord (one line, the fix) when it does not parse or is not one."""
+    try:
+        raw = mpath.read_bytes()
+        count_read("manifest", len(raw))
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedRecord(f"{mpath}: damaged manifest ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            "a stage output: run the same command again (it rewrites the manifest once its commit "
+                            "records prove the same config and plan); a dataset: run its `digin shard` command "
+                            "again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ShardError(f"{mpath}: unknown format {fmt!r} (want {FORMAT!r})")
+    return meta
+
+
 @dataclass
 class ShardSet:
-    """A committed shard set on disk: global metadata + per-shard records keyed by shard index."""
+    """A committed shard set on disk: global metadata + per-shard records keyed by shard index. `damaged`: shard
+    index -> one-line message for each damaged commit record (ShardSet.load(..., damaged="skip") only)."""
 
     dir: Path
     meta: dict
     records: dict[int, dict] = field(default_factory=dict)
+    damaged: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path) -> "ShardSet":
+    def load(cls, path, damaged: str = "raise") -> "ShardSet":
+        """The set in `path` (a folder or its manifest.json). A damaged commit record (it does not parse or lacks
+        its fields) raises DamagedRecord naming it and the fix (damaged="raise"), or is left out and listed in
+        `damaged` ("skip"). A converted dataset also lists its records in the manifest: those stand in for a
+        damaged copy under commits/."""
         path = Path(path)
         folder = path.parent if path.name == MANIFEST or path.is_file() else path
         mpath = folder / MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"no {MANIFEST} in {folder}: not a shard set")
-        raw = mpath.read_bytes()
-        count_read("manifest", len(raw))
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT:
-            raise ShardError(f"{mpath}: unknown format {meta.get('format')!r}")
-        records = {int(r["index"]): r for r in meta.get("shards", [])}
+        meta = read_manifest(mpath)
+        records, bad = {}, {}
+        for n, r in enumerate(meta.get("shards") or []):
+            problem = record_problem(r)
+            if problem:
+                bad[r["index"] if isinstance(r, dict) and isinstance(r.get("index"), int) else -1 - n] = (
+                    f"{mpath}: shards[{n}] is a damaged record ({problem}); convert the set again")
+            else:
+                records[r["index"]] = r
         cdir = folder / COMMITS
-        if cdir.is_dir():
-            for p in sorted(cdir.glob("*.json")):
-                raw = p.read_bytes()
-                count_read("manifest", len(raw))
-                r = json.loads(raw)
-                records[int(r["index"])] = r
-        return cls(folder, meta, dict(sorted(records.items())))
+        for p in sorted(cdir.glob("*.json")) if cdir.is_dir() else ():
+            m = COMMIT_NAME_RE.match(p.name)
+            if not m:
+                continue  # not a commit record name (digin verify reports it as a stray file)
+            index = int(m.group(1))
+            rec, why = read_record(p)
+            if rec is not None:
+                records[index] = rec
+                bad.pop(index, None)
+            elif index not in records:  # (a manifest copy of the record stands in for it)
+                bad[index] = damaged_message(p, index, why)
+        if bad and damaged == "raise":
+            first = bad[min(bad)]
+            raise DamagedRecord(first + (f" ({len(bad) - 1} more damaged record(s))" if len(bad) > 1 else ""))
+        return cls(folder, meta, dict(sorted(records.items())), dict(sorted(bad.items())))
 
     @property
     def name(self) -> str:
@@ -237,8 +345,9 @@ class ShardSet:
         """The shard's location for messages: its path, or the URL of an indexed foreign webdataset tar."""
         return self.records[index].get("url") or str(self.path(index))
 
-    def read_verified(self, index: int, check_hash: bool = True) -> bytes:
-        """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard).
+    def read_verified(self, index: int, check_hash: bool = True, check_tar: bool = True) -> bytes:
+        """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard) and that
+        they are a complete tar (check_tar=False: the caller groups the members, which checks it too).
         A record with a `url` (digin shard source=webdataset) is read from there through webdataset's gopen."""
         from digin.shards.tario import read_url
 
@@ -252,6 +361,8 @@ class ShardSet:
             raise ShardError(f"shard {p}: {len(data)} bytes, manifest says {rec['bytes']} (truncated or altered)")
         if check_hash and sha256_bytes(data) != rec["sha256"]:
             raise ShardError(f"shard {p}: sha256 differs from the manifest (altered after commit)")
+        if check_tar:
+            _require_complete_tar(data, p)
         return data
 
     def verify(self, check_hash: bool = True) -> list[str]:
@@ -268,3 +379,14 @@ class ShardSet:
             if missing:
                 problems.append(f"{self.dir}: {len(missing)} shard(s) not committed: {missing[:10]}")
         return problems
+
+
+def _require_complete_tar(data: bytes, where: str) -> None:
+    """A whole shard read must be a complete tar (end-of-archive marker, every member header readable): a record of
+    a cut tar (made before indexing refused them) is refused here too."""
+    from digin.shards.tario import TarFormatError, tar_extent
+
+    try:
+        tar_extent(data)
+    except TarFormatError as e:
+        raise ShardError(f"shard {where}: {e}") from None

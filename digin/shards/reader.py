@@ -43,15 +43,17 @@ def group_shard_members(data: bytes, where: str, naming: str = "digin"):
 
 def iter_shard(ss: ShardSet, index: int, resolution: int | None = None, required=(), check_hash: bool = True,
                center_crop: bool = True, decode=decode_member):
-    """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, count
-    and keys against the shard's record before yielding anything. A shard of an indexed webdataset set (a
-    foreign tar) is checked against its record's `source_keys` and its samples mapped to digin's fields.
+    """All samples of one shard, in order, rejects included (with `__reject__`). Verifies bytes, sha256, a complete
+    tar (end-of-archive marker, every member header read), count and keys against the shard's record before yielding
+    anything. A shard of an indexed webdataset set (a foreign tar) is checked against its record's `source_keys`
+    and its samples mapped to digin's fields.
     `decode` (same signature as decode_member) lets a reader keep some members encoded (the gallery copies PNG
     bytes as they are)."""
     rec = ss.records[index]
     where = ss.where(index)
     foreign = "webdataset" in ss.meta
-    groups = group_shard_members(ss.read_verified(index, check_hash), where, "webdataset" if foreign else "digin")
+    data = ss.read_verified(index, check_hash, check_tar=False)  # (grouping checks the tar is complete)
+    groups = group_shard_members(data, where, "webdataset" if foreign else "digin")
     if len(groups) != rec["count"]:
         raise ShardError(f"shard {where}: {len(groups)} samples, manifest says {rec['count']}")
     keys = rec.get("source_keys" if foreign else "keys")

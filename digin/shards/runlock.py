@@ -3,7 +3,9 @@
 `output/locks/rank-NNNNNN.lock` is created with O_EXCL and records its holder (host, pid, rank, world size, Slurm
 job and restart count, torchelastic run and restart count). A lock is taken over only when its holder is provably
 gone: its pid is not running on this host, or it belongs to an earlier run of this same Slurm job (or torchelastic
-run) that was requeued or restarted, which ends every task of the earlier run; or the file is corrupt.
+run) that was requeued or restarted, which ends every task of the earlier run; or the file is corrupt. A holder whose
+pid is alive on this host is never taken over, whatever its restart count says (a requeued run can start on the
+node where the old one is still ending; taking its lock would delete its open partial files under it).
 DIGIN_BREAK_LOCK=1 forces a take-over. Shard i belongs to rank i % world, so a run with another world size would
 write shards that a live run also owns: it is refused while any rank lock with another world size is live.
 """
@@ -16,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from digin.errors import UserError
-from digin.shards.liveness import gone_on_this_host, this_host
+from digin.shards.liveness import gone_on_this_host, pid_alive, this_host
 from digin.shards.manifest import fsync_dir
 
 LOCKS = "locks"
@@ -59,12 +61,19 @@ def _earlier_run(holder: dict, me: dict, job: str, count: str) -> bool:
             and theirs < mine)
 
 
+def alive_on_this_host(holder: dict) -> bool:
+    """The holder's pid runs on this host: it may be writing right now."""
+    return holder.get("host") == this_host() and pid_alive(holder["pid"])
+
+
 def stale_reason(holder: dict | None, me: dict) -> str | None:
     """Why the holder provably cannot be running any more, or None when it may still be."""
     if holder is None:
         return "the lock file is unreadable or corrupt"
     if gone_on_this_host(holder.get("host"), holder["pid"]):
         return f"its pid {holder['pid']} on this host is gone"
+    if alive_on_this_host(holder):
+        return None  # alive here: no restart count proves it gone
     if _earlier_run(holder, me, "slurm_job_id", "slurm_restart_count"):
         return (f"it belongs to run {holder['slurm_restart_count']} of this same Slurm job {me['slurm_job_id']}, "
                 f"which was requeued (this is run {me['slurm_restart_count']}): Slurm ended the earlier run's tasks")

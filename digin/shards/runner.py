@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -38,13 +39,14 @@ from digin.errors import ConfigError, UserError
 from digin.quiet import attach_log, detach_log
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.environment import run_environment
+from digin.shards.interrupt import Interrupted, urgent
 from digin.shards.iocount import io_counters
-from digin.shards.keyed import KeyIndex
+from digin.shards.keyed import KeyIndex, read_keys
+from digin.shards.lineage import join_lineage
 from digin.shards.manifest import (FORMAT, MANIFEST, CommitExists, ConfigMismatch, ShardError, ShardSet,
                                    config_differences, config_hash, remove_stale_tmp, write_json)
 from digin.shards.plan import Plan
-from digin.shards.progress import Progress
-from digin.shards.keyed import read_keys
+from digin.shards.progress import StageProgress
 from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
 from digin.shards.runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: part of this module's API)
 from digin.shards.writer import ShardWriter, remove_orphan_partial
@@ -71,6 +73,8 @@ class StageSpec:
     required: tuple = ()
     classes: list | None = None
     incomplete: dict = field(default_factory=dict)  # allow_incomplete: input folder → uncommitted shard indices
+    fields: tuple | None = None  # the input fields process needs (None: all); the others are not decoded
+    allow_foreign_join: bool = False  # join inputs derived from different image sets on purpose (digin.shards.lineage)
 
     def input_sets(self) -> list[ShardSet]:
         return [ss for _, ss in self.inputs]
@@ -108,6 +112,7 @@ class RunOptions:
     workers: int = 0  # threads reading and decoding the next units while the current batch runs
     force: bool = False
     progress: bool = True
+    progress_s: float = 30.0  # a progress line (and a `progress` log event) this often; heartbeats at twice that
     schedule: str = "static"  # static: unit j → rank j % world | dynamic: ranks claim units (leases)
     lease_s: float = 300.0  # dynamic: a claim whose heartbeat stopped this long is taken over
     heartbeat_s: float = 30.0
@@ -233,7 +238,7 @@ class UnitLoader:
     def _fetch(self, n: int, role: str, ss: ShardSet, ki: KeyIndex, items) -> dict:
         want = {k: ki.where[k] for it in items for r, k in it.joins if r == role and k in ki}
         got = read_keys(ss, sorted(set(want.values())), self.spec.resolution if n == 0 else None, (),
-                        self.check_hash, self.spec.center_crop)
+                        self.check_hash, self.spec.center_crop, keep=self.spec.fields)
         return {k: got[loc] for k, loc in want.items()}
 
     def _join(self, it, j: int, pos: int, fetched: list[dict]) -> dict:
@@ -332,34 +337,50 @@ class _RunLog:
         self.path = folder / f"rank{rank:04d}-{stamp}-{os.getpid()}.jsonl"
         self._f = open(self.path, "a")
         self.rank = rank
+        self._lock = threading.Lock()  # the progress heartbeat and the claims' heartbeat write events too
         attach_log(self.event)  # third-party warnings of this process (digin.quiet) land here, once each
 
     def event(self, kind: str, **fields):
-        self._f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **fields}, default=str) + "\n")
-        self._f.flush()
+        line = json.dumps({"t": round(time.time(), 3), "event": kind, **fields}, default=str) + "\n"
+        with self._lock:
+            if not self._f.closed:
+                self._f.write(line)
+                self._f.flush()
 
     def close(self):
         detach_log(self.event)
-        self._f.close()
+        with self._lock:
+            self._f.close()
 
 
 def _prepare_output(output: Path, spec: StageSpec, force: bool, world: int) -> dict:
+    """Write (or check) the output's manifest: config and plan hashes, the inputs it derives from and their common
+    image set (digin.shards.lineage: inputs of different image sets are refused before anything is written), and
+    what a damaged manifest or commit record needs (digin.shards.damage)."""
+    from digin.shards.damage import settle_output
+    from digin.shards.lineage import image_set_of, join_lineage
+
     ins = spec.input_sets()
     plan = spec.plan
+    image_set, foreign = join_lineage(spec.inputs, getattr(spec, "allow_foreign_join", False))
     chash = config_hash({"config": spec.record, "inputs": [ss.meta.get("config_hash") for ss in ins]})
     classes = spec.classes if spec.classes is not None else (ins[0].classes if ins else [])
     meta = {"format": FORMAT, "kind": "stage", "name": spec.name, "config": spec.record, "config_hash": chash,
             "num_shards": plan.num_units, "classes": classes, "plan": plan.record(),
-            "inputs": [{"dir": str(ss.dir), "name": ss.name, "role": role, "config_hash": ss.meta.get("config_hash")}
+            "inputs": [{"dir": str(ss.dir), "name": ss.name, "role": role, "config_hash": ss.meta.get("config_hash"),
+                        "plan_hash": (ss.meta.get("plan") or {}).get("hash"), "image_set": image_set_of(ss.meta)}
                        for role, ss in spec.inputs],
+            "image_set": image_set,  # the root image set every input derives from (null: none, or unknown)
             "world_size": world}  # of the latest run; static runs with another world size wait for it (runlock.py)
+    if foreign:  # DIGIN_ALLOW_FOREIGN_JOIN=1: a deliberate join of inputs from different image sets
+        meta["foreign_join"] = foreign
     if spec.incomplete:  # allow_incomplete: what the inputs lacked when this run started
         meta["incomplete_inputs"] = spec.incomplete
     output.mkdir(parents=True, exist_ok=True)
     mpath = output / MANIFEST
     remove_stale_tmp(mpath)  # a copy a killed run left between writing and renaming it
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
+    old = settle_output(output, spec.name, chash, plan.hash(), force)
+    if old is not None:
         old_plan = (old.get("plan") or {}).get("hash")
         if old_plan is None and any((output / "commits").glob("*.json")):
             raise ConfigMismatch(
@@ -549,6 +570,7 @@ def run_stage(spec: StageSpec, how: RunOptions) -> StageSummary:
     budget = _ErrorBudget(how.max_consecutive_rejects, how.max_reject_share, how.reject_share_min_samples)
     # Refusals first: nothing is written (not even the lock) when one applies.
     refuse_output_in_inputs(output, spec.input_sets())
+    join_lineage(spec.inputs, spec.allow_foreign_join)  # inputs of different image sets: ForeignJoin
     device = how.device if how.device is not None else device_for_local_rank(local_rank)
     if how.tracking and how.tracking.get("project"):
         require_wandb()
@@ -681,8 +703,9 @@ class _StageRun:
         import torch
 
         try:
-            outs = self.process(make_batch(samples, self.bs, self.spec.resolution, self.device))
-        except Exception as e:
+            with urgent(f"a batch of unit {samples[0]['__shard__']}"):  # a stop signal ends even a long batch
+                outs = self.process(make_batch(samples, self.bs, self.spec.resolution, self.device))
+        except Exception as e:  # (Interrupted is no Exception: it leaves through _run_locked)
             if not is_oom(e) or self.bs == 1:
                 raise
             old = self.bs
@@ -703,25 +726,27 @@ class _StageRun:
             raise ValueError(f"process returned {len(outs)} outputs for {len(samples)} real samples")
         return outs[:len(samples)]
 
-    def batch(self, queue: deque, bar) -> None:
+    def batch(self, queue: deque, bar: StageProgress) -> None:
         """The next batch of queued items (across unit boundaries) through process; commits the units it completes."""
         take = [queue.popleft() for _ in range(min(self.bs, len(queue)))]
+        bar.batch_started()
         outs = self.run_batch([s for _, s in take])
+        ok = 0
         for (u, smp), o in zip(take, outs):
             self.finish_ready()  # earlier units' trailing rejects count before this item
             self.budget.reject_until(u.pending, u.j, smp["__pos__"])
-            self.record(u, smp, o)
+            ok += self.record(u, smp, o)
             u.remaining -= 1
         self.finish_ready()
-        bar.update(len(take))
+        bar.items(len(take), ok=ok, rejected=len(take) - ok)
 
-    def record(self, u: _Unit, smp: dict, o) -> None:
-        """One item's output: written to its unit, or recorded as not selected / rejected."""
+    def record(self, u: _Unit, smp: dict, o) -> bool:
+        """One item's output: written to its unit (True), or recorded as not selected / rejected (False)."""
         summary = self.summary
         if o is not None and o.get("__skip__"):
             u.rejects.append({"key": smp["__key__"], "reason": f"skip:{o['__skip__']}", "pos": smp["__pos__"]})
             summary.not_selected += 1
-            return
+            return False
         reason = ("process_returned_none" if o is None else o.get("__reject__"))
         if not reason and not o:
             raise ValueError(f"process returned an empty output for {smp['__key__']}")
@@ -736,7 +761,7 @@ class _StageRun:
             self.log.event("reject", shard=u.j, **r)
             summary.rejected += 1
             self.budget.reject(u.j, r)
-            return
+            return False
         for status in result_statuses(o):
             if status in ("nonfinite", "no_improvement"):
                 setattr(summary, status, getattr(summary, status) + 1)
@@ -745,8 +770,9 @@ class _StageRun:
             u.rows += scalar_rows(o)
         summary.processed += 1
         self.budget.ok()
+        return True
 
-    def loop(self, feed, stopper, bar) -> None:
+    def loop(self, feed, stopper, bar: StageProgress) -> None:
         queue: deque = deque()
         for loaded in feed:
             if stopper.stop:
@@ -754,7 +780,7 @@ class _StageRun:
             u = self.open_unit(loaded)
             if u is None:
                 continue
-            bar.update(len(loaded["rejects"]))
+            bar.items(len(loaded["rejects"]), rejected=len(loaded["rejects"]))
             queue.extend((u, s) for s in loaded["samples"])
             self.finish_ready()  # a unit with nothing to process (every item rejected) commits in its turn
             while len(queue) >= self.bs and not stopper.stop:
@@ -790,6 +816,8 @@ def _static_todo(spec: StageSpec, output: Path, out_ss: ShardSet, rank: int, wor
     of an earlier attempt at a unit to do are removed (the lock makes sure we own it)."""
     todo = []
     for j in range(rank, spec.plan.num_units, world):
+        if j in out_ss.damaged:
+            continue  # its damaged record may have committed its tar: reported (below), redone once removed
         if _is_committed(out_ss, j):
             summary.skipped_shards += 1
             summary.skipped_samples += out_ss.records[j]["count"] + len(out_ss.records[j].get("rejects", []))
@@ -812,7 +840,7 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
     meta = _prepare_output(output, spec, how.force, world)
     _write_plan_listing(output, plan)
     summary = StageSummary(final_batch_size=how.batch_size)
-    out_ss = ShardSet.load(output)
+    out_ss = ShardSet.load(output, damaged="skip")  # damaged records: digin.shards.damage
     board = None
     if how.schedule == "static":
         todo = _static_todo(spec, output, out_ss, rank, world, summary)
@@ -826,6 +854,8 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
             _clean_unit_strays(output, spec.name, j, out_ss.records[j]["file"])
         todo = None
         total = sum(len(plan.unit_items(j)) for j in range(plan.num_units) if j not in set(done))
+    summary.failed_shards += [{"shard": j, "error": why} for j, why in out_ss.damaged.items()
+                              if j % world == rank or (how.schedule == "dynamic" and rank == 0)]
     tracker = None  # made before the log file is opened: a failing wandb.init leaves nothing open
     if how.tracking and how.tracking.get("project"):
         tracker = WandbTracker(how.tracking["project"], spec.name, output, rank, world, meta["config"],
@@ -834,7 +864,9 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
     if how.schedule == "dynamic":
         board = ClaimBoard(output, plan.hash(), plan.num_units, lock.record, how.lease_s, how.heartbeat_s,
                            event=log.event)
-    bar = Progress(total, f"{spec.name} r{rank}", enabled=how.progress and rank == 0)
+    bar = StageProgress(spec.name, rank, output, len(plan.items), plan.num_units,
+                        total if how.schedule == "static" else None, log.event, enabled=how.progress,
+                        every_s=how.progress_s, heartbeat_s=2 * how.progress_s)
     run = _StageRun(spec, how, output, rank, device, meta["config_hash"], budget, log, tracker, summary, board)
     try:
         with _Stopper() as stopper, (board if board is not None else nullcontext()):
@@ -849,6 +881,9 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
             if stopper.stop:
                 summary.interrupted = True
                 log.event("interrupted", signal=stopper.signum, discarded=sorted(run.open_units))
+    except Interrupted as e:  # a signal during a long call (a compile, a batch): the same stop, sooner
+        summary.interrupted = True
+        log.event("interrupted", signal=e.signum, during=e.what, discarded=sorted(run.open_units))
     except _BudgetExceeded as e:  # like a graceful stop: open units are discarded below, committed ones stay
         summary.error_budget_exceeded = str(e)
         log.event("error_budget_exceeded", **e.numbers, discarded=sorted(run.open_units))

@@ -5,6 +5,11 @@ What digin adds on top: fixed member metadata (reruns are byte-identical), membe
 interpreted (traversal, odd characters, over-long names become rejects, never paths), a per-member size cap,
 duplicate fields and keys as rejects, and no compressed tars (a few bytes of gzip can inflate to gigabytes in memory).
 Members are read from bytes already in memory; nothing is ever extracted to disk.
+
+A tar is complete or refused: Python's tar reader takes a short or unreadable header block (a cut at a 512-byte
+boundary, inside a member header, or a corrupt header) for the end of the archive, so every whole-tar read first
+walks the member headers itself (`tar_extent`) and requires the end-of-archive marker (at least one zero block, as
+GNU tar accepts, and nothing but zeros after it), and the members read must be the member headers counted.
 """
 from __future__ import annotations
 
@@ -22,10 +27,56 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
 FOREIGN_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 FOREIGN_SUFFIX_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 BAD_PREFIX = "!bad:"  # group key of a refused member: "!bad:<repr of its name>"
+TAR_BLOCK = 512
 
 
 class TarFormatError(ValueError):
-    """Bytes that are not a readable, uncompressed tar archive."""
+    """Bytes that are not a readable, uncompressed, complete tar archive."""
+
+
+def tar_extent(data: bytes) -> tuple[int, int]:
+    """(regular members, byte where the end-of-archive marker starts) of a complete tar; TarFormatError naming the
+    byte where a cut or corrupt tar stops being readable. Headers are parsed by Python's tarfile (pax and GNU
+    extensions, base-256 sizes), nothing is extracted."""
+    if not data:
+        raise TarFormatError("empty file (0 bytes): not a tar")
+    tf = None
+    regular, err = 0, None
+    try:
+        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        for m in tf:
+            regular += m.isreg()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        err = e
+    end = tf.offset if tf is not None else 0
+    if err is not None:
+        if end > len(data):
+            raise TarFormatError(f"cut short: its last member needs bytes up to {end}, the file ends at byte "
+                                 f"{len(data)}") from None
+        raise TarFormatError(f"cut short or corrupt: the member header at byte {end} is unreadable ({err}); the file "
+                             f"ends at byte {len(data)}") from None
+    return regular, _check_end(data, end)
+
+
+def _check_end(data: bytes, end: int) -> int:
+    """`end` (where the member headers stop) must start the end-of-archive marker: a whole zero block, then only
+    zeros (record padding) to the end of the file."""
+    tail = memoryview(data)[end:]
+    if not len(tail):
+        raise TarFormatError(f"cut short: the file ends at byte {end}, right after a member, without the "
+                             "end-of-archive marker (a killed writer or an interrupted copy)")
+    block = bytes(tail[:TAR_BLOCK])
+    if len(block) < TAR_BLOCK:
+        what = "inside the end-of-archive marker" if not block.strip(b"\0") else "inside a member header"
+        raise TarFormatError(f"cut short {what} at byte {end}; the file ends at byte {len(data)}")
+    if block.strip(b"\0"):
+        raise TarFormatError(f"unreadable member header at byte {end} (bad checksum or a cut and spliced file): "
+                             "corrupt")
+    rest = bytes(tail[TAR_BLOCK:]).lstrip(b"\0")
+    if rest:
+        raise TarFormatError(f"{len(rest)} bytes of data after the end-of-archive marker at byte {end} (from byte "
+                             f"{len(data) - len(rest)}): concatenated tars or a corrupt file; rewrite it as one tar")
+    return end
 
 
 def open_tar_writer(fileobj):
@@ -77,12 +128,16 @@ def _members(data: bytes):
     such as links and devices are skipped by it, never extracted)."""
     from webdataset.tariterators import tar_file_iterator
 
+    _refuse_compressed(data)
+    for m in tar_file_iterator(io.BytesIO(data), skip_meta=None):
+        yield m["fname"], m["data"]
+
+
+def _refuse_compressed(data: bytes):
     kind = next((k for magic, k in COMPRESSED_MAGIC.items() if data.startswith(magic)), None)
     if kind:
         raise TarFormatError(f"{kind}-compressed tar; only plain tars are read (decompress it first, e.g. "
                              f"'pipe:{'gzip -dc' if kind == 'gzip' else kind + ' -dc'} <file>')")
-    for m in tar_file_iterator(io.BytesIO(data), skip_meta=None):
-        yield m["fname"], m["data"]
 
 
 def split_digin_name(name: str):
@@ -103,14 +158,15 @@ def split_foreign_name(name: str):
     return key, suffix
 
 
-def _named(data: bytes, split):
+def _named(data: bytes, split, counted: list):
     """webdataset file samples with digin's refusals folded in. `fname` is the already split (key, suffix) pair
     (group_by_keys takes the splitting function from us): a refused name becomes its own group `!bad:<name>`; a
     duplicate or over-large member keeps its key under a marker suffix `!<reason>#<n>` (unique, so the grouping
-    never raises), which makes the whole sample a reject."""
+    never raises), which makes the whole sample a reject. `counted[0]` is the number of members read."""
     current, seen, n = None, set(), 0
     for name, payload in _members(data):
         n += 1
+        counted[0] = n
         try:
             key, suffix = split(name)
         except BadName:
@@ -136,13 +192,15 @@ def group_members(data: bytes, naming: str = "digin") -> list[list]:
     `group_by_keys`. naming="digin": members must be `<encoded key>.<field>.<ext>` and keys are decoded
     (`imagenet~val~00042` -> `imagenet/val/00042`); naming="webdataset": any safe `<key>.<suffix>`.
     Reject reasons: bad_member_name, duplicate_field, member_too_large, duplicate_key.
-    Raises TarFormatError for bytes that are not a readable plain tar."""
+    Raises TarFormatError for bytes that are not a readable, complete plain tar (tar_extent)."""
     from webdataset.tariterators import group_by_keys
 
     split = split_digin_name if naming == "digin" else split_foreign_name
-    groups, seen = [], set()
+    groups, seen, counted = [], set(), [0]
+    _refuse_compressed(data)
+    headers, _ = tar_extent(data)
     try:
-        for s in group_by_keys(_named(data, split), keys=_presplit, lcase=False):
+        for s in group_by_keys(_named(data, split, counted), keys=_presplit, lcase=False):
             key = s["__key__"]
             members = {k: v for k, v in s.items() if not k.startswith("__")}
             markers = [k[1:].split("#")[0] for k in members if k.startswith("!")]
@@ -155,4 +213,7 @@ def group_members(data: bytes, naming: str = "digin") -> list[list]:
                 groups.append([key, markers[0] if markers else members])
     except (tarfile.TarError, EOFError, OSError) as e:  # webdataset re-raises the tarfile error
         raise TarFormatError(f"unreadable tar ({str(e).split(' @ ')[0]})") from None
+    if counted[0] != headers:  # webdataset skips `__name__` members; nothing may be passed over unseen
+        raise TarFormatError(f"{headers} regular member headers but {counted[0]} members read (a member the tar "
+                             "iteration skips, such as a `__name__` file)")
     return groups

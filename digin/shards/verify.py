@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from digin.shards.manifest import COMMITS, FORMAT, MANIFEST, ShardError, ShardSet, sha256_bytes, sha256_file
+from digin.shards.manifest import (COMMIT_NAME_RE, COMMITS, FORMAT, MANIFEST, ShardError, ShardSet, read_record,
+                                   record_problem, sha256_bytes, sha256_file)
 from digin.shards.members import member_problem
 from digin.shards.progress import Progress
 from digin.shards.writer import PARTIAL
@@ -54,12 +54,7 @@ ALLOWED_DIRS = frozenset({
     "locks",  # run lock files (R9): not data, contents not checked
     "claims",  # schedule=dynamic claim records: not data, contents not checked
 })
-COMMIT_NAME_RE = re.compile(r"^(\d{6,})\.json$")  # commit_path(): f"{index:06d}.json"
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# Field -> type every commit record has (ShardWriter.commit always writes them).
-RECORD_FIELDS = {"index": int, "file": str, "count": int, "bytes": int, "sha256": str, "keys": list}
 MANY_SHARDS = 20  # show progress from this many shards on
-# safetensors dtype -> bytes per element (the dtypes safetensors.torch writes).
 
 
 @dataclass
@@ -99,30 +94,6 @@ class VerifyReport:
 def _is_leftover(name: str) -> bool:
     # ShardWriter streams to `<file>.partial`; atomic_write_bytes writes `<name>.tmp.<pid>` before renaming.
     return name.endswith(PARTIAL) or ".tmp" in name
-
-
-def record_problem(rec) -> str | None:
-    """Why a commit record cannot be trusted, or None."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    missing = [f for f in RECORD_FIELDS if f not in rec]
-    if missing:
-        return f"lacks field(s) {', '.join(missing)}"
-    wrong = [f for f, t in RECORD_FIELDS.items() if not isinstance(rec[f], t) or isinstance(rec[f], bool)]
-    if wrong:
-        return f"field(s) of the wrong type: {', '.join(wrong)}"
-    if min(rec["index"], rec["count"], rec["bytes"]) < 0:
-        return "negative index, count or bytes"
-    if not SHA256_RE.match(rec["sha256"]):
-        return f"sha256 {rec['sha256'][:80]!r} is not 64 lowercase hex digits"
-    name = rec["file"]
-    if name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name or name.startswith("."):
-        return f"file {name[:80]!r} is not a plain file name inside the folder"
-    if not all(isinstance(k, str) for k in rec["keys"]):
-        return "keys must be strings"
-    if len(rec["keys"]) != rec["count"]:
-        return f"count {rec['count']} but {len(rec['keys'])} keys"
-    return None
 
 
 @dataclass
@@ -176,14 +147,15 @@ def _load_set(folder: Path, report: VerifyReport) -> _Loaded | None:
         if not m or not p.is_file():
             report.add("stray", p, "not a commit record (commits/ holds only NNNNNN.json)")
             continue
-        rec, err = _read_json(p)
-        problem = err or record_problem(rec)
-        if not problem and rec["index"] != int(m.group(1)):
-            problem = f"index {rec['index']} but the file name says {int(m.group(1))}"
-        if not problem and rec["index"] in records and records[rec["index"]] != rec:
-            problem = "differs from the manifest's own record of this shard"
+        rec, problem = read_record(p)  # what the readers see: a damaged record commits nothing
         if problem:
-            report.add("bad_record", p, problem)
+            kept = int(m.group(1)) in records
+            fallback = "the manifest's copy of it is used" if kept else "it counts as not committed"
+            report.add("bad_record", p, f"{problem}; {fallback}: delete this record and run the command that writes "
+                                        "the set again to redo that shard")
+            continue
+        if rec["index"] in records and records[rec["index"]] != rec:
+            report.add("bad_record", p, "differs from the manifest's own record of this shard")
             continue
         records[rec["index"]], source[rec["index"]] = rec, p
     return _Loaded(ShardSet(folder, meta, dict(sorted(records.items()))), source)

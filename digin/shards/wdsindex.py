@@ -12,7 +12,8 @@ count first, then each sample is mapped to digin's fields (the same mapping copy
 Key schemes: index (`<name>/<split>/<position>`, positions over the tars in URL order), source (`<name>/<split>/`
 + the tar's own key) and imagenet_val (the reference's class·50 + k from the original file name, so the UVCE
 image list and pair tables apply to ImageNet-1k val).
-A problem with the set (a pattern matching nothing, a tar that cannot be read, a sample without the image member,
+A problem with the set (a pattern matching nothing, a tar that cannot be read or is cut short — no end-of-archive
+marker, a short or unreadable member header: tario.tar_extent names the byte —, a sample without the image member,
 a label outside the class names, a missing json field) stops indexing with one line naming the tar and sample,
 before anything is written. Samples with refused members (pickle-like extensions, unsafe names, duplicates) are
 indexed as rejects, as digin's reader treats them.
@@ -463,7 +464,8 @@ def _copy(out, name, split, records, fm, classes, chash, workers, progress):
     from digin.shards.progress import Progress
     from digin.shards.writer import PARTIAL
 
-    done = ShardSet.load(out)
+    # a shard with a damaged record is copied again: a copy of a tar pinned by its sha256 is byte-identical
+    done = ShardSet.load(out, damaged="skip")
     jobs = []
     for rec in records:
         if is_done(out, done.records.get(rec["index"]), chash):

@@ -22,6 +22,9 @@ class ComputeArgs:
     attention: Optional[str] = None  # sdpa | xformers
     cudagraphs: Optional[bool] = None  # CUDA graph trees for the compiled no-grad calls (inductor on CUDA)
     kernels: Optional[bool] = None  # fused Triton kernels (CFG+DDIM step, cutouts) on CUDA
+    tf32: Optional[str] = None  # off | conv (TF32 convolutions: PyTorch's default, the reference's) | on (fast)
+    strict_compile: Optional[bool] = None  # a call site falling back to eager stops the run (one line) instead
+    compile_scope: Optional[str] = None  # full (the whole UNet call) | regional (its transformer blocks, once each)
 
 
 @dataclass
@@ -67,6 +70,9 @@ class CommonArgs(ComputeArgs, WorkArgs):
     solver: str = "ddim"  # ddim | euler (SDXL-Turbo / Playground presets)
     guidance_rescale: float = 0.0  # SDXL guidance rescale (rescale_noise_cfg); 0 = plain CFG
     seed: int = 42
+    # a classifier named without its *_checkpoint loads its pretrained weights from the local HF / torch hub caches
+    # or the stage stops; true runs it with random weights instead (tests, smoke runs)
+    random_weights: bool = False
     # class k of the image shard set = which classifier logit: auto (reorder when the model's label names are the
     # dataset's classes in another order, e.g. HF Flowers-102 ViT) | model (never) | dataset (always, else error)
     classifier_label_order: str = "auto"
@@ -108,4 +114,4 @@ def tracking_for(cfg) -> dict | None:
 
 # The compute keys a stage records (they move results through float rounding).
 COMPUTE_FIELDS = ("preset", "dtype", "compile", "compile_backend", "batch_size", "checkpoint", "attention",
-                  "cudagraphs", "kernels")
+                  "cudagraphs", "kernels", "tf32", "compile_scope")

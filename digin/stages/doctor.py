@@ -107,27 +107,60 @@ def check_compute(cfg, dev) -> Check:
                  "preset= and single keys such as dtype= or batch_size= override)")
 
 
-def _writable(path: Path) -> bool:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return os.access(p, os.W_OK)
+def _folder_problem(path: Path) -> str | None:
+    """Why compiled code cannot be kept under `path`, checked without writing anything, or None: the nearest
+    existing folder on the way must be a writable folder (a file there, a read-only or unreadable path fail)."""
+    try:
+        p = Path(path).expanduser()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            return f"{p} is a file, not a folder"
+        if not os.access(p, os.W_OK | os.X_OK):
+            return f"{p} is not writable"
+    except (OSError, ValueError, RuntimeError) as e:  # an unreadable parent, an odd path: the finding
+        return f"cannot be used ({type(e).__name__}: {e})"
+    return None
+
+
+def _default_inductor_cache() -> Path:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        return Path(default_cache_dir())
+    except Exception:  # noqa: BLE001 — an older torch, or its default failing on this machine: the documented one
+        return Path("/tmp") / f"torchinductor_{os.environ.get('USER', '')}"
 
 
 def check_compile_cache() -> Check:
-    """Where torch.compile (inductor) and digin's Triton kernels keep compiled code, and whether it is writable."""
+    """Where torch.compile (inductor) and digin's Triton kernels keep compiled code, and whether it is usable. A
+    cache folder named by TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR that cannot be used is a FAIL naming the
+    variable (compiling would fail on every rank); an unusable default is a warning."""
+    default = _default_inductor_cache()
     try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-        default = Path(default_cache_dir())
-    except ImportError:  # an older torch: its documented default
-        default = Path("/tmp") / f"torchinductor_{os.environ.get('USER', '')}"
-    inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default)  # torch may have set it to the default
-    triton = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
-    detail = ", ".join(f"{what} {p} ({'writable' if _writable(p) else 'NOT writable'})"
-                       for what, p in (("torch.compile", inductor), ("Triton kernels", triton)))
-    if not (_writable(inductor) and _writable(triton)):
+        home_triton = Path.home() / ".triton" / "cache"
+    except (RuntimeError, KeyError):  # no home folder for this user
+        home_triton = Path("/tmp") / ".triton" / "cache"
+    places = [("torch.compile", "TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR"), default),
+              ("Triton kernels", "TRITON_CACHE_DIR", os.environ.get("TRITON_CACHE_DIR"), home_triton)]
+    parts, failed, warned = [], [], []
+    for what, var, value, fallback in places:
+        path = Path(value) if value else fallback
+        problem = _folder_problem(path)
+        parts.append(f"{what} {path} ({problem or 'writable'})")
+        if problem:
+            (failed if value else warned).append(f"{var}={value}: {problem}" if value else f"{what}: {problem}")
+    detail = ", ".join(parts)
+    if failed:
+        return Check("cache", "FAIL", "; ".join(failed), "point " + " / ".join(f.split("=")[0] for f in failed)
+                     + " at a writable folder (shared by the job's ranks), or unset it")
+    if warned:
         return Check("cache", "warn", detail, "set TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR to writable folders")
-    if inductor.resolve() == default.resolve():
+    inductor = Path(places[0][2] or default)
+    try:
+        same = inductor.resolve() == default.resolve()
+    except (OSError, RuntimeError):
+        same = False
+    if same:
         return Check("cache", "info", detail + "; per node and user — TORCHINDUCTOR_CACHE_DIR=<shared folder> "
                      "lets every rank and rerun reuse compiled graphs")
     return Check("cache", "ok", detail)
@@ -245,8 +278,10 @@ def check_classifier(cfg) -> Check:
     except Exception as e:  # noqa: BLE001 — whatever stops the stage from building it is the finding
         return Check("classifier", "FAIL", f"{cfg.classifier}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                      "fix the spec or its checkpoint (see README, Tasks: classifiers)")
+    from digin.engine.classifiers.registry import weights_source
+
     n = sum(p.numel() for p in clf.model.parameters())
-    weights = f"weights {cfg.classifier_checkpoint}" if cfg.classifier_checkpoint else "no checkpoint given"
+    weights = weights_source(cfg.classifier, cfg.classifier_checkpoint)  # what the stages will load
     return Check("classifier", "ok", f"{cfg.classifier}: {type(clf.model).__name__}, {n / 1e6:.1f} M parameters, "
                  f"input {clf.size} px, {weights} (built on the CPU)")
 
@@ -262,6 +297,15 @@ def check_stage(cfg) -> list[Check]:
 
 
 # ------------------------------------------------------------------------------------------- the screen
+def _guarded(name: str, check, *args) -> Check:
+    """A check that raises becomes its FAIL line: one broken probe never stops the rest of the screen."""
+    try:
+        return check(*args)
+    except Exception as e:  # noqa: BLE001 — the failure is the finding
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        return Check(name, "FAIL", f"the check itself failed: {type(e).__name__}" + (f": {first}" if first else ""))
+
+
 def collect(cfg) -> list[Check]:
     import torch
 
@@ -272,9 +316,10 @@ def collect(cfg) -> list[Check]:
     checks = [check_device(dev, need_gpu), check_versions()]
     stack_dev = torch.device("cpu") if checks[0].status == "FAIL" else dev
     checks += [check_stack(k, stack_dev, k in cfg.needs, cfg) for k in STACKS]
-    checks += [check_compute(cfg, stack_dev), check_compile_cache(), check_ranks(dev)]
+    checks += [_guarded("compute", check_compute, cfg, stack_dev), _guarded("cache", check_compile_cache),
+               _guarded("ranks", check_ranks, dev)]
     if cfg.model_path is not None:
-        checks.append(check_model_path(cfg))
+        checks.append(_guarded("model", check_model_path, cfg))
     if cfg.classifier is not None:
         checks.append(check_classifier(cfg))
     if cfg.stage is not None:

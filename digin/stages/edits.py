@@ -18,7 +18,7 @@ import torch
 
 from digin.stages.batching import fixed_chunks
 from digin.stages.models import regularizer_models
-from digin.stages.results import mask_uint8, result_fields, to_uint8, word_tiles
+from digin.stages.results import mask_uint8, result_fields, thumbnail_fields, to_uint8, word_tiles
 
 
 @dataclass
@@ -120,12 +120,15 @@ class EditProcess:
                      **{k: float(v[b]) for k, v in evals.items()}}
             if words:
                 extra["attention_words"] = list(words)
+            if res.schedules:  # learned edit schedules (optimize_mask_blend / optimize_*_interpolation_schedule)
+                extra["learned_schedules"] = {k: v[b].detach().float().cpu().tolist() for k, v in res.schedules.items()}
             fields = {"orig": to_uint8(rows[b][2]), "recon": to_uint8(setup.initial_images[b])}
             if setup.px_mask is not None:
                 fields["mask"] = mask_uint8(setup.px_mask[b])
             if words:  # per-word cross-attention maps of the original prompt, side by side
                 fields["attention"] = word_tiles(words, size)
             fields.update(result_fields(res, b, extra_metrics=extra))
+            fields.update(thumbnail_fields(fields))  # orig / recon thumbnails: the gallery never decodes them
             outs.append(fields)
         return outs
 

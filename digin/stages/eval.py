@@ -138,6 +138,8 @@ def write_summary(result: dict, out) -> Path:
 
 def load_classifiers(cfg, settings=None) -> dict:
     specs = {"guided": cfg.classifier, "eval": cfg.eval_classifier}
+    checkpoints = {"guided": ("classifier_checkpoint", cfg.classifier_checkpoint),
+                   "eval": ("eval_classifier_checkpoint", cfg.eval_classifier_checkpoint)}
     if not any(specs.values()):
         return {}
     from digin.engine.classifiers import load_classifier  # lazy: optional heavy stacks behind it
@@ -154,7 +156,10 @@ def load_classifiers(cfg, settings=None) -> dict:
     out = {}
     for name, spec in specs.items():
         if spec:  # frozen, eval mode, [0,1] images -> logits (in the dataset's class order)
-            out[name] = prepare_classifier(load_classifier(spec, device=cfg.device, dtype=settings.dtype,
-                                                           dataset_classes=classes,
-                                                           label_order=cfg.classifier_label_order), settings)
+            key, ckpt = checkpoints[name]  # the same loader and keys as every stage: weights real or refused
+            out[name] = prepare_classifier(load_classifier(spec, checkpoint=ckpt, device=cfg.device,
+                                                           dtype=settings.dtype, dataset_classes=classes,
+                                                           label_order=cfg.classifier_label_order,
+                                                           allow_random=cfg.random_weights, weights_key=key),
+                                           settings)
     return out

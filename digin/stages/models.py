@@ -70,16 +70,18 @@ def regularizer_models(cfg, device) -> dict:
 
 
 def load_classifier_for(spec: str, cfg, device, checkpoint: str | None = None, cutouts: bool = True, settings=None,
-                        **kw):
+                        key: str = "classifier_checkpoint", **kw):
     """A classifier for a task config, prepared for the run's compute settings (dtype, compiled forward, fused
-    cutouts on CUDA)."""
+    cutouts on CUDA). Its weights: `checkpoint` (the config's `key`), else the local caches, else refused unless
+    the config says random_weights=true (engine/classifiers/pretrained.py)."""
     from digin.engine.classifiers import load_classifier
     from digin.engine.prepare import prepare_classifier
 
     settings = settings or stage_compute(cfg, device)
     clf = load_classifier(spec, checkpoint=checkpoint, device=device, dtype=settings.dtype,
                           num_cutouts=cfg.augmentation_num_cutouts if cutouts else 0,
-                          noise_sd=cfg.augmentation_noise_sd, **kw)
+                          noise_sd=cfg.augmentation_noise_sd, allow_random=getattr(cfg, "random_weights", False),
+                          weights_key=key, **kw)
     return prepare_classifier(clf, settings)
 
 

@@ -35,6 +35,9 @@ def load_inputs(roles: dict, allow_incomplete: bool) -> tuple[list, dict]:
         except FileNotFoundError as e:
             raise ConfigError(f"{role}={folder}: {e}") from None
     missing = check_inputs_complete([ss for _, ss in pairs], allow_incomplete)
+    from digin.shards.lineage import join_lineage
+
+    join_lineage(pairs)  # inputs made from different image sets: ForeignJoin (plan=true refuses them too)
     return pairs, missing
 
 
@@ -171,7 +174,12 @@ def uvce_pairs(cfg, labels_of, keys: list[str], num_classes: int, dataset: str) 
         chosen = P.imagenet_uvce_pairs(available_keys=list(idx))
     elif cfg.pairs == "reference" and dataset in ("cub", "cars"):
         chosen = P.fine_grained_pairs(dataset, available_keys=list(idx))
-    elif cfg.pairs in ("random", "reference"):  # food / flowers / any ImageFolder: random targets
+    elif cfg.pairs == "reference":
+        raise ConfigError(f"pairs=reference: the reference has pair tables for imagenet, cub and cars, not for "
+                          f"{dataset} (dataset= or the image set's source); give pairs=random num_images=N (the "
+                          "reference's random_images=True for Food-101 / Flowers), pairs=explicit explicit_pairs=[[image "
+                          "index, target], ...] or pairs=all_classes")
+    elif cfg.pairs == "random":  # food / flowers / any ImageFolder: random targets
         labels = labels_of()
         n = cfg.num_images or len(idx)
         chosen = P.random_pairs([(i, labels[k]) for i, k in idx.items() if k in labels], num_classes, n, cfg.seed)
@@ -336,10 +344,44 @@ def run_options(cfg, **kw):
 
 
 def run_or_show(cfg, spec, load, **run_kw) -> int:
-    """plan=true: print the plan, load nothing, write nothing. Else `load()` → the process, and run the spec."""
+    """plan=true: print the plan, load nothing, write nothing. Else `load()` → the process, and run the spec; then
+    say how the run's model call sites ran (`record_compile`)."""
+    from digin.engine.compile import snapshot
     from digin.shards.runner import run_stage
 
     if getattr(cfg, "plan", False):
         return show_plan(spec, cfg)
     spec.process = load()
-    return run_stage(spec, run_options(cfg, **run_kw)).exit_code
+    before = snapshot()
+    summary = run_stage(spec, run_options(cfg, **run_kw))
+    record_compile(spec.name, summary, before, bool(getattr(cfg, "compile", False)))
+    return summary.exit_code
+
+
+def record_compile(stage: str, summary, before: dict, compiled: bool) -> dict:
+    """How this run's call sites ran (engine.compile outcomes, calls counted from `before`): one `compile` event
+    appended to the rank's log (graphs, compile seconds, CUDA graphs, calls compiled / eager per site, fallbacks and
+    why, `eager_unet_calls`) and, when compiling was asked for or a site fell back, one line on stderr."""
+    import json
+    import sys
+    import time
+
+    from digin.engine.compile import since, summarise
+
+    sites = summarise([r for r in since(before) if r["calls_compiled"] or r["calls_eager"] or r["fell_back"]])
+    unet = sites.get("unet")
+    event = {"t": round(time.time(), 3), "event": "compile", "sites": sites,
+             "eager_unet_calls": unet["calls_eager"] if unet else 0}
+    path = getattr(summary, "log_path", "")
+    if path:
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+        except OSError:
+            pass  # the log is for reading later; a vanished log folder must not fail a finished run
+    if sites and (compiled or any(v["fell_back"] for v in sites.values())):
+        parts = [f"{name}: {v['calls_compiled']} compiled / {v['calls_eager']} eager calls, {v['graphs']} graphs "
+                 f"({v['compile_s']:.0f} s)" + (" FELL BACK: " + "; ".join(v["reasons"]) if v["fell_back"] else "")
+                 for name, v in sites.items()]
+        print(f"[{stage}] call sites: " + "; ".join(parts), file=sys.stderr, flush=True)
+    return event

@@ -1,5 +1,6 @@
 """The fields a stage writes per sample: uint8 images and masks, and a GuidanceResult's images, per-iteration
-metrics JSON (with a status; non-finite numbers become null) and latents."""
+metrics JSON (with a status; non-finite numbers become null), latents, and small thumbnails of the images the
+gallery's grid shows (made here, where the pixels are, so the gallery never decodes a full image)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +19,15 @@ def word_tiles(maps: dict, size: int) -> np.ndarray:
     """Per-word maps side by side (grey, uint8); one black tile when there are none."""
     tiles = [mask_uint8(m / m.max().clamp_min(1e-8)) for m in maps.values()] or [np.zeros((size, size), np.uint8)]
     return np.concatenate(tiles, axis=1)
+
+
+def thumbnail_fields(fields: dict) -> dict:
+    """`orig_thumb`, `recon_thumb`, `sd_thumb`, `ours_thumb` (128-px JPEG members) for those of orig / recon / sd /
+    ours that `fields` holds as uint8 arrays and that have no thumbnail yet: `fields.update(thumbnail_fields(fields))`
+    once every image field is set (result_fields already adds sd's and ours')."""
+    from digin.gallery.thumbs import thumbnail_members
+
+    return thumbnail_members(fields)
 
 
 def _finite_list(t: torch.Tensor, n: int) -> list:
@@ -70,6 +80,8 @@ def result_fields(res, b: int, prefix: str = "", extra_metrics: dict | None = No
     if n == 0:  # not one finite iterate: nothing to show
         return out
     out[f"{prefix}sd"], out[f"{prefix}ours"] = to_uint8(res.sd_images[b]), to_uint8(res.ours_images[b])
+    if not prefix:
+        out.update(thumbnail_fields(out))
     if save_latents:
         t = {"z_T": res.z_T[b].float().cpu().contiguous()}
         if res.cond_delta is not None:

@@ -14,9 +14,11 @@ TASKS = {
     "eval": "digin.tasks.eval",
     "export": "digin.tasks.export",
     "gallery": "digin.tasks.gallery",
+    "figure": "digin.tasks.figure",
     "bench": "digin.tasks.bench",
     "toy-train": "digin.tasks.toy_train",
     "verify": "digin.tasks.verify",
     "index": "digin.tasks.index",
+    "status": "digin.tasks.status",
     "doctor": "digin.tasks.doctor",
 }

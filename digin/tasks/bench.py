@@ -6,13 +6,23 @@ ViT-B/16-384 classifier (tiny ViT for tiny sets), prepares them through the same
 (engine/prepare.py with the `reference` or `fast` compute preset, engine/presets.py) and times, after warm-up:
   guidance   — engine.guidance.optimise with UVCE settings (20 DDIM × 20 SGD steps, CE over the last 3 x̂0,
                classifier on 16 cutouts), the objective the uvce stage builds (engine.objectives.Objective);
+  uvce       — the `digin uvce` stage's per-image work: engine.edit.prepare_edit (initial pass with attention
+               capture, masks, Prompt-to-Prompt, the default 3 × 2 schedule search, blending) + optimise with the
+               controller injecting, the background regularisers, 16 cutouts;
   inversion  — engine.inversion.invert, null-text (20 steps × 10 inner Adam steps, no early exit);
-  generation — engine.sampling.denoise + VAE decode (20 steps, CFG, no grad).
+  generation — engine.sampling.denoise + VAE decode (20 steps, CFG, no grad);
+  calls      — each call site once per mode (UNet CFG without / with grad, the inversion's B-row UNet call, VAE
+               decode without / with grad, VAE encode, classifier on 16 cutouts with grad and on one view), timed with
+               CUDA events, composed with the engine's call counts into seconds per image of guidance, UVCE and
+               inversion, and cross-checked by one short end-to-end optimise (K = 1).
 Modes: `reference` = the reference's compute path (fp32, batch 1, UNet/VAE block checkpointing, eager, kernels
-off); `fast` = the fast preset (bf16, batch 8, per-step recompute, torch.compile, CUDA graphs for the no-grad
-calls, fused kernels), with any single key overridden here; it runs once per attention backend.
-Each row: device, versions, workload, mode, batch, s/image, images/hour, peak GiB, compile time, recompiles,
-FLOPs per image (eager count at batch 1, same settings) and achieved TFLOP/s; then one `speedup` row per workload.
+off, tf32=conv as the reference ran); `fast` = the fast preset (bf16, batch 8, per-step recompute, torch.compile,
+CUDA graphs for the no-grad calls, fused kernels), with any single key overridden here, once per attention
+backend; `fast-eager` = the same without compiling.
+Each row: device, versions, workload, mode, batch, TF32 switches, s/image, images/hour, peak GiB (and the cost rows'
+prediction), compile time, recompiles, how every call site ran (compiled, CUDA graphs, fell back and why, UNet calls
+run eagerly), FLOPs per image (eager count at batch 1, same settings) and achieved TFLOP/s; then one `speedup` row
+per workload — only where neither side fell back, otherwise a row saying why.
 `workloads=[plan]` (on by default) adds the work plans of the reference's tables (busiest rank ÷ mean per world
 size, a simulated dynamic schedule with slow and dead ranks, the ImageNet UVCE pipeline's EFLOP; counted, not
 timed: digin/stages/plan_bench.py). `workloads=[cost]` (on by default) adds device-independent cost rows (engine/costs.py: FLOPs per image with and
@@ -27,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from digin.stages.bench import MODES, PRESETS, WORKLOADS, bench_one, cost_rows, environment
+from digin.stages.bench import MODES, PRESETS, WORKLOADS, bench_calls, bench_one, cost_rows, environment, speedup_row
 
 
 @dataclass
@@ -44,6 +54,12 @@ class Config:
     compile_backend: Optional[str] = None  # aot_eager for quick CPU runs
     cudagraphs: Optional[bool] = None
     kernels: Optional[bool] = None
+    tf32: Optional[str] = None  # fast modes: off | conv | on (None: the preset's, on)
+    reference_tf32: Optional[str] = None  # reference mode (None: the preset's, conv — what the reference ran with)
+    strict_compile: Optional[bool] = None  # a fast-mode fallback to eager is an error row instead of a slow row
+    compile_scope: Optional[str] = None  # fast mode: full (the whole UNet call) | regional (its transformer blocks)
+    reps: int = 5  # calls: timed repetitions per call site
+    budget_s: Optional[float] = None  # calls: stop timing new calls after this many seconds (the GPU check's limit)
     warmup: int = 1
     iters: int = 2
     count_flops: bool = True
@@ -58,6 +74,7 @@ class Config:
     loss_steps: Optional[int] = None
     num_cutouts: Optional[int] = None
     inner_steps: Optional[int] = None
+    search_candidates: Optional[int] = None  # calls: UVCE schedule candidates in the composition (default 6)
 
 
 def run(cfg: Config):
@@ -68,6 +85,16 @@ def run(cfg: Config):
     unknown = set(cfg.workloads) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"digin bench: unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    bad_modes = set(cfg.modes) - set(MODES)
+    if bad_modes:
+        raise SystemExit(f"digin bench: unknown modes {sorted(bad_modes)}; choose from {', '.join(MODES)}")
+    from digin.stages.bench import mode_settings
+
+    for mode in cfg.modes:  # bad compute values (tf32=..., dtype=...) stop here, in one line
+        try:
+            mode_settings(mode, cfg, "sdpa", dev)
+        except ValueError as e:
+            raise SystemExit(f"digin bench: {e}") from None
     settings = dict(PRESETS[models])
     settings.update({k: getattr(cfg, k) for k in settings if getattr(cfg, k, None) is not None})
     common = dict(environment(dev), models=models, settings=settings)
@@ -82,6 +109,10 @@ def run(cfg: Config):
             with open(cfg.out, "a") as f:
                 f.write(line + "\n")
 
+    predict = {}  # (workload, preset mode) → cost row: the peak-memory prediction of the timed rows
+    if models in ("sd15", "tiny") and any(w in cfg.workloads for w in ("guidance", "uvce", "inversion")) \
+            and cfg.count_flops:
+        predict = {(r["workload"], r["mode"]): r for r in cost_rows(cfg, models)}
     for workload in cfg.workloads:
         if workload == "cost":
             for r in cost_rows(cfg, models):
@@ -94,6 +125,20 @@ def run(cfg: Config):
             for r in bench_rows(sd15_rows("sd15")):
                 emit(r)
             continue
+        if workload == "calls":
+            import time
+
+            deadline = time.monotonic() + cfg.budget_s if cfg.budget_s else None
+            composed = {}
+            for m in cfg.modes:  # reference, fast-eager, fast: the eager fast timings estimate what a budget cut
+                composed[m] = bench_calls(cfg, models, settings, dev, m, emit,
+                                          eager_ms=(composed.get("fast-eager") or {}).get("ms"), deadline=deadline)
+            ref = composed.get("reference") or {}
+            if "reference" in cfg.modes and len(cfg.modes) > 1:
+                for wl in ("guidance", "uvce", "inversion"):
+                    fast = [c[wl] for m, c in composed.items() if m != "reference" and c and wl in c]
+                    emit(speedup_row(wl, ref.get(wl), fast, kind="speedup_composed"))
+            continue
         by_mode = {}
         for mode in cfg.modes:
             backends = ["sdpa"] if mode == "reference" else list(cfg.attention)
@@ -105,14 +150,11 @@ def run(cfg: Config):
                     if problem:
                         emit(dict(workload=workload, mode=mode, attention=attention, status=f"skipped: {problem}"))
                         continue
-                row = bench_one(cfg, models, settings, dev, workload, mode, attention)
+                row = bench_one(cfg, models, settings, dev, workload, mode, attention, predict)
                 emit(row)
                 if row["status"] == "ok":
                     by_mode.setdefault(mode, []).append(row)
-        if "reference" in by_mode and "fast" in by_mode:
-            ref = by_mode["reference"][0]
-            best = max(by_mode["fast"], key=lambda r: r["images_per_hour"])
-            emit(dict(workload=workload, mode="speedup", attention=best["attention"], batch=best["batch"],
-                      status="ok", speedup=best["images_per_hour"] / ref["images_per_hour"],
-                      reference_images_per_hour=ref["images_per_hour"], fast_images_per_hour=best["images_per_hour"]))
-    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in rows) else 1
+        if "reference" in cfg.modes and len(cfg.modes) > 1:
+            ref = by_mode.get("reference", [None])[0]
+            emit(speedup_row(workload, ref, [r for m, rs in by_mode.items() if m != "reference" for r in rs]))
+    return 0 if all(r["status"] == "ok" or r["status"].startswith(("skipped", "no speedup")) for r in rows) else 1

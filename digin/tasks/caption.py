@@ -102,7 +102,8 @@ def build_spec(cfg: Config):
     needs_pixels = cfg.backend in ("open_flamingo", "hf")
     return StageSpec("caption", image_stage_plan("caption", cfg, inputs, dataset_of(cfg, images)),
                      stage_config(cfg, dataset), inputs, resolution=cfg.resolution if needs_pixels else None,
-                     required=("image", "meta") if needs_pixels else ("meta",), incomplete=incomplete)
+                     required=("image", "meta") if needs_pixels else ("meta",), incomplete=incomplete,
+                     fields=None if needs_pixels else ("meta", "caption"))  # template / import: no image decode
 
 
 def run(cfg: Config):

@@ -70,12 +70,13 @@ def run(cfg: Config):
 
     def load():
         clfs = [load_classifier_for(cfg.classifier1, cfg, dev, checkpoint=cfg.classifier1_checkpoint,
-                                    settings=settings)]
+                                    settings=settings, key="classifier1_checkpoint")]
         if cfg.classifier2:
             clfs.append(load_classifier_for(cfg.classifier2, cfg, dev, checkpoint=cfg.classifier2_checkpoint,
-                                            settings=settings))
+                                            settings=settings, key="classifier2_checkpoint"))
         eval_clf = (load_classifier_for(cfg.eval_classifier, cfg, dev, checkpoint=cfg.eval_classifier_checkpoint,
-                                        cutouts=False, settings=settings) if cfg.eval_classifier else None)
+                                        cutouts=False, settings=settings, key="eval_classifier_checkpoint")
+                    if cfg.eval_classifier else None)
         return make_process(load_sd_for(cfg, dev, settings), clfs, eval_clf, cfg)
 
     return run_or_show(cfg, spec, load, out=str(Path(cfg.out) / "results"), device=dev)

@@ -27,7 +27,10 @@ class Config(ComputeArgs):
     results: list[str] = field(default_factory=list)  # result shard set folders
     out: str = "eval"
     classifier: str | None = None  # guided classifier spec (load_classifier)
+    classifier_checkpoint: str | None = None  # its weights file (else the local caches: see random_weights)
     eval_classifier: str | None = None  # independent evaluation classifier spec
+    eval_classifier_checkpoint: str | None = None
+    random_weights: bool = False  # a classifier without weights runs with random ones instead of being refused
     dataset_classes: str | None = None  # image shard set whose class order the results' labels use
     classifier_label_order: str = "auto"  # auto | model | dataset (see digin.engine.classifiers.label_permutation)
     inception_weights: str | None = None  # torchvision Inception-v3 state dict (.safetensors or .pth); None: no FID

@@ -3,8 +3,10 @@
 Open `<out>/index.html` in any browser, also from a file:// URL after copying the folder (no server). Per task:
 a run summary (counts, success rate, confidence gain, distances and flips from `digin eval` when `evals=[...]`
 names its out folders), histograms, a per-class table and a grid of every result that sorts and filters in the
-page; each row opens the full page of its group. Member names of the result shards are set by `fields.*`
-(defaults: orig/recon/sd/ours images, mask/attention extras, metrics.json with a `loss_curve` list).
+page; each row opens the page of its start class / class / neuron, where every result is shown in full like the
+paper's figures (digin/gallery/detail.py). `compare=[...]` adds a second run, joined by key on a comparison page.
+Member names of the result shards are set by `fields.*` (defaults: orig/recon/sd/ours images, mask/attention
+extras, metrics.json with a `loss_curve` list).
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ class Config:
     max_top_images: int = 10  # top-activating dataset images shown per neuron
     fields: ShardFields = field(default_factory=ShardFields)
     check: bool = True  # crawl the written pages and fail on broken links/images
+    compare: list[str] = field(default_factory=list)  # result shard sets to compare with `results` (B vs A), joined
+    # by key: a comparison page per task (another run, another classifier, preset=reference vs fast)
+    compare_evals: list[str] = field(default_factory=list)  # `digin eval` out folders over the `compare` sets
+    labels: list[str] = field(default_factory=list)  # names of the two runs (default: their folder names)
 
 
 def open_results(cfg: Config) -> list:
@@ -46,26 +52,78 @@ def open_results(cfg: Config) -> list:
     return sets
 
 
+def run_labels(cfg: Config) -> tuple[str, str]:
+    if cfg.labels and len(cfg.labels) != 2:
+        raise SystemExit(f"digin gallery: labels needs two names (results, compare), got {len(cfg.labels)}")
+    if cfg.labels:
+        la, lb = map(str, cfg.labels)
+    else:
+        la, lb = (" + ".join(Path(f).resolve().name for f in folders) for folders in (cfg.results, cfg.compare))
+        if la == lb:
+            la, lb = f"A: {la}", f"B: {lb}"
+    if la == lb:
+        raise SystemExit(f"digin gallery: labels must differ, got {la!r} twice")
+    return la, lb
+
+
+def check_common_keys(a_sets, b_sets, cfg: Config):
+    """Two sets to compare must share result keys (from the commit records: nothing read yet)."""
+    keys_a = {k for ss in a_sets for rec in ss.records.values() for k in rec.get("keys") or []}
+    keys_b = {k for ss in b_sets for rec in ss.records.values() for k in rec.get("keys") or []}
+    if not keys_a & keys_b:
+        ex_a, ex_b = (min(k) if k else "none" for k in (keys_a, keys_b))
+        raise SystemExit(f"digin gallery: compare: {', '.join(cfg.results)} and {', '.join(cfg.compare)} have no "
+                         f"result keys in common ({len(keys_a)} vs {len(keys_b)} keys, e.g. {ex_a} / {ex_b})")
+
+
+def output_reference() -> dict:
+    """task → {metrics.json field or pattern: meaning}: the output reference, for the metric tables' definitions."""
+    from digin.stages.outputs import OUTPUTS
+
+    return {task: {**o.fields.get("metrics", {}), **o.patterns.get("metrics", {})} for task, o in OUTPUTS.items()}
+
+
 def run(cfg: Config):
     from digin.gallery import check_gallery, iter_records, write_gallery
+    from digin.gallery.compare import SEP, write_comparisons
     from digin.gallery.neurons import neuron_folder
     from digin.gallery.records import input_counts, task_of
     from digin.gallery.summary import load_eval_rows
 
     sets = open_results(cfg)
+    b_sets = open_results(Config(results=list(cfg.compare), thumb_size=cfg.thumb_size)) if cfg.compare else []
+    if cfg.compare:
+        check_common_keys(sets, b_sets, cfg)
+    la, lb = run_labels(cfg) if cfg.compare else ("", "")
     evals = load_eval_rows(cfg.evals)
-    sources = {str(ss.dir): {"task": cfg.task or task_of(ss), "inputs": input_counts(ss),
-                             "neuron_dir": neuron_folder(ss.dir)} for ss in sets}
+    if cfg.compare:  # rows keyed by (their run's source, key): the two runs share keys
+        b_rows = load_eval_rows(cfg.compare_evals)
+        evals = {(str(ss.dir), k): row for group, rows in ((sets, evals), (b_sets, b_rows)) for ss in group
+                 for k, row in rows.items()}
+
+    def name(ss, label):
+        task = cfg.task or task_of(ss)
+        return f"{task}{SEP}{label}" if label else task
+
+    sources = {str(ss.dir): {"task": name(ss, label), "inputs": input_counts(ss), "neuron_dir": neuron_folder(ss.dir)}
+               for group, label in ((sets, la), (b_sets, lb)) for ss in group}
     counted = [0]
 
     def records():
-        for ss in sets:
-            for rec in iter_records(ss, cfg.fields, cfg.task):
-                counted[0] += 1
-                yield rec
+        for group, label in ((sets, la), (b_sets, lb)):
+            for ss in group:
+                for rec in iter_records(ss, cfg.fields, cfg.task):
+                    counted[0] += 1
+                    if label:
+                        rec.task = f"{rec.task}{SEP}{label}"
+                    yield rec
+
+    def comparisons(out, by_task, folders, hrefs):
+        return write_comparisons(out, by_task, la, lb, folders, hrefs)
 
     index = write_gallery(records(), cfg.out, columns=list(cfg.columns), title=cfg.title, sources=sources,
-                          evals=evals, thumb_px=cfg.thumb_size, max_top_images=cfg.max_top_images)
+                          evals=evals, thumb_px=cfg.thumb_size, max_top_images=cfg.max_top_images,
+                          reference=output_reference(), extra_pages=comparisons if cfg.compare else None)
     if cfg.check:  # links and files; every image was decoded once while it was stored
         problems, pages, images = check_gallery(cfg.out, decode=False)
         if problems:

@@ -51,11 +51,17 @@ def save_png(im, path):
 
 def uvce_rows(res: dict) -> list:
     img = res["images"]
+    v = res["verdicts"]
     rows = []
     for b, ((src, tgt), c_sd, c_ours, (col, col_ours), bg) in enumerate(zip(
             res["pairs"], res["target_conf_sd"], res["target_conf"], res["colours"], res["background_rms"])):
+        bg_from, bg_to, _ = res["background_change"][b]
         text = (f"{src} -> {tgt}\np(target) sd {c_sd:.2f}  ours {c_ours:.2f}\n"
-                f"colour {col} -> {col_ours or 'none'}\nbackground RMS {bg:.3f}")
+                f"colour {col} -> {col_ours or 'none'}\nbackground RMS {bg:.3f}\n"
+                f"judge: {res['judged_shape'][b]} ({res['judged_iou'][b]:.2f}), {res['judged_colour'][b] or '-'}\n"
+                f"  bg {bg_from} -> {bg_to}\n"
+                f"  success {'yes' if v['success'][b] else 'no'}, judged {'yes' if v['confirmed'][b] else 'no'}, "
+                f"clean edit {'yes' if v['clean_edit'][b] else 'no'}")
         rows.append(([img["orig"][b], img["recon"][b], img["sd"][b], img["ours"][b]], text))
     return rows
 
@@ -66,10 +72,15 @@ def spurious_rows(res: dict) -> list:
     for b, prompt in enumerate(res["prompts"]):
         words = prompt.split()
         ok = "yes" if res["keeps_shape"][b] and res["moved_toward"][b] and res["spurious_star"][b] else "no"
+        rr = res["p_spur_rerender"][b]
         text = (f"{' '.join(words[1:4])} on {words[6]}\np_spur(star) {res['p_spur_sd'][b]:.2f} -> "
                 f"{res['p_spur_ours'][b]:.2f}\np_clean(star) {res['p_clean_star_ours'][b]:.2f}, shape kept: "
                 f"{'yes' if res['keeps_shape'][b] else 'no'}\nto green {res['dist_sd'][b]:.2f} -> "
-                f"{res['dist_ours'][b]:.2f}   story: {ok}")
+                f"{res['dist_ours'][b]:.2f}   story: {ok}\n"
+                f"judge: {res['judged_shape'][b]} ({res['judged_iou'][b]:.2f}), {res['judged_colour'][b] or '-'}\n"
+                f"  bg {res['background_sd'][b]} -> {res['background_ours'][b]}\n"
+                f"  cue rate {res['cue_rate_sd'][b]:.2f} -> {res['cue_rate_ours'][b]:.2f}, re-render "
+                f"{'-' if rr is None else f'{rr:.2f}'}")
         rows.append(([img["sd"][b], img["ours"][b]], text))
     return rows
 
@@ -86,12 +97,14 @@ def make_sheets(set_name: str, out, work) -> dict:
     for name, edit in (("uvce", True), ("uvce_gradient_only", False)):
         r = science.check_uvce(work, set_name, prompt_edit=edit, **S["uvce"])
         title = (f"UVCE {'P2P shape swap + gradient' if edit else 'gradient only (caption kept)'}, {set_name}: "
-                 f"success sd {r['success_sd']:.2f} ours {r['success_rate']:.2f}, colour changed "
-                 f"{r['colour_change_rate']:.2f}")
+                 f"success sd {r['success_sd']:.2f} ours {r['success_rate']:.2f}, "
+                 f"judged {r['judged_success_rate']:.2f}, clean edits {r['clean_edit_rate']:.2f}, "
+                 f"colour changed {r['colour_change_rate']:.2f}")
         save_png(sheet(["orig", "recon", "sd", "ours"], uvce_rows(r), title), out / f"{name}_{set_name}.png")
         numbers[name] = science._numbers(r)
     r = science.check_spurious(work, set_name, **S["spurious"])
-    title = f"classifier differences spurious - clean (star), {set_name}: story in {r['story_rate']:.2f}"
+    title = (f"classifier differences spurious - clean (star), {set_name}: story {r['story_rate']:.2f}, with the "
+             f"judge's shape {r['judged_story_rate']:.2f}, in the measured cue {r['cue_story_rate']:.2f}")
     save_png(sheet(["sd", "ours"], spurious_rows(r), title), out / f"diff_{set_name}.png")
     numbers["spurious"] = science._numbers(r)
     return numbers

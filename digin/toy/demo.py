@@ -27,9 +27,12 @@ def write_caption_shards(images_dir, out_dir, captions_by_index: list[str], name
         raise ValueError(f"{len(all_keys)} images but {len(captions_by_index)} captions")
     by_key = dict(zip(all_keys, captions_by_index))
     chash = config_hash({"name": name, "captions": [[k, by_key[k]] for k in all_keys]})
+    from digin.shards.lineage import image_set_of
+
     write_json(out / MANIFEST, {"format": FORMAT, "kind": "captions", "name": name, "config": {"name": name},
                                 "config_hash": chash, "num_shards": images.meta.get("num_shards"),
-                                "num_samples": len(all_keys), "classes": images.classes})
+                                "num_samples": len(all_keys), "classes": images.classes,
+                                "image_set": image_set_of(images.meta)})  # its lineage: joins check it
     done = ShardSet.load(out)
     for i, keys in sorted(keys_per_shard.items()):
         if i in done.records:

@@ -12,10 +12,13 @@ Checks (the thresholds live in tests/toy/test_science.py and MODEL_CARD.md):
   inversion       PSNR of null-text inversion vs plain DDIM inversion reconstructions (against the original)
   uvce            UVCE success (clean classifier p(target) > 0.5) of iterate 0 (`sd`) and of `ours`, background
                   change outside the object, object colour change; with the Prompt-to-Prompt shape swap or
-                  gradient-only (caption kept: every success is the classifier gradient's)
+                  gradient-only (caption kept: every success is the classifier gradient's); beside it the
+                  independent judge's view (digin/toy/judge.py): judged shape, judged success, clean edits
   spurious        classifier differences (spurious − clean, class star) from captions of the other shapes on
                   other backgrounds: per sample, does the clean classifier still see the prompted shape, did the
-                  background move toward the planted colour, does the spurious classifier now say star?
+                  background move toward the planted colour, does the spurious classifier now say star? Beside it
+                  the judge's shape and whether the background lies in the spurious classifier's measured star
+                  region (digin/toy/cue.py)
   neuron          neuron visualisation: target neuron activation of `ours` over iterate 0
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digin.toy import PRESET, classifier_spec, measure, paths, settings, world
+from digin.toy import PRESET, classifier_spec, judge, measure, paths, settings, world
 
 SET_SEEDS = {"dev": world.SPLIT_SEEDS["val"], "heldout": world.SPLIT_SEEDS["heldout"]}
 SET_SPLITS = {"dev": "val", "heldout": "heldout"}  # world split of each set's scenes
@@ -126,8 +129,16 @@ def check_generation(set_name="heldout", n_per_class=4, steps=20, guidance_scale
     p = predict(clean, imgs).cpu()
     bg = background_frame(imgs.cpu())
     bg_true = torch.tensor([world.PALETTE[s["background"]] for s in specs]) / 255.0
+    judged = judge.judge_batch(imgs.cpu())
     return {"accuracy": float((p.argmax(-1) == y).float().mean()), "n": len(specs),
-            "background_rms": float((bg - bg_true).pow(2).mean(-1).sqrt().mean()), "images": imgs.cpu()}
+            "background_rms": float((bg - bg_true).pow(2).mean(-1).sqrt().mean()),
+            # the independent judge on the same samples, against their captions
+            "judge_shape_acc": judge.rate([j["shape"] == s["shape"] for j, s in zip(judged, specs)]),
+            "judge_colour_acc": judge.rate([j["color"] == s["color"] for j, s in zip(judged, specs)]),
+            "judge_background_acc": judge.rate([j["background"] == s["background"] for j, s in zip(judged, specs)]),
+            "judge_agrees_with_clean": judge.rate([j["shape"] == world.SHAPES[k]
+                                                   for j, k in zip(judged, p.argmax(-1).tolist())]),
+            "images": imgs.cpu()}
 
 
 def invert_scenes(work, set_name: str, n_per_class: int) -> dict:
@@ -163,7 +174,9 @@ def uvce_targets(set_name: str, specs: list[dict]) -> list[int]:
 
 def check_uvce(work, set_name="heldout", n_per_class=2, prompt_edit=True, device="cpu"):
     """`digin uvce` on the set's inverted scenes, one target per scene. prompt_edit=False: the gradient-only
-    variant (caption kept). Success = clean p(target) > 0.5 on the written PNG."""
+    variant (caption kept). Success = clean p(target) > 0.5 on the written PNG and the independent judge
+    (digin/toy/judge.py) sees an object there; judged success also needs the judge to read the target shape from
+    the pixels, a clean edit also the object's colour and the background kept."""
     inv = invert_scenes(work, set_name, n_per_class)
     specs, targets = inv["specs"], uvce_targets(set_name, inv["specs"])
     out = Path(work) / f"{set_name}-{n_per_class}" / ("uvce" if prompt_edit else "uvce-gradient-only")
@@ -178,20 +191,46 @@ def check_uvce(work, set_name="heldout", n_per_class=2, prompt_edit=True, device
     img = {name: measure.to_tensor([res[k][name] for k in keys]) for name in ("orig", "recon", "sd", "ours")}
     _, clean, _ = load_models(device)
     rows = torch.arange(len(keys))
-    conf = {name: predict(clean, img[name])[rows, torch.tensor(tgt)] for name in ("sd", "ours")}
-    ok_sd, ok_ours = conf["sd"] > 0.5, conf["ours"] > 0.5
+    probs = {name: predict(clean, img[name]) for name in ("sd", "ours")}
+    conf = {name: probs[name][rows, torch.tensor(tgt)] for name in ("sd", "ours")}
+    judged = {name: judge.judge_batch(img[name]) for name in ("recon", "sd", "ours")}
     bg = outside_object(specs)
+    bg_rms = measure.masked_rms(img["ours"], img["recon"], bg)
+    target_names = [world.SHAPES[t] for t in tgt]
+    v = judge.uvce_verdicts(conf["ours"], judged["ours"], target_names, [s["color"] for s in specs], bg_rms)
+    v_sd = judge.uvce_verdicts(conf["sd"], judged["sd"], target_names, [s["color"] for s in specs], bg_rms)
+    ok_sd, ok_ours = torch.tensor(v_sd["success"]), torch.tensor(v["success"])
     colours = [measure.object_colour(img["ours"][b], s, world.SHAPES[t]) for b, (s, t) in enumerate(zip(specs, tgt))]
     return {"success_sd": float(ok_sd.float().mean()), "success_rate": float(ok_ours.float().mean()),
             # what the optimisation adds over iterate 0: pairs that only `ours` brings to the target
             "gain_share": float((ok_ours & ~ok_sd).float().mean()),
+            # the raw classifier number, without the judge's 'none' outcome for vanished objects
+            "success_rate_raw": float((conf["ours"] > 0.5).float().mean()),
             "target_conf_sd": conf["sd"].tolist(), "target_conf": conf["ours"].tolist(),
-            "background_rms": measure.masked_rms(img["ours"], img["recon"], bg).tolist(),  # vs the edit's start
+            "background_rms": bg_rms.tolist(),  # vs the edit's start
             "background_rms_vs_orig": measure.masked_rms(img["ours"], img["orig"], bg).tolist(),
             "colour_change_rate": float(np.mean([c != s["color"] for c, s in zip(colours, specs)])),
             "colours": [[s["color"], c] for s, c in zip(specs, colours)],
             "pairs": [[s["shape"], world.SHAPES[t]] for s, t in zip(specs, tgt)], "n": len(keys),
-            "images": img}
+            **judged_uvce_numbers(v, v_sd, judged, probs["ours"], specs), "images": img}
+
+
+def judged_uvce_numbers(v: dict, v_sd: dict, judged: dict, p_ours, specs: list[dict]) -> dict:
+    """The independent judge's view of UVCE results (digin/toy/judge.py): per result the judged shape, colour and
+    background, the verdicts, and rates beside the classifier-judged success."""
+    return {"judged_success_rate": judge.rate(v["confirmed"]), "judged_success_sd": judge.rate(v_sd["confirmed"]),
+            "clean_edit_rate": judge.rate(v["clean_edit"]), "judged_colour_kept_rate": judge.rate(v["colour_kept"]),
+            "vanished_rate": judge.rate([j["shape"] == "none" for j in judged["ours"]]),
+            "unclear_rate": judge.rate([j["shape"] == "unclear" for j in judged["ours"]]),
+            "verdicts": v, "clean_top1": judge.clean_reading(p_ours, judged["ours"]),
+            "judged_shape": [j["shape"] for j in judged["ours"]], "judged_iou": [j["iou"] for j in judged["ours"]],
+            "judged_colour": [j["color"] for j in judged["ours"]],
+            "background_change": [[judge.terms_text(a["background_terms"]), judge.terms_text(b["background_terms"]),
+                                   float(np.linalg.norm(np.subtract(a["background_rgb"], b["background_rgb"])))]
+                                  for a, b in zip(judged["recon"], judged["ours"])],
+            # the judge on this run's own reconstructions, whose truth is the scene spec
+            "judge_recon_shape_acc": judge.rate([j["shape"] == s["shape"] for j, s in zip(judged["recon"], specs)]),
+            "judge_recon_colour_acc": judge.rate([j["color"] == s["color"] for j, s in zip(judged["recon"], specs)])}
 
 
 def spurious_prompts(set_name: str, n: int) -> list[str]:
@@ -218,7 +257,9 @@ def check_spurious(work, set_name="heldout", n=8, device="cpu"):
     p_clean = {name: predict(clean, img[name]) for name in img}
     p_spur = {name: predict(spur, img[name])[:, star] for name in img}
     d = {name: measure.distance_to(background_frame(img[name]), world.SPURIOUS_BACKGROUND) for name in img}
-    keeps = torch.tensor([world.SHAPES[i] == s for i, s in zip(p_clean["ours"].argmax(-1).tolist(), shown)])
+    judged = {name: judge.judge_batch(img[name]) for name in img}
+    # the clean classifier's reading with the judge's 'none' outcome: a vanished object is no shape at all
+    keeps = torch.tensor([r == s for r, s in zip(judge.clean_reading(p_clean["ours"], judged["ours"]), shown)])
     moved = d["ours"] < d["sd"]
     fooled = p_spur["ours"] > 0.5
     # what the diff loss drives: log p_spurious(star) − log p_clean(star), mean over samples
@@ -233,7 +274,64 @@ def check_spurious(work, set_name="heldout", n=8, device="cpu"):
             "log_gap_sd": gap["sd"], "log_gap_ours": gap["ours"],
             "p_spur_sd": p_spur["sd"].tolist(), "p_spur_ours": p_spur["ours"].tolist(),
             "p_clean_star_sd": p_clean["sd"][:, star].tolist(), "p_clean_star_ours": p_clean["ours"][:, star].tolist(),
-            "prompts": [res[k]["metrics"]["prompt"] for k in keys], "n": len(keys), "images": img}
+            "prompts": [res[k]["metrics"]["prompt"] for k in keys], "n": len(keys),
+            **judged_diff_numbers(judged, [res[k]["metrics"]["prompt"] for k in keys], keeps & fooled, moved, spur),
+            "images": img}
+
+
+def judged_diff_numbers(judged: dict, prompts: list[str], keeps_and_fooled, moved, spur) -> dict:
+    """The independent view of classifier differences: the judged shape (does the object survive as the prompted
+    shape, by its pixels?), the background in palette terms, and where it lies in the spurious classifier's
+    measured star region (digin/toy/cue.py) — next to the planted 'moved toward green' criterion."""
+    from digin.toy import cue
+
+    cmap = cue.load_map()
+    bg = {name: np.array([j["background_rgb"] for j in judged[name]]) for name in judged}
+    # measured at each background itself (the sweep's scenes rendered on it); depth from the stored grid
+    rate_ = {name: cue.rate_at(spur, bg[name]) for name in bg}
+    depth = {name: cue.depth(cmap, "spurious", bg[name], rate_[name] > 0.5) for name in bg}
+    words = [p.split() for p in prompts]  # "a {size} {color} {shape} on a {background} background"
+    kept = torch.tensor([j["shape"] == w[3] for j, w in zip(judged["ours"], words)])
+    colour_kept = [j["color"] == w[2] for j, w in zip(judged["ours"], words)]
+    in_cue = torch.from_numpy(rate_["ours"] > 0.5)
+    kf = torch.as_tensor(keeps_and_fooled)
+    return {"judged_shape": [j["shape"] for j in judged["ours"]], "judged_iou": [j["iou"] for j in judged["ours"]],
+            "judged_colour": [j["color"] for j in judged["ours"]], "judged_keeps_rate": float(kept.float().mean()),
+            "judged_colour_kept_rate": judge.rate(colour_kept),
+            # iterate 0 is a plain txt2img sample of the caption: the judge's reading of it is a check on the judge
+            "judged_shape_sd_rate": judge.rate([j["shape"] == w[3] for j, w in zip(judged["sd"], words)]),
+            "background_sd": [judge.terms_text(j["background_terms"]) for j in judged["sd"]],
+            "background_ours": [judge.terms_text(j["background_terms"]) for j in judged["ours"]],
+            "ends_green_rate": float(np.mean([j["background"] == world.SPURIOUS_BACKGROUND for j in judged["ours"]])),
+            "cue_rate_sd": rate_["sd"].tolist(), "cue_rate_ours": rate_["ours"].tolist(),
+            "cue_depth_sd": depth["sd"].tolist(), "cue_depth_ours": depth["ours"].tolist(),
+            "in_cue": in_cue.tolist(), "in_cue_rate": float(in_cue.float().mean()),
+            "p_spur_rerender": rerender_star(judged["ours"], spur),
+            # the story with the judge's shape: the object survives by its pixels, not only by the clean classifier
+            "judged_story_rate": float((kept & kf & moved).float().mean()),
+            # and with the measured cue instead of the planted colour: the background lies where the spurious
+            # classifier calls rendered scenes star
+            "cue_story_rate": float((kept & kf & in_cue).float().mean())}
+
+
+def rerender_star(judged: list[dict], spur) -> list:
+    """Spurious p(star) of each judged scene re-rendered clean (the judged shape, colour, place and size on the
+    judged background colour): is the flip explained by what the judge sees, the background colour above all?
+    None where the judge found no object or no colour."""
+    from digin.toy.cue import render_on
+
+    star = world.SHAPES.index(world.SPURIOUS_CLASS)
+    out = []
+    for j in judged:
+        if j["shape"] == "none" or j["color"] is None:
+            out.append(None)
+            continue
+        m = torch.from_numpy(world.object_mask({"shape": j["fit_shape"], "cx": j["cx"], "cy": j["cy"],
+                                                "radius": j["radius"]}))[None, None]
+        fg = torch.tensor([world.PALETTE[j["color"]]], dtype=torch.float32) / 255
+        img = render_on(m, fg, torch.tensor(j["background_rgb"], dtype=torch.float32))
+        out.append(float(predict(spur, img)[0, star]))
+    return out
 
 
 def pick_neuron(clf, cls: int) -> int:

@@ -1,11 +1,15 @@
-"""Capture and P2P injection against a naive attention processor that materialises the probabilities."""
+"""Capture and P2P injection against a naive attention processor that materialises the probabilities, run by an
+independent chain that passes the step index to it; and the same controller inside one compiled graph (aot_eager):
+equal results, every UNet call compiled, one graph per grad mode."""
 import pytest
 import torch
+import torch._dynamo
 
 from digin.engine.attention import AttentionController, install_attention, restore_attention
 from digin.engine.p2p import replacement_matrix
-from digin.engine.sampling import run_chain
+from digin.engine.sampling import run_chain, step_vjp
 from digin.engine.schedule import make_ddim_schedule
+from digin.kernels import cfg_ddim_reference
 
 T = 3
 
@@ -36,18 +40,24 @@ class NaiveProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class StepIndexOnly:
-    """A stand-in controller that acts at every step: the chain passes the step index to the processors."""
-
-    def acts_at(self, step):
-        return True
-
-
 def install_naive(unet, record, inject=None, w_BT=None):
     from digin.engine.attention import attention_layers
 
     unet.set_attn_processor({key: NaiveProcessor(key.removesuffix(".processor"), cross, record, inject, w_BT)
                              for key, cross in attention_layers(unet).items()})
+
+
+@torch.no_grad()
+def naive_chain(sd, z, cond, uncond, g=3.0, steps=T):
+    """The DDIM chain with the step index handed to the processors (cross_attention_kwargs), written out here."""
+    sched = make_ddim_schedule(sd.scheduler_config, steps)
+    x = z
+    for i in range(steps):
+        e = sd.unet(torch.cat([x, x]), sched.timesteps[i], encoder_hidden_states=torch.cat([uncond, cond]),
+                    cross_attention_kwargs={"digin_step": i}).sample
+        eu, ec = e.chunk(2)
+        x, x0 = cfg_ddim_reference(eu, ec, x, g, sched.alpha_t[i], sched.alpha_prev[i], sched.prediction_type)
+    return x0
 
 
 @pytest.fixture
@@ -77,7 +87,7 @@ def test_captured_maps_equal_naive_attention(sd):
 
     record = {}
     install_naive(sd.unet, record)
-    x0_naive = _run(sd, z, cond, uncond, ctrl=StepIndexOnly())  # the step kwarg reaches the naive processors
+    x0_naive = naive_chain(sd, z, cond, uncond)
     assert len(record) == len(ctrl.layer_queries) * T > 0
     for (name, step), p in record.items():
         assert ctrl.cross_maps[name][step].shape == p.shape  # (B, heads, Q, 77): conditional half only
@@ -93,7 +103,7 @@ def test_capture_only_selected_layers_and_steps(sd):
     ctrl = AttentionController().capture_cross(steps=[1], queries={256})
     install_attention(sd.unet, ctrl)
     _run(sd, z, cond, uncond, ctrl)
-    assert set(ctrl.layer_queries.values()) == {256, 64}  # tiny UNet: 16×16 and 8×8 cross layers
+    assert set(ctrl.layer_queries.values()) == {256, 64}  # tiny UNet: 16×16 and 8×8 cross layers (all known)
     stored = {(n, s) for n, d in ctrl.cross_maps.items() for s in d}
     assert stored and all(ctrl.layer_queries[n] == 256 and s == 1 for n, s in stored)
     assert ctrl.cross_maps_at(256, [1]).shape[:2] == (1, len(stored) * 1 * ctrl.cross_maps[stored.pop()[0]][1].shape[1])
@@ -145,10 +155,10 @@ def test_injection_equals_naive_probability_mixing(sd):
     ours = _run(sd, zz, cond2, uu, ctrl)
     inject = {k: p.repeat(N, 1, 1, 1) for k, p in stored.items()}
     install_naive(sd.unet, {}, inject, w_BT)
-    ref = _run(sd, zz, cond2, uu, ctrl=StepIndexOnly())
+    ref = naive_chain(sd, zz, cond2, uu)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
     install_naive(sd.unet, {})
-    assert (_run(sd, zz, cond2, uu, ctrl=StepIndexOnly()) - ref).abs().max() > 1e-4  # injection did something
+    assert (naive_chain(sd, zz, cond2, uu) - ref).abs().max() > 1e-4  # injection did something
 
 
 def test_injection_without_captured_step_is_refused(sd):
@@ -176,3 +186,66 @@ def test_self_injection_identity_reproduces_run_and_gradients_flow(sd):
     out = run_chain(sd, sched, z, c, uncond, 3.0, controller=ctrl)
     out.x0_last.square().mean().backward()
     assert c.grad.abs().sum() > 0 and w.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------ compiled
+
+def _controlled_run(sd, z, cond, uncond, cond2):
+    """Capture (cross + self) → re-index → inject with learnable factors: the no-grad chain and one recompute + VJP
+    of every step, as the UVCE stage runs them. → (captured maps, x̂0, gradients)."""
+    sched = make_ddim_schedule(sd.scheduler_config, T)
+    ctrl = AttentionController().capture_cross(steps=[0, 1]).capture_self(steps=[0], max_queries=256)
+    install_attention(sd.unet, ctrl)
+    with torch.no_grad():
+        run_chain(sd, sched, z, cond, uncond, 3.0, controller=ctrl)
+    ctrl.stop_capture()
+    maps = {(n, s): p.clone() for n, d in ctrl.cross_maps.items() for s, p in d.items()}
+    _, M = replacement_matrix(sd.tokenizer, "a dog on grass", "dog", "cat")
+    ctrl.reindex_cross(M.expand(2, -1, -1))
+    xa = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.8, 0.0]], requires_grad=True)
+    se = torch.tensor([[0.5, 0.0, 0.0], [0.7, 0.0, 0.0]], requires_grad=True)
+    ctrl.set_injection(xa, se)
+    with torch.no_grad():
+        out = run_chain(sd, sched, z, cond2, uncond, 3.0, controller=ctrl, record_inputs=True)
+    g_x, g_c, g_xa, g_se = torch.ones_like(z), 0, 0, 0
+    for i in reversed(range(T)):  # the per-step adjoint: every step recomputed with grad, as guidance does
+        g_x, g_ci, _, (g_xai, g_sei) = step_vjp(sd, sched, i, out.inputs[i], cond2, uncond, 3.0, g_x, None,
+                                                wrt_cond=True, wrt_uncond=False, controller=ctrl, factors=[xa, se])
+        g_c, g_xa, g_se = g_c + g_ci, g_xa + g_xai, g_se + g_sei
+    restore_attention(sd.unet)
+    assert g_xa[0, 2] == 0 and g_xa[1, 0] == 0 and g_se[0, 1] == 0  # injection gated at w = 0
+    return maps, out.x0_last, [g_x, g_c, g_xa, g_se]
+
+
+def test_controlled_calls_run_one_compiled_graph_per_grad_mode(tiny_sd_dir):
+    """The whole controlled sequence compiled (aot_eager): the same maps, images and gradients as eager, no UNet call
+    eager, one no-grad graph (capture and injection alike) and one graph with grad, no recompile."""
+    from digin.engine.models import load_sd
+    from digin.engine.prepare import prepare_sd
+    from digin.engine.presets import resolve_compute
+    from tests.engine.test_compile import no_recompiles
+
+    runs = {}
+    for mode in ("eager", "compiled"):
+        m = load_sd(tiny_sd_dir, dtype="fp32")
+        z, cond, uncond = _inputs(m, ["a dog on grass", "a red car"])
+        cond2 = m.encode_text(["a cat on grass", "a red boat"])
+        if mode == "compiled":
+            torch._dynamo.reset()
+            prepare_sd(m, resolve_compute("eager", "cpu", compile=True, compile_backend="aot_eager"))
+            with no_recompiles():
+                runs[mode] = _controlled_run(m, z, cond, uncond, cond2)
+            rt = m.runtime
+            unet = rt.unet.outcome()
+            assert unet["calls_eager"] == 0 and unet["calls_compiled"] == 3 * T and not unet["fell_back"]
+            assert sorted(k[0] for k in rt.unet.graphs) == [False, True], rt.unet.graphs
+        else:
+            runs[mode] = _controlled_run(m, z, cond, uncond, cond2)
+    (maps_e, x0_e, g_e), (maps_c, x0_c, g_c) = runs["eager"], runs["compiled"]
+    assert maps_e.keys() == maps_c.keys() and len(maps_e) > 0
+    for k in maps_e:
+        torch.testing.assert_close(maps_c[k], maps_e[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0_c, x0_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_c, g_e):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

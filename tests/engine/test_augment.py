@@ -126,10 +126,15 @@ def test_noise_scale_schedules():
 
 
 @pytest.mark.gpu
-def test_cuda_augmentation_matches_cpu():
+def test_cuda_augmentation_draws_its_noise_on_the_device_per_sample():
+    """On a GPU the noise is drawn there (as the reference's randn_like), per sample and batch-independent; the boxes
+    are the CPU's, so the noise-free cutouts equal the CPU's; on_device=False keeps the CPU draws."""
     img = torch.rand(3, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     seeds = [sample_seed(f"g/{i}", 1, 2) for i in range(3)]
     noise_cpu = cutout_noise(seeds, (4, 3, 16, 16), 0.1, "cpu")
-    assert torch.equal(cutout_noise(seeds, (4, 3, 16, 16), 0.1, "cuda").cpu(), noise_cpu)
-    torch.testing.assert_close(augment(img.cuda(), seeds, 16, 4, 0.3, 0.1).cpu(),
-                               augment(img, seeds, 16, 4, 0.3, 0.1), rtol=0, atol=1e-5)
+    noise_dev = cutout_noise(seeds, (4, 3, 16, 16), 0.1, "cuda")
+    assert noise_dev.is_cuda and torch.equal(cutout_noise(seeds[1:2], (4, 3, 16, 16), 0.1, "cuda"), noise_dev[1:2])
+    assert 0.09 < float(noise_dev.std()) < 0.11
+    assert torch.equal(cutout_noise(seeds, (4, 3, 16, 16), 0.1, "cuda", on_device=False).cpu(), noise_cpu)
+    torch.testing.assert_close(augment(img.cuda(), seeds, 16, 4, 0.3, 0.0).cpu(),
+                               augment(img, seeds, 16, 4, 0.3, 0.0), rtol=0, atol=1e-5)

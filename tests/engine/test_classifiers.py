@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from safetensors.torch import save_file
 
-from digin.engine.augment import augment
+from digin.engine.augment import augment, cutout_noise
 from digin.engine.classifiers import (IMAGENET_MEAN, IMAGENET_STD, IMAGENET_TEMPLATES, ImageClassifier,
                                       build_tiny_net, imagenet_class_names, load_classifier, parse_spec,
                                       save_tiny_classifier)
@@ -54,9 +54,25 @@ def test_resize_path_and_cutout_path_match_manual(img):
     views = augment(img, [4, 9], 16, 3, 0.3, 0.02 * 0.5)
     expect_aug = net(_norm(views.flatten(0, 1), IMAGENET_MEAN, IMAGENET_STD)).view(2, 3, 5)
     torch.testing.assert_close(clf(img, [4, 9], noise_scale=0.5), expect_aug, rtol=0, atol=1e-6)
-    # No cutouts configured → seeds are ignored (reference NormalizationAndResizeWrapper).
+    # No cutouts and no noise configured → the augmented view is the plain resize.
     plain = load_classifier("tiny", num_classes=5, size=16, seed=3)
     torch.testing.assert_close(plain(img, [4, 9]), out, rtol=0, atol=0)
+
+
+def test_no_cutouts_with_noise_resizes_then_adds_per_sample_noise(img):
+    """augmentation_num_cutouts=0 with noise_sd > 0: the reference's cutout wrapper resizes and adds noise; here
+    from each sample's noise stream (the one its cutouts would use), so batch-independent."""
+    clf = load_classifier("tiny", num_classes=5, size=16, num_cutouts=0, noise_sd=0.1, seed=3)
+    net = build_tiny_net(5, 8, 3)
+    x = reference_resize(img, 16)
+    noise = cutout_noise([4, 9], (1, 3, 16, 16), 0.1 * 0.5, "cpu")[:, 0]
+    want = net(_norm(x + noise, IMAGENET_MEAN, IMAGENET_STD))[:, None]
+    got = clf(img, [4, 9], noise_scale=0.5)
+    assert got.shape == (2, 1, 5)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (got - clf(img)).abs().amax() > 1e-3  # the noise really is there
+    torch.testing.assert_close(clf(img, [4, 9], noise_scale=0.0), clf(img), rtol=0, atol=0)
+    torch.testing.assert_close(clf(img[1:], [9], noise_scale=0.5), got[1:], rtol=0, atol=1e-6)
 
 
 def test_fused_cutout_views_equal_the_eager_views_forward_and_backward(img):
@@ -141,7 +157,7 @@ def test_timm_round_trip(tmp_path, img):
     assert torch.allclose(clf.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))  # from the pretrained cfg
     x = reference_resize(img, 32)
     torch.testing.assert_close(clf(img)[:, 0], model(_norm(x, (0.5,) * 3, (0.5,) * 3)), rtol=1e-5, atol=1e-5)
-    bare = load_classifier("test_resnet", num_classes=7, size=32)  # bare name = timm, random init
+    bare = load_classifier("test_resnet", num_classes=7, size=32, allow_random=True)  # bare name = timm, random
     assert not torch.allclose(bare(img), clf(img))
 
 

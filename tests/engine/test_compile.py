@@ -158,3 +158,54 @@ def test_cuda_graphs_only_for_no_grad_graphs_on_cuda(monkeypatch):
     with torch.no_grad():
         cpu(x.detach())
     assert modes[-1] is None and torch.equal(out, torch.full((2,), 2.0))
+
+
+def test_every_outcome_is_recorded_and_strict_compile_refuses_a_fallback():
+    """outcome(): how a call site ran, its graphs and compile seconds, calls each way; a fallback says why, and under
+    strict it stops with one line naming the call site and the reason."""
+    from digin.engine.compile import CompileFellBack, compiled_or_eager
+
+    torch._dynamo.reset()
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    ok = Compiled(lambda x: x + 1, AOT, "good")
+    ok(torch.ones(2))
+    ok(torch.ones(2))
+    o = ok.outcome()
+    assert (o["how"], o["graphs"], o["calls_compiled"], o["calls_eager"], o["fell_back"]) == ("compiled", 1, 2, 0, False)
+    assert len(o["compile_s_per_graph"]) == 1 and o["compile_s"] >= 0
+    off = compiled_or_eager(lambda x: x + 1, None, "off")  # compile off: eager, and counted
+    off(torch.ones(2))
+    assert off.outcome()["how"] == "eager" and off.outcome()["calls_eager"] == 1
+    with pytest.warns(RuntimeWarning):
+        Compiled(lambda x: x * 2, CompileConfig(backend=broken_backend), "soft")(torch.ones(2))
+    strict = Compiled(lambda x: x * 2, CompileConfig(backend=broken_backend, strict=True), "unet")
+    with pytest.raises(CompileFellBack) as err:
+        strict(torch.ones(2))
+    msg = str(err.value)
+    assert "'unet'" in msg and "no compiler here" in msg and "\n" not in msg
+    assert strict.outcome()["how"] == "fell_back" and "no compiler here" in strict.outcome()["reason"]
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_out_of_memory_while_compiling_is_an_out_of_memory_error(wrapped):
+    """An OOM in the compiler (inductor autotuning, a CUDA-graph capture), raised as is or wrapped the way dynamo
+    wraps backend errors, reaches the runner as an OOM (it halves the batch) instead of an eager fallback."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from digin.shards.runner import is_oom
+
+    torch._dynamo.reset()
+
+    def oom_backend(gm, example_inputs):
+        e = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if wrapped:
+            raise BackendCompilerFailed(oom_backend, e, None) from e
+        raise e
+
+    f = Compiled(lambda x: x * 2, CompileConfig(backend=oom_backend), "unet")
+    with pytest.raises(torch.OutOfMemoryError) as err:
+        f(torch.ones(2))
+    assert is_oom(err.value) and not f.fell_back and f.graphs == []

@@ -97,3 +97,35 @@ def test_a_missing_optional_stack_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips", None)
     with pytest.raises(ImportError, match=r"px_lpips needs LPIPS.*pip install 'digin\[lpips\]'"):
         require("lpips", "px_lpips")
+
+
+def _garbage_header(f):
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "garbage_header", "bad_config", "json_path"])
+def test_a_broken_model_is_one_line_through_the_cli(sd_copy, tmp_path, capsys, fault):
+    """Issue 32: each fault gives one stderr line naming the file and what is wrong, no traceback, exit code 1,
+    and nothing written (on every rank alike: ModelFileError is an expected error)."""
+    from digin.cli import main
+    from tests.shards.test_lock_budget import make_input
+
+    weights = sd_copy / UNET_WEIGHTS
+    model_path, named = sd_copy, weights
+    if fault == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    elif fault == "garbage_header":
+        _garbage_header(weights)
+    elif fault == "bad_config":
+        named = sd_copy / "unet" / "config.json"
+        named.write_text('{"sample_size": 8,')
+    else:
+        model_path = named = sd_copy / "model_index.json"
+    inp = make_input(tmp_path / "images", 1, 2)
+    out = tmp_path / "out"
+    code = main(["invert", f"inputs={inp}", f"out={out}", f"model_path={model_path}", "device=cpu"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("digin invert: ModelFileError: model_path ") and str(named) in lines[0]
+    assert "Traceback" not in err and not out.exists()

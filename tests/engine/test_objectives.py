@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digin.engine.augment import sample_seed
+from digin.engine.augment import classifier_seeds, sample_seed
 from digin.engine.classifiers import load_classifier
 from digin.engine.objectives import (Objective, ce_loss, conf_diff_loss, conf_loss, log_conf_diff_loss,
                                      logits_diff_loss, neuron_loss, parse_regularizer, text_loss)
@@ -214,18 +214,26 @@ def test_logits_loss_is_the_intended_margin_not_the_references_constant():
     assert all(g.abs().max() == 0 for g in torch.autograd.grad(ref, (z1, z2)))
 
 
-def test_two_classifier_losses_share_cutouts(clf):
+def test_two_classifier_losses_draw_views_per_classifier(clf):
+    """Each classifier of a two-classifier loss draws its own cutouts and noise (as the reference's two wrappers do):
+    classifier 0 from the sample seeds (the one-classifier draws), classifier 1 from a derived per-sample stream."""
     img = _batch()[0]
     twin = load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=0)
+    y = Y.new_tensor([0, 1, 2])
     for loss in ("conf", "log_conf", "logits"):
-        obj = Objective(loss, [clf, twin], Y.new_tensor([0, 1, 2]), KEYS)
-        total, parts = obj(img, None, (0, 17))
-        assert total.abs().max() == 0, loss  # identical nets + identical views → exactly zero
+        obj = Objective(loss, [clf, twin], y, KEYS)
+        total, _ = obj(img, None, (0, 17))
+        assert total.abs().min() > 1e-6, loss  # identical nets on different views: no longer exactly zero
+        assert obj(img, None, None)[0].abs().max() == 0, loss  # without augmentation both see the same resize
         assert set(obj.confidences(img)) == {"conf_0", "conf_1"}
     other = load_classifier("tiny", num_classes=5, size=16, num_cutouts=4, noise_sd=0.05, seed=1)
-    obj = Objective("conf", [clf, other], Y.new_tensor([0, 1, 2]), KEYS)
+    obj = Objective("conf", [clf, other], y, KEYS)
     seeds = [sample_seed(k, 0, 17) for k in KEYS]
-    close(obj(img, None, (0, 17))[0], conf_diff_loss(clf(img, seeds), other(img, seeds), Y.new_tensor([0, 1, 2])))
+    close(obj(img, None, (0, 17))[0], conf_diff_loss(clf(img, seeds), other(img, classifier_seeds(seeds, 1)), y))
+    assert classifier_seeds(seeds, 0) == seeds and len(set(classifier_seeds(seeds, 1)) & set(seeds)) == 0
+    # per sample: a sample's two-classifier loss does not depend on its batch
+    alone = Objective("conf", [clf, other], y[1:2], KEYS[1:2])(img[1:2], None, (0, 17))[0]
+    close(alone, obj(img, None, (0, 17))[0][1:2])
 
 
 def test_neuron_objective_and_confidences(clf):

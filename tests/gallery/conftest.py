@@ -66,8 +66,9 @@ def write_diff_results(folder: Path, classes=("cat", "dog", INJECTED), per_class
     return folder
 
 
-def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2):
-    """What `digin neurons` leaves: an image shard set, top images and words per neuron, visualise results."""
+def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2, dead=()):
+    """What `digin neurons` leaves: an image shard set, top images and words per neuron, visualise results; a
+    neuron in `dead` has activation 0 everywhere (0 → 0, and on its top images)."""
     from digin.gallery.synthetic import base_pngs, stamp_png
     from digin.shards.manifest import FORMAT, MANIFEST, write_json
     from digin.shards.writer import ShardWriter
@@ -87,7 +88,8 @@ def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2):
                                                           for n in neurons}})
     for n in neurons:
         write_json(folder / f"neuron_{n}_top_images.json", {"neuron": n, "images": [
-            {"key": f"toyset/val/{i:05d}", "activation": 3.0 - i, "id": i} for i in (n % 2, 2, 4)]})
+            {"key": f"toyset/val/{i:05d}", "activation": 0.0 if n in dead else 3.0 - i, "id": i}
+            for i in (n % 2, 2, 4)]})
     vis = folder / "visualise"
     vis.mkdir()
     write_json(vis / MANIFEST, {"format": FORMAT, "kind": "results", "name": "neurons",
@@ -95,7 +97,7 @@ def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2):
     w = ShardWriter(vis, 0, "neurons-000000.tar")
     for n in neurons:
         for i in range(per_neuron):
-            before, after = 1.0 + i, 1.5 + n / 10 - i
+            before, after = (0.0, 0.0) if n in dead else (1.0 + i, 1.5 + n / 10 - i)
             w.add(f"neurons/n{n}/i{i}", {"sd": ("png", stamp_png(pics[0], f"{n}{i}sd")),
                                         "ours": ("png", stamp_png(pics[1], f"{n}{i}ours")), "metrics": {
                 "task": "neurons", "neuron": n, "i": i, "word": "stripes", "class": 0, "loss_name": "neuron_activation",
@@ -105,7 +107,10 @@ def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2):
     return vis
 
 
-@pytest.fixture(scope="module")
+THUMB = 64
+
+
+@pytest.fixture(scope="session")
 def result_world(tmp_path_factory):
     """uvce (with statuses, rejects, skips, an injected label), diff and neuron result folders, and a digin eval
     folder over the uvce results."""
@@ -115,19 +120,20 @@ def result_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     classes = ["tench", "goldfish", INJECTED, "hen"]
     uvce = write_uvce_results(root / "uvce", n_images=8, targets_per_image=2, classes=classes, size=96, per_shard=3,
-                              nonfinite_every=5, no_improvement_every=4,
+                              nonfinite_every=5, no_improvement_every=4, layout="pair",
                               rejects_per_shard=["image:bad_png", "skip:no_pairs", "skip:no_pairs"])
     rng = np.random.default_rng(1)
     ev = root / "uvce-eval"
     ev.mkdir()
     with open(ev / "per_sample.jsonl", "w") as f:
         for s in iter_samples(uvce):
-            for t in s["pairs"]["targets"]:
-                f.write(json.dumps({"key": f"{s['__key__']}/t{t}", "l1_ours": float(rng.uniform(0, 0.2)),
-                                    "l2_ours": float(rng.uniform(0, 0.1)), "lpips_ours": float(rng.uniform(0, .5)),
-                                    "guided/flip": float(rng.integers(0, 2)), "masked": "background"}) + "\n")
+            f.write(json.dumps({"key": s["__key__"], "l1_ours": float(rng.uniform(0, 0.2)),
+                                "l2_ours": float(rng.uniform(0, 0.1)), "lpips_ours": float(rng.uniform(0, .5)),
+                                "guided/conf_start_orig": float(rng.uniform(0.5, 1)),
+                                "guided/conf_target_orig": float(rng.uniform(0, 0.1)),
+                                "guided/flip": float(rng.integers(0, 2)), "masked": "background"}) + "\n")
     return {"uvce": uvce, "eval": ev, "diff": write_diff_results(root / "diff"),
-            "neurons": write_neuron_folder(root / "neurons"), "classes": classes}
+            "neurons": write_neuron_folder(root / "neurons", neurons=(3, 9, 11), dead=(11,)), "classes": classes}
 
 
 def chrome_driver(profile: Path):
@@ -146,9 +152,20 @@ def chrome_driver(profile: Path):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def built(result_world, tmp_path_factory):
+    """The gallery over result_world (uvce with its eval rows, diff, neurons), as `digin gallery` writes it."""
+    from digin.tasks.gallery import Config, run
+
+    out = tmp_path_factory.mktemp("gallery")
+    run(Config(results=[str(result_world[k]) for k in ("uvce", "diff", "neurons")], out=str(out),
+               evals=[str(result_world["eval"])], thumb_size=THUMB))
+    return out
+
+
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory):
-    """One headless Chromium for the module's page tests."""
+    """One headless Chromium for every page test."""
     profile = tmp_path_factory.mktemp("chrome-profile")
     driver = chrome_driver(profile)
     yield driver

@@ -6,21 +6,21 @@ import pytest
 
 from digin.gallery import check_gallery, write_gallery
 from digin.gallery.svg import curves_svg, histogram_svg, loss_curve_svg
-from tests.gallery.conftest import INJECTED
-
-THUMB = 64
+from tests.gallery.conftest import INJECTED, THUMB
 
 
 def test_gallery_pages_links_and_images(tmp_path, synthetic_records):
     write_gallery(synthetic_records, tmp_path / "g")
     problems, pages, images = check_gallery(tmp_path / "g")
     assert problems == []
-    assert pages == 1 + 2 * 2 + 3  # top index, 2 tasks × (overview, list of pages), 3 group pages
+    assert pages == 1 + 2 * 2 + 3  # top index, 2 tasks × (overview, list of pages), 3 pages (2 start classes, 1 class)
     # distinct images: uvce orig (shared by 3 results) + 3 sd + 3 ours + mask; diff sd + ours
     assert images == 1 + 3 + 3 + 1 + 2
-    text = (tmp_path / "g" / "uvce" / "15_to_150.html").read_text()
-    assert "Black/white &lt;Vireo&gt;" in text and "<Vireo>" not in text  # labels are escaped
+    text = (tmp_path / "g" / "uvce" / "15-Painted_Bunting.html").read_text()
+    assert "Black/white &lt;Vireo&gt; (150)" in text and "<Vireo>" not in text  # labels are escaped
     assert "<svg" in text and "polyline" in text
+    assert (tmp_path / "g" / "uvce" / "7-cock.html").is_file()
+    assert (tmp_path / "g" / "diff" / "3-tiger_shark.html").is_file()
     assert "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     overview = (tmp_path / "g" / "uvce" / "index.html").read_text()
     assert 'id="summary"' in overview and "histogram" in overview and 'id="categories"' in overview
@@ -43,28 +43,40 @@ def test_check_finds_broken_links_and_images(tmp_path, synthetic_records):
     assert not any("does not decode" in p for p in check_gallery(tmp_path / "g", decode=False)[0])
 
 
+def _points(svg: str, name: str) -> list[tuple[float, float]]:
+    import re
+
+    m = re.search(r'points="([^"]*)" data-name="' + re.escape(name) + '"', svg)
+    return [tuple(map(float, p.split(","))) for p in m.group(1).split()]
+
+
 def test_svg_plots():
+    import re
+
     svg = loss_curve_svg([4.0, 2.0, 1.0])
-    assert svg.startswith("<svg") and svg.count("polyline") == 1 and "4 … 1" in svg
+    assert svg.count("<polyline") == 1 and "loss: 4 → 1" in svg
     assert "no loss curve" in loss_curve_svg(None) and "no loss curve" in loss_curve_svg([float("inf")])
     two = curves_svg({"conf_0": [0.1, 0.5, 0.9], "<b>": [1, None, 2]}, mark=2)
-    assert two.count("polyline") == 2 and "best iterate 2" in two and "&lt;b&gt;" in two
-    hist = histogram_svg([0.0, 0.1, 0.1, 0.9, None, float("nan")], "gain <x>", bins=3)
-    assert hist.count("<rect") == 2 and "n = 4" in hist and "gain &lt;x&gt;" in hist
+    assert two.count("<polyline") == 2 and "best iterate 2" in two and "&lt;b&gt;" in two
+    # a flat series draws flat, on a probability axis shared by the compared series
+    flat = curves_svg({"p": [0.107] * 6, "q": [0.1, 0.9, 0.5, 0.5, 0.5, 0.5]}, mark=1, fixed=(0.0, 1.0))
+    ys = {y for _, y in _points(flat, "p")}
+    assert len(ys) == 1 and 'data-y0="0.0" data-y1="1.0"' in flat
+    # a near-constant series on its own axis stays flat too (the axis spans ≥ 2 % of the values)
+    tiny = curves_svg({"loss": [2.2360, 2.2361, 2.2360]})
+    ys = [y for _, y in _points(tiny, "loss")]
+    assert max(ys) - min(ys) < 5
+    ticks = re.findall(r'class="[xy]t">([^<]*)<', flat + tiny)
+    assert ticks and not any("e-" in t or "e+" in t for t in ticks), ticks
+    assert '<circle' in flat and 'class="best"' in flat  # the best iterate: a line and a dot per series
+    hist = histogram_svg([0.0, 0.1, 0.1, 0.9, None, float("nan")], "gain <x>", "probability 0..1", bins=3)
+    assert hist.count('data-count="') == 2 and "n = 4" in hist and "gain &lt;x&gt;" in hist and "[probability" in hist
     assert "no values" in histogram_svg([None], "empty")
+    near_zero = histogram_svg([1.47e-09, 0.0, 0.0], "gain", min_span=0.02)
+    assert "e-09" not in "".join(re.findall(r'class="xt">([^<]*)<', near_zero))
 
 
 # ------------------------------------------------------------------ built from result shards, seen in Chromium
-
-@pytest.fixture(scope="module")
-def built(result_world, tmp_path_factory):
-    from digin.tasks.gallery import Config, run
-
-    out = tmp_path_factory.mktemp("gallery")
-    run(Config(results=[str(result_world[k]) for k in ("uvce", "diff", "neurons")], out=str(out),
-               evals=[str(result_world["eval"])], thumb_size=THUMB))
-    return out
-
 
 def expected_uvce_summary(result_world) -> dict:
     """The run summary recomputed from the result shards (decoded by the ordinary reader) and the eval rows."""
@@ -74,7 +86,7 @@ def expected_uvce_summary(result_world) -> dict:
     from digin.shards.reader import iter_samples
 
     ss = ShardSet.load(result_world["uvce"])
-    metrics = {f"{s['__key__']}/t{t}": s[f"t{t}_metrics"] for s in iter_samples(ss) for t in s["pairs"]["targets"]}
+    metrics = {s["__key__"]: s["metrics"] for s in iter_samples(ss)}
     ev = {r["key"]: r for r in map(json.loads, (result_world["eval"] / "per_sample.jsonl").read_text().splitlines())}
     gains = [m["conf_0_ours"] - m["conf_0_sd"] for m in metrics.values() if m["conf_0_ours"] is not None]
     rejects = [r["reason"] for rec in ss.records.values() for r in rec["rejects"]]
@@ -206,9 +218,9 @@ def test_filters_hide_what_they_should(browser, built, result_world):
 
 
 def test_injected_markup_stays_text(browser, built):
-    for page in ("uvce/index.html", "diff/index.html", "neurons/index.html", "index.html"):
+    for page in ("uvce/index.html", "diff/index.html", "neurons/index.html", "index.html", "neurons/neuron-3.html"):
         open_page(browser, built / page)
-        if page != "index.html":
+        if page.endswith("/index.html"):
             show_all_rows(browser)
         assert browser.execute_script("return window.__pwned === undefined && "
                                       "document.querySelectorAll('img[src=\"x\"], #grid script').length === 0")
@@ -224,10 +236,11 @@ def test_neuron_rows_show_top_images_words_and_visualisations(browser, built):
     rows = browser.execute_script(
         "return Array.from(document.querySelectorAll('#grid .row')).map(r => [r.dataset.key, "
         "Array.from(r.querySelectorAll('figcaption')).map(f => f.textContent), r.querySelector('.info').textContent])")
-    assert [r[0] for r in rows] == ["neuron 9", "neuron 3"]  # larger mean gain in activation first
+    assert [r[0] for r in rows] == ["neuron 9", "neuron 11", "neuron 3"]  # larger mean gain in activation first
     for key, captions, info in rows:
         assert [c.split(" ·")[0] for c in captions] == ["top 1", "top 2", "top 3", "i0", "i1"]
         assert "stripes (2)" in info and "word search: stripes 1.5" in info
+        assert ("dead unit?" in info) == (key == "neuron 11")
 
 
 def test_category_table_sorts_by_a_clicked_column(browser, built):

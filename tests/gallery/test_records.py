@@ -78,8 +78,8 @@ def test_gallery_task_run(tmp_path):
     folder = write_result_shards(tmp_path / "res")
     index = run(Config(results=[str(folder)], out=str(tmp_path / "g")))
     assert index.is_file()
-    page = (tmp_path / "g" / "uvce" / "7_to_8.html").read_text()
-    assert "cock → hen" in page and "<svg" in page
+    page = (tmp_path / "g" / "uvce" / "7-cock.html").read_text()
+    assert "cock (7) → hen (8)" in page and "<svg" in page
 
 
 def test_gallery_task_refuses_bad_input_before_writing(tmp_path):

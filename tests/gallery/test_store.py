@@ -52,3 +52,21 @@ def test_broken_image_names_the_sample_and_prune_removes_stale_files(tmp_path):
     assert store.prune() == 2  # the other build's image and thumbnail
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [kept.src[4:]]
     assert sorted(p.name for p in (tmp_path / "thumb").iterdir()) == [kept.thumb[6:]]
+
+
+def test_stage_thumbnails_are_small_jpegs_made_once():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from digin.stages.results import thumbnail_fields
+
+    fields = {"orig": np.zeros((512, 384, 3), np.uint8), "recon": np.full((512, 512, 3), 9, np.uint8),
+              "mask": np.zeros((512, 512), np.uint8), "metrics": {}}
+    thumbs = thumbnail_fields(fields)
+    assert set(thumbs) == {"orig_thumb", "recon_thumb"}  # only the grid's columns, not the mask
+    ext, data = thumbs["orig_thumb"]
+    assert ext == "jpg" and Image.open(io.BytesIO(data)).size == (96, 128) and len(data) < 8000
+    assert thumbnail_fields({**fields, **thumbs}) == {}  # nothing twice
+    assert thumbnail_fields(fields) == thumbs  # the same bytes every time (reruns stay byte-identical)

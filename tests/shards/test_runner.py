@@ -185,7 +185,8 @@ def test_progress_is_plain_lines_when_not_a_tty():
         p.update(2)
     p.close()
     lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("[stage r0] 2/10 (20.0%)") and lines[-1].startswith("[stage r0] 10/10 (100.0%)")
+    assert "Z [stage r0] 2/10 (20.0%)" in lines[0] and "Z [stage r0] 10/10 (100.0%)" in lines[-1]
+    assert lines[0][:4].isdigit() and "ETA" in lines[0]  # UTC timestamp first, ETA last
     assert "\r" not in buf.getvalue() and len(lines) == 5
 
 

@@ -89,7 +89,7 @@ def test_symlink_member_refused(tmp_path):
     (tmp_path / "in" / "s-000000.tar").write_bytes(raw)
     write_json(tmp_path / "in" / "manifest.json", {"format": FORMAT, "name": "s"})
     write_commit(tmp_path / "in", {"index": 0, "file": "s-000000.tar", "count": 1, "bytes": len(raw),
-                                   "sha256": sha256_bytes(raw)})
+                                   "sha256": sha256_bytes(raw), "keys": ["link/0"]})
     # webdataset's tar iteration skips non-regular members unread, so the record's count no longer holds: the
     # shard is refused as a whole, naming the tar
     import pytest

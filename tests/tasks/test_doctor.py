@@ -101,3 +101,30 @@ def test_compute_settings_are_what_a_stage_would_pick(capsys):
     assert code == 0 and "preset reference: fp32, eager, batch 2, checkpoint block" in _line(out, "compute")
     code, out = _doctor(capsys, "attention=xformers", "device=cpu")
     assert code == 1 and _line(out, "compute").split()[0] == "FAIL" and "attention=sdpa" in _line(out, "compute")
+
+
+def test_an_unusable_compile_cache_is_one_fail_line_naming_the_variable(capsys, monkeypatch, tmp_path):
+    """Issue 32: TORCHINDUCTOR_CACHE_DIR under a file (or on an unreadable path) is a FAIL line naming the variable;
+    the rest of the screen is still there."""
+    from pathlib import Path
+
+    from digin.stages.doctor import check_compile_cache
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(afile / "cache"))
+    code, out = _doctor(capsys)
+    line = _line(out, "cache")
+    assert code == 1 and line.split()[0] == "FAIL" and f"TORCHINDUCTOR_CACHE_DIR={afile / 'cache'}" in line
+    assert "is a file, not a folder" in line and _line(out, "ranks")
+    real_exists = Path.exists
+
+    def unreadable(self):  # what a path under a folder this user may not enter does
+        if str(self).startswith(str(tmp_path / "locked")):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self)
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "locked" / "cache"))
+    monkeypatch.setattr(Path, "exists", unreadable)
+    check = check_compile_cache()
+    assert check.status == "FAIL" and "TORCHINDUCTOR_CACHE_DIR" in check.detail and "Permission" in check.detail

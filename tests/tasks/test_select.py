@@ -36,9 +36,11 @@ def test_select_inverts_exactly_the_keys_asked_for_and_uvce_joins_them(thirty, t
     assert inv.meta["plan"]["counts"] == {"input_keys": 30, "selected": 5}
     log = [json.loads(x) for p in (tmp_path / "inv" / "logs").glob("*.jsonl") for x in p.open()]
     summary = next(e for e in log if e["event"] == "summary")
+    start = next(e for e in log if e["event"] == "start")
     images = ShardSet.load(thirty)
     spans = {k: sp for r in images.records.values() for k, sp in zip(r["keys"], r["spans"])}
-    assert summary["io"]["samples"] == sum(spans[k][1] for k in keys)  # read only those five images
+    read = summary["io"]["samples"] - start["io_before_first_batch"]["samples"]  # this process's counter: a delta
+    assert read == sum(spans[k][1] for k in keys)  # read only those five images
 
     clf = save_tiny_classifier(tmp_path / "clf", num_classes=3, size=32, seed=1)
     pairs = [[int(k[-5:]), (int(k[-5:]) // 10 + 1) % 3] for k in keys]
@@ -90,3 +92,14 @@ def test_plan_true_loads_nothing_and_writes_nothing(thirty, tmp_path, capsys):
     assert (r["items"], r["units"], r["world"], r["idle_ranks"]) == (60, 60, 64, 4)
     assert r["pflop"] > 0 and r["cost_rows"].startswith("sd15 guidance")
     assert not (tmp_path / "uvce").exists()
+
+
+def test_template_captions_decode_no_image(thirty, tmp_path, monkeypatch):
+    import digin.shards.decode as D
+
+    def no(*a, **k):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(D, "decode_image", no)
+    assert main(["caption", f"inputs={thirty}", f"out={tmp_path / 'cap'}", "backend=template", "progress=false"]) == 0
+    assert sum(r["count"] for r in ShardSet.load(tmp_path / "cap").records.values()) == 30

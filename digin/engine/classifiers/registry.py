@@ -17,6 +17,7 @@ from .hf import build_hf
 from .labels import label_permutation
 from .madry import build_madry
 from .mae import build_mae
+from .pretrained import timm_weights, torchvision_weights
 from .timm_nets import build_timm
 from .tiny import build_tiny
 from .torchvision_nets import build_torchvision
@@ -80,3 +81,16 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
               f"(classifier_label_order={label_order})", file=sys.stderr, flush=True)
     clf.set_label_order(index)
     return clf
+
+
+def weights_source(spec: str, checkpoint=None) -> str:
+    """Where a classifier spec's weights come from, for `digin doctor`: the checkpoint, the cached pretrained file,
+    or the family's own files (ConfigError when a timm / torchvision name has none)."""
+    if checkpoint:
+        return f"weights {checkpoint}"
+    kind, arg = parse_spec(spec)
+    if kind == "timm" and not arg.startswith("hf-hub:"):
+        return f"pretrained weights from the local cache: {timm_weights(arg)}"
+    if kind == "torchvision":
+        return f"pretrained weights from the local cache: {torchvision_weights(arg)}"
+    return "the weights of its own folder / files"

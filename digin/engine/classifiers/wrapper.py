@@ -3,7 +3,8 @@
 `ImageClassifier` does what the reference's `NormalizationAndCutoutWrapper` (src/utils/models/model_wrappers.py)
 did: images come in as floats in [0,1]; without seeds they are resized to the model size as the reference's
 `TF.resize` does (antialiased bilinear, engine/resize.py) and normalised (one view), with per-sample seeds they
-are cut out + noised (`engine.augment`) into `num_cutouts` views. Logits come back as (B, N, K) fp32 whatever the
+are cut out + noised (`engine.augment`) into `num_cutouts` views, or, without cutouts, resized + noised into one
+view (the reference's cutout wrapper with num_cutouts=0). Logits come back as (B, N, K) fp32 whatever the
 model dtype. `features` also returns the penultimate features (the input of the final linear layer, or the pooled
 output of a named module) for neuron losses.
 """
@@ -107,8 +108,21 @@ class ImageClassifier(nn.Module):
             # The reference's TF.resize (antialiased bilinear). A non-square image is squeezed to size×size
             # (the reference keeps its aspect ratio, shorter side = size, which fixed-size ViTs reject).
             x_BNCss = tv_resize(img_BCHW.float(), self.size)[:, None]
+            if seeds is not None:
+                x_BNCss = self._noised(x_BNCss, seeds, noise_scale)
         x_BNCss = (x_BNCss - self.mean.float()) / self.std.float()
         return x_BNCss.to(self.dtype)
+
+    def _noised(self, x_BNCss: torch.Tensor, seeds: list[int], noise_scale: float) -> torch.Tensor:
+        """Augmented views without cutouts: the reference's wrapper still adds its noise to the resized image; drawn
+        from the per-sample noise streams, on the device where the fused cutouts draw theirs there."""
+        sd = self.noise_sd * noise_scale
+        if not sd:
+            return x_BNCss
+        if len(seeds) != x_BNCss.shape[0]:
+            raise ValueError(f"views: got {len(seeds)} seeds for a batch of {x_BNCss.shape[0]}")
+        on_device = self.fused_cutouts and x_BNCss.is_cuda
+        return x_BNCss + cutout_noise(seeds, x_BNCss.shape[1:], sd, x_BNCss.device, x_BNCss.dtype, on_device=on_device)
 
     def _fused_views(self, img_BCHW: torch.Tensor, seeds: list[int], noise_scale: float) -> torch.Tensor:
         """The same cutouts and noise as `augment` (per-sample streams; noise drawn on the device) through the fused

@@ -1,5 +1,121 @@
-// digin gallery: renders window.DIGIN_ROWS (rows.js) as a sortable, filterable grid. Plain DOM, no server, no
-// innerHTML: every label is a text node, so markup in result metadata stays text.
+// digin gallery: a lightbox for every image in a ".lb" row (zoom, arrows step through the row at the same zoom and
+// scroll, so two images can be flicked at one spot), and the result grid of window.DIGIN_ROWS (rows.js): sortable,
+// filterable. Plain DOM, no server, no innerHTML: every label is a text node, so markup in results stays text.
+(function () {
+  "use strict";
+  var box = null, stage, cap, count, links = [], at = 0, zoom = 1;
+
+  function build() {
+    box = document.createElement("div");
+    box.id = "lightbox";
+    box.hidden = true;
+    var bar = document.createElement("div");
+    bar.className = "bar";
+    [["prev", "←"], ["next", "→"], ["out", "−"], ["in", "+"], ["one", "1:1"], ["fit", "fit"], ["close", "×"]]
+      .forEach(function (b) {
+        var btn = document.createElement("button");
+        btn.type = "button";
+        btn.textContent = b[1];
+        btn.setAttribute("data-act", b[0]);
+        btn.addEventListener("click", function () { act(b[0]); });
+        bar.appendChild(btn);
+      });
+    count = document.createElement("span");
+    bar.appendChild(count);
+    cap = document.createElement("div");
+    cap.className = "cap";
+    stage = document.createElement("div");
+    stage.className = "stage";
+    stage.addEventListener("wheel", function (e) {
+      e.preventDefault();
+      setZoom(zoom * (e.deltaY < 0 ? 1.25 : 0.8));
+    }, {passive: false});
+    box.appendChild(bar);
+    box.appendChild(cap);
+    box.appendChild(stage);
+    document.body.appendChild(box);
+  }
+
+  function natural(a) {
+    var img = a.querySelector("img");
+    return [Number(img.getAttribute("width")) || img.naturalWidth, Number(img.getAttribute("height")) || img.naturalHeight];
+  }
+
+  function fitZoom(a) {
+    var wh = natural(a);
+    return Math.min((window.innerWidth - 40) / wh[0], (window.innerHeight - 110) / wh[1]);
+  }
+
+  function show() {
+    var a = links[at], wh = natural(a), view;
+    while (stage.firstChild) stage.removeChild(stage.firstChild);
+    if (a.classList.contains("heat") || a.classList.contains("overlay")) {  // composites: both layers, full size
+      view = a.cloneNode(true);
+      view.removeAttribute("href");
+    } else {
+      view = document.createElement("img");
+      view.setAttribute("src", a.getAttribute("data-full") || a.getAttribute("href"));
+    }
+    view.classList.add("view");
+    view.style.width = Math.round(wh[0] * zoom) + "px";
+    view.style.height = Math.round(wh[1] * zoom) + "px";
+    stage.appendChild(view);
+    var fig = a.closest("figure");
+    cap.textContent = fig && fig.querySelector("figcaption") ? fig.querySelector("figcaption").textContent : "";
+    count.textContent = (at + 1) + " / " + links.length + " · " + Math.round(zoom * 100) + " %";
+  }
+
+  function setZoom(z) {
+    var cx = (stage.scrollLeft + stage.clientWidth / 2) / zoom, cy = (stage.scrollTop + stage.clientHeight / 2) / zoom;
+    zoom = Math.max(0.1, Math.min(z, 32));
+    show();
+    stage.scrollLeft = cx * zoom - stage.clientWidth / 2;  // keep the spot under the centre
+    stage.scrollTop = cy * zoom - stage.clientHeight / 2;
+  }
+
+  function act(what) {
+    if (what === "close") { box.hidden = true; return; }
+    if (what === "prev" || what === "next") {
+      var x = stage.scrollLeft, y = stage.scrollTop;
+      at = (at + (what === "next" ? 1 : links.length - 1)) % links.length;
+      show();
+      stage.scrollLeft = x;  // same zoom and spot: flick between images
+      stage.scrollTop = y;
+      return;
+    }
+    if (what === "fit") return setZoom(fitZoom(links[at]));
+    setZoom(what === "one" ? 1 : zoom * (what === "in" ? 1.5 : 1 / 1.5));
+  }
+
+  function open(a) {
+    if (!box) build();
+    var row = a.closest(".lb");
+    links = Array.prototype.filter.call(row.querySelectorAll("a.pic"), function (x) {
+      return (x.getAttribute("href") || "").charAt(0) !== "#" || x.hasAttribute("data-full");
+    });
+    at = Math.max(0, links.indexOf(a));
+    box.hidden = false;
+    zoom = Math.max(1, Math.floor(fitZoom(a)));  // small images at a whole multiple: pixels stay square
+    if (zoom * natural(a)[0] > window.innerWidth) zoom = fitZoom(a);
+    show();
+  }
+
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest(".lb a.pic") : null;
+    if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+    if ((a.getAttribute("href") || "").charAt(0) === "#") return;  // the image row jumps to its pair
+    e.preventDefault();
+    open(a);
+  });
+  document.addEventListener("keydown", function (e) {
+    if (!box || box.hidden) return;
+    var keys = {Escape: "close", ArrowLeft: "prev", ArrowRight: "next", "+": "in", "=": "in", "-": "out", "0": "one",
+                f: "fit"};
+    if (keys[e.key]) { e.preventDefault(); act(keys[e.key]); }
+  });
+  window.diginLightbox = {open: open, act: act, state: function () { return {at: at, zoom: zoom, n: links.length}; }};
+})();
+
 (function () {
   "use strict";
   var data = window.DIGIN_ROWS;
@@ -77,6 +193,13 @@
     var link = node("a", "", r.k);
     link.setAttribute("href", r.p);
     info.appendChild(link);
+    if (r.p2) {  // a comparison row: the other run's page too
+      info.appendChild(document.createTextNode(" · "));
+      var other = node("a", "", r.l2 || "other");
+      other.setAttribute("href", r.p2);
+      info.appendChild(other);
+    }
+    if (r.hl) row.className += " hl";
     row.appendChild(cells);
     row.appendChild(info);
     return row;
