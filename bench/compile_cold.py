@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cold compile time of the UNet call site, one fresh process and an empty inductor cache per variant → JSON rows.
 
-  python bench/compile_cold.py                              # CPU: the tiny UNet, inductor, variants full / nested / regional
+  python bench/compile_cold.py                              # CPU: the tiny UNet, inductor, every variant
   python bench/compile_cold.py models=sd15 variants=[full]  # GPU: SD-1.5 shapes, batch 8 (CFG: 16 rows)
 
 Variants:

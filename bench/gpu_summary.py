@@ -85,7 +85,8 @@ def summarise(rows: list[dict], costs: list[dict]) -> dict:
             elif f["fell_back"] is None and m == "fast":
                 out["speedups"][key] = "no speedup: the compiled run stopped before it reported its call sites"
             elif f["fell_back"] or ref.get("fell_back"):
-                out["speedups"][key] = f"no speedup: fell back ({'; '.join((f['fell_back'] or []) + (ref.get('fell_back') or []))[:200]})"
+                why = "; ".join((f["fell_back"] or []) + (ref.get("fell_back") or []))
+                out["speedups"][key] = f"no speedup: fell back ({why[:200]})"
             elif m == "fast" and f.get("eager_unet_calls"):
                 out["speedups"][key] = f"no speedup: {f['eager_unet_calls']} UNet calls ran eagerly"
             else:
@@ -110,10 +111,12 @@ def markdown(s: dict) -> str:
         spi = i.get("s_per_image") or {}
         f = lambda x: "–" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))  # noqa: E731
         peak = f"{f(i.get('peak_gib'))} ({f(i.get('predicted_peak_gib'))})"
+        est = ", ".join(i["estimated_calls"]) or "–"
+        if i["missing_calls"]:
+            est += " missing: " + ", ".join(i["missing_calls"])
         lines.append(f"| {m} | {i['batch']} | {i['dtype']} | {i['tf32']} | {f(spi.get('guidance'))} | "
                      f"{f(spi.get('uvce'))} | {f(spi.get('inversion'))} | {f(i.get('e2e_over_composed'))} | {peak} | "
-                     f"{f(i.get('fell_back'))} | {f(i.get('eager_unet_calls'))} | "
-                     f"{', '.join(i['estimated_calls']) or '–'}{' missing: ' + ', '.join(i['missing_calls']) if i['missing_calls'] else ''} |")
+                     f"{f(i.get('fell_back'))} | {f(i.get('eager_unet_calls'))} | {est} |")
     lines += ["", "| speedup over reference | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f}× |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in s["speedups"].items()]
     lines += ["", "| target | met |", "| --- | --- |"]

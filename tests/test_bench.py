@@ -42,9 +42,9 @@ def test_bench_guidance_and_inversion_reference_vs_fast(capsys, tmp_path):
 
 def test_bench_uvce_workload_runs_every_unet_call_compiled(capsys):
     """`workloads=[uvce]`: the stage's edit (capture, masks, P2P, the 3 × 2 schedule search, blending) and guidance
-    with the controller injecting, fast mode compiled (aot_eager): no UNet call eager, no fallback, no recompile;
+    with the controller injecting, fast mode compiled (dynamo): no UNet call eager, no fallback, no recompile;
     the reference runs eager (all its calls counted) and the speedup row is written."""
-    assert run(Config(models="tiny", workloads=["uvce"], batch=2, compile_backend="aot_eager", warmup=1, iters=1,
+    assert run(Config(models="tiny", workloads=["uvce"], batch=2, compile_backend="eager", warmup=1, iters=1,
                       attention=["sdpa"], count_flops=False)) == 0
     rows = {r["mode"]: r for r in _rows(capsys.readouterr().out)}
     fast, ref = rows["fast"], rows["reference"]

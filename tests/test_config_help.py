@@ -12,7 +12,7 @@ from digin.stages.args import stage_config_of
 
 # #14's compute keys may resolve per device at run time (preset=auto); their help may say so.
 DEVICE_RESOLVED = {"preset", "dtype", "compile", "compile_backend", "batch_size", "checkpoint", "attention", "cudagraphs",
-                   "kernels"}
+                   "kernels", "tf32", "strict_compile", "compile_scope"}
 ABSENT = object()
 
 

@@ -8,7 +8,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 
 from digin import quiet
 

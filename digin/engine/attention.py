@@ -17,7 +17,10 @@ copy); a step without stored maps gets a zero map of the same shape with factor 
 fixed from the controller's first call on (capture keeps being computed after `stop_capture`, its maps are
 dropped), so the initial pass, the schedule search at the same rows and the SGD chain share one no-grad graph; calls
 with grad compute no capture. A step recomputed in the per-step adjoint gets the same step index, hence the same
-injection.
+injection. Inside the call each layer reads its share from a slot on its processor (`unet_forward`), so no layer's
+code depends on its name and a compiled transformer block serves every block of its shape (compile_scope=regional).
+An eager call site gets only what its step does (`control(dense=False)`: the reference's per-step work), the same
+values without the zero work.
 
 Batch layout inside a UNet call (CFG): rows [0, B) unconditional, rows [B, 2B) conditional.
 

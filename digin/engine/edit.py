@@ -6,7 +6,8 @@ post-processing) → Prompt-to-Prompt re-indexing to the edited prompt → laten
 objective. Where the UNet call compiles, the search runs one candidate of all B samples per chain (as the reference
 runs them one at a time): its UNet calls then have the SGD chain's rows and reuse its compiled graph (the attention
 controller's one no-grad graph, engine/attention.py), instead of compiling a UNet, decoder and classifier graph of
-N·B rows for one use per batch; eager, all candidates run as one batch of N·B rows. `guidance.optimise(setup.objective, blend=..., controller=...)` takes the result as it is.
+N·B rows for one use per batch; eager, all candidates run as one batch of N·B rows.
+`guidance.optimise(setup.objective, blend=..., controller=...)` takes the result as it is.
 Masks are computed whenever blending or a masked regulariser needs them (no "needs a masked regulariser" quirk).
 Schedules switched to learnable (`optimize_*`) start from the chosen candidate and travel with the blend /
 controller, so `optimise` learns them (engine/learnable.py).

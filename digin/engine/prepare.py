@@ -25,7 +25,8 @@ import time
 
 from digin.shards.interrupt import urgent
 
-from .compile import Compiled, CompileConfig, _must_propagate, compiled_or_eager, oom_inside
+from .compile import (Compiled, CompileConfig, _contiguous, _must_propagate, _signature, compiled_or_eager,
+                      oom_inside)
 from .presets import ComputeSettings
 
 def compile_config(settings: ComputeSettings, cache_dir: str | None = None) -> CompileConfig:
@@ -40,7 +41,7 @@ class SDRuntime:
     settings: ComputeSettings
     unet: object  # (x, t, emb) → prediction in the weight dtype
     decode: object  # x̂0 latent → image in [0, 1] fp32
-    notes: list = field(default_factory=list)  # decisions said once (e.g. eager steps under a controller)
+    notes: list = field(default_factory=list)  # decisions said once (e.g. no CUDA graphs on this device)
 
     def compiled(self) -> dict:
         """name → compiled graph keys so far (empty when eager)."""
@@ -82,13 +83,14 @@ class RegionalUNet(Compiled):
         for b in self.blocks:
             b.compile(backend=self.cfg.backend, dynamic=False, fullgraph=self.cfg.fullgraph)
 
+    def uses_cudagraphs(self, grad: bool) -> bool:
+        return False
+
     def __call__(self, *args, **static):
         if self.fell_back:
             self.calls["eager"] += 1
             return self.eager(*args, **static)
-        args = torch.utils._pytree.tree_map(lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, args)
-        from .compile import _signature
-
+        args = _contiguous(args)
         key = (torch.is_grad_enabled(), _signature(args, static))
         first = key not in self._compiled
         t0 = time.perf_counter()

@@ -61,11 +61,14 @@ class ComputeSettings:
 
 _VALUES = {
     "fast": dict(dtype="bf16", compile=True, compile_backend="inductor", batch_size=8, checkpoint="step",
-                 attention="sdpa", cudagraphs=True, kernels=True, tf32="on", strict_compile=False, compile_scope="full"),
+                 attention="sdpa", cudagraphs=True, kernels=True, tf32="on", strict_compile=False,
+                 compile_scope="full"),
     "reference": dict(dtype="fp32", compile=False, compile_backend="inductor", batch_size=1, checkpoint="block",
-                      attention="sdpa", cudagraphs=False, kernels=False, tf32="conv", strict_compile=False, compile_scope="full"),
+                      attention="sdpa", cudagraphs=False, kernels=False, tf32="conv", strict_compile=False,
+                      compile_scope="full"),
     "eager": dict(dtype="fp32", compile=False, compile_backend="inductor", batch_size=4, checkpoint="step",
-                  attention="sdpa", cudagraphs=False, kernels=True, tf32="conv", strict_compile=False, compile_scope="full"),
+                  attention="sdpa", cudagraphs=False, kernels=True, tf32="conv", strict_compile=False,
+                  compile_scope="full"),
 }
 
 _ALLOWED = {"dtype": DTYPES, "checkpoint": CHECKPOINTS, "attention": ATTENTION_BACKENDS,

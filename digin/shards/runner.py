@@ -125,6 +125,9 @@ class RunOptions:
     max_consecutive_rejects: int | None = 100
     max_reject_share: float | None = 0.001
     reject_share_min_samples: int = 1000
+    # how the model call sites ran so far (compiled / eager calls, graphs, fallbacks: engine.compile), asked at each
+    # commit and at the end; the shard layer cannot import the engine, so the stage hands it in
+    call_sites: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -158,6 +161,7 @@ class StageSummary:
     lost_units: int = 0  # schedule=dynamic: units this rank ran but another attempt committed first
     retaken_units: int = 0  # schedule=dynamic: units this rank took over after their holder's lease ran out
     io: dict = field(default_factory=dict)  # bytes read by kind (digin.shards.iocount)
+    call_sites: dict = field(default_factory=dict)  # RunOptions.call_sites() at the end of the run
     nonfinite: int = 0  # results written with status "nonfinite" (a loss or metric turned NaN/inf)
     no_improvement: int = 0  # results written with status "no_improvement" (the loss only rose)
     final_batch_size: int = 0
@@ -672,6 +676,8 @@ class _StageRun:
         if self.board is not None and self.board.lost(u.j):
             self._lost(u, "taken over by another rank after this rank's lease ran out")
             return
+        if self.how.call_sites is not None:  # how its results were computed travels with them
+            u.writer.extra["call_sites"] = self.how.call_sites()
         try:
             rec = u.writer.commit(sorted(u.rejects, key=lambda r: r["pos"]))
         except CommitExists:
@@ -903,6 +909,9 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
             summary.retaken_units = board.retaken
         summary.final_batch_size = run.bs
         summary.io = io_counters()
+        if how.call_sites is not None:
+            summary.call_sites = how.call_sites()
+            log.event("compile", **summary.call_sites)
         bar.close()
         log.event("summary", **{k: v for k, v in summary.__dict__.items()})
         log.close()

@@ -93,7 +93,7 @@ class CommonArgs(ComputeArgs, WorkArgs):
 WORK_KEYS = ("items_per_shard", "schedule", "lease_s", "plan", "world", "json")
 # Keys that do not change a stage's outputs: left out of the config recorded (and hashed) in its manifest.
 OPERATIONAL_KEYS = ("out", "device", "num_workers", "force", "allow_incomplete", "progress", "wandb_project",
-                    "wandb_entity", "wandb_mode", *WORK_KEYS)
+                    "wandb_entity", "wandb_mode", "strict_compile", *WORK_KEYS)
 
 
 def stage_config_of(cfg, stage: str, drop=()) -> dict:

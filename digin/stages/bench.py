@@ -513,9 +513,9 @@ def bench_calls(cfg, models: str, settings_w: dict, dev, mode: str, emit, eager_
             with block_checkpointing(sd, s.checkpoint == "block" and name.endswith("fwdbwd")):
                 t = time_call(fns[name], dev, cfg.reps)
             ms[name] = t["ms"]
+            compile_s = max(t["first_s"] - t["ms"] / 1000, 0.0) if s.compile else 0.0
             emit(dict(base, call=name, status="ok", ms_per_call=t["ms"], ms_per_image=t["ms"] / s.batch_size,
-                      first_call_s=t["first_s"], compile_s=max(t["first_s"] - t["ms"] / 1000, 0.0) if s.compile else 0.0,
-                      peak_gib=t["peak_gib"]))
+                      first_call_s=t["first_s"], compile_s=compile_s, peak_gib=t["peak_gib"]))
         estimated = estimate_missing(ms, eager_ms)
         fields = compile_fields(sd, clf, calls0)
         out = {"ms": ms}

@@ -345,7 +345,7 @@ def run_options(cfg, **kw):
 
 def run_or_show(cfg, spec, load, **run_kw) -> int:
     """plan=true: print the plan, load nothing, write nothing. Else `load()` → the process, and run the spec; then
-    say how the run's model call sites ran (`record_compile`)."""
+    say how the run's model call sites ran (`say_compile`; the runner logs and records them)."""
     from digin.engine.compile import snapshot
     from digin.shards.runner import run_stage
 
@@ -353,35 +353,30 @@ def run_or_show(cfg, spec, load, **run_kw) -> int:
         return show_plan(spec, cfg)
     spec.process = load()
     before = snapshot()
-    summary = run_stage(spec, run_options(cfg, **run_kw))
-    record_compile(spec.name, summary, before, bool(getattr(cfg, "compile", False)))
+    summary = run_stage(spec, run_options(cfg, call_sites=lambda: call_site_record(before), **run_kw))
+    say_compile(spec.name, summary.call_sites, bool(getattr(cfg, "compile", False)))
     return summary.exit_code
 
 
-def record_compile(stage: str, summary, before: dict, compiled: bool) -> dict:
-    """How this run's call sites ran (engine.compile outcomes, calls counted from `before`): one `compile` event
-    appended to the rank's log (graphs, compile seconds, CUDA graphs, calls compiled / eager per site, fallbacks and
-    why, `eager_unet_calls`) and, when compiling was asked for or a site fell back, one line on stderr."""
-    import json
-    import sys
-    import time
-
+def call_site_record(before: dict) -> dict:
+    """How the call sites ran since `before` (an engine.compile.snapshot()): per site name its calls compiled /
+    eager, graphs, compile seconds, CUDA graphs, fallback and reasons, plus `eager_unet_calls` — JSON-able, for the
+    rank's log (and, once the runner takes it, its summary and commit records)."""
     from digin.engine.compile import since, summarise
 
     sites = summarise([r for r in since(before) if r["calls_compiled"] or r["calls_eager"] or r["fell_back"]])
     unet = sites.get("unet")
-    event = {"t": round(time.time(), 3), "event": "compile", "sites": sites,
-             "eager_unet_calls": unet["calls_eager"] if unet else 0}
-    path = getattr(summary, "log_path", "")
-    if path:
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(event, default=str) + "\n")
-        except OSError:
-            pass  # the log is for reading later; a vanished log folder must not fail a finished run
+    return {"sites": sites, "eager_unet_calls": unet["calls_eager"] if unet else 0}
+
+
+def say_compile(stage: str, rec: dict, compiled: bool) -> None:
+    """After a run (the runner logged `rec` as a `compile` event and put it in every commit record): one line on
+    stderr when compiling was asked for or a site fell back."""
+    import sys
+
+    sites = (rec or {}).get("sites") or {}
     if sites and (compiled or any(v["fell_back"] for v in sites.values())):
         parts = [f"{name}: {v['calls_compiled']} compiled / {v['calls_eager']} eager calls, {v['graphs']} graphs "
                  f"({v['compile_s']:.0f} s)" + (" FELL BACK: " + "; ".join(v["reasons"]) if v["fell_back"] else "")
                  for name, v in sites.items()]
         print(f"[{stage}] call sites: " + "; ".join(parts), file=sys.stderr, flush=True)
-    return event

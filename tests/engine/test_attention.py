@@ -10,6 +10,7 @@ from digin.engine.p2p import replacement_matrix
 from digin.engine.sampling import run_chain, step_vjp
 from digin.engine.schedule import make_ddim_schedule
 from digin.kernels import cfg_ddim_reference
+from tests.engine.naive_attention import naive_out, naive_probs
 
 T = 3
 
@@ -23,21 +24,15 @@ class NaiveProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  digin_step=None):
-        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        p, v = naive_probs(attn, hidden_states, encoder_hidden_states)
         n = hidden_states.shape[0]
-        q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
-        H = attn.heads
-        d = q.shape[-1] // H
-        q, k, v = (x.view(n, -1, H, d).transpose(1, 2) for x in (q, k, v))
-        p = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
         if self.is_cross and digin_step is not None:
             B = n // 2
             self.record[(self.name, digin_step)] = p[B:].detach().clone()
             if self.inject is not None and (self.name, digin_step) in self.inject:
                 w = self.w_BT[:, digin_step].view(-1, 1, 1, 1)
                 p = torch.cat([p[:B], (1 - w) * p[B:] + w * self.inject[(self.name, digin_step)]])
-        out = (p @ v).transpose(1, 2).reshape(n, -1, H * d)
-        return attn.to_out[1](attn.to_out[0](out))
+        return naive_out(attn, p, v)
 
 
 def install_naive(unet, record, inject=None, w_BT=None):
@@ -147,7 +142,7 @@ def test_injection_equals_naive_probability_mixing(sd):
     _run(sd, z, cond, uncond, ctrl)
     ctrl.stop_capture()
     stored = {(n, s): p.clone() for n, d in ctrl.cross_maps.items() for s, p in d.items()}
-    N, B = 2, 2
+    N = 2
     w_BT = torch.tensor([[1.0, 0.5, 0.0], [0.3, 0.0, 0.0], [0.0, 0.7, 0.0], [0.9, 0.9, 0.0]])  # (N·B, T)
     cond2 = sd.encode_text(["a cat in snow", "a blue boat"]).repeat(N, 1, 1)
     zz, uu = z.repeat(N, 1, 1, 1), uncond.repeat(N, 1, 1)
@@ -248,4 +243,32 @@ def test_controlled_calls_run_one_compiled_graph_per_grad_mode(tiny_sd_dir):
     torch.testing.assert_close(x0_c, x0_e, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_c, g_e):
         assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_regional_compile_runs_the_controlled_calls_in_compiled_blocks(tiny_sd_dir):
+    """compile_scope=regional: only the transformer blocks are compiled (one graph per block shape, shared by the
+    blocks), and the controlled sequence gives the eager results, no UNet call eager."""
+    from digin.engine.models import load_sd
+    from digin.engine.prepare import prepare_sd
+    from digin.engine.presets import resolve_compute
+
+    runs = {}
+    for mode in ("eager", "regional"):
+        m = load_sd(tiny_sd_dir, dtype="fp32")
+        if mode == "regional":
+            torch._dynamo.reset()
+            prepare_sd(m, resolve_compute("eager", "cpu", compile=True, compile_backend="eager",
+                                          compile_scope="regional"))
+        z, cond, uncond = _inputs(m, ["a dog on grass", "a red car"])
+        runs[mode] = _controlled_run(m, z, cond, uncond, m.encode_text(["a cat on grass", "a red boat"]))
+        if mode == "regional":
+            o = m.runtime.unet.outcome()
+            assert (o["how"], o["calls_eager"], o["calls_compiled"], o["graphs"]) == ("compiled", 0, 3 * T, 2)
+            assert all(b._compiled_call_impl is not None for b in m.runtime.unet.blocks)
+    (maps_e, x0_e, g_e), (maps_r, x0_r, g_r) = runs["eager"], runs["regional"]
+    for k in maps_e:
+        torch.testing.assert_close(maps_r[k], maps_e[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0_r, x0_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_r, g_e):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digin.engine.guidance import (GuidanceConfig, IterateLog, MaskedOptimizer, OptimParams, _grads_adjoint,
+from digin.engine.guidance import (GuidanceConfig, IterateLog, MaskedOptimizer, _grads_adjoint,
                                    _grads_autograd, cosine_lrs, optimise)
 from digin.engine.schedule import loss_step_weights, make_ddim_schedule
 from tests.engine.family_checks import NoiseCE, inputs, tiny_net

@@ -14,6 +14,7 @@ from digin.engine.learnable import LearnableBlend, learnable_blend, learned_sche
 from digin.engine.objectives import Objective
 from digin.engine.schedule import loss_step_weights, make_ddim_schedule
 from digin.errors import ConfigError
+from tests.engine.naive_attention import naive_out, naive_probs
 
 T = 4
 PROMPTS = ["a photo of a red star", "a photo of a blue ring"]
@@ -84,13 +85,8 @@ class RefProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  digin_step=None):
-        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        p, v = naive_probs(attn, hidden_states, encoder_hidden_states)
         n = hidden_states.shape[0]
-        q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
-        H = attn.heads
-        d = q.shape[-1] // H
-        q, k, v = (x.view(n, -1, H, d).transpose(1, 2) for x in (q, k, v))
-        p = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
         w = self.factors["xa" if self.is_cross else "self"][digin_step]
         stored = self.maps["xa" if self.is_cross else "self"].get(self.name, {}).get(digin_step)
         if w > 0 and stored is not None:
@@ -98,8 +94,7 @@ class RefProcessor:
                 p = torch.cat([p[: n // 2], (1 - w) * p[n // 2:] + w * stored])
             else:
                 p = (1 - w) * p + w * stored
-        out = (p @ v).transpose(1, 2).reshape(n, -1, H * d)
-        return attn.to_out[1](attn.to_out[0](out))
+        return naive_out(attn, p, v)
 
 
 def reference_loop(sd, setup, z, uncond, K):

@@ -12,18 +12,13 @@ from tests.engine.test_compile import no_recompiles
 def test_toy_uvce_runs_no_unet_call_eagerly(tmp_path):
     from digin import toy
     from digin.cli import build_config
-    from digin.shards.convert import convert
     from digin.stages import models
     from digin.tasks import invert, uvce
-    from digin.toy.demo import write_caption_shards
+    from tests.toy_inputs import toy_scene_inputs
 
     if not toy.available():
         pytest.skip("toy model weights are not in digin/toy/models")
-    raw = toy.world.make_dataset_folder(tmp_path / "raw", n_per_class=1, seed=7, split="dev")
-    convert("imagefolder", tmp_path / "raw", "dev", tmp_path / "images", name="toy", samples_per_shard=3,
-            progress=False)
-    caps = json.loads((raw / "captions.json").read_text())
-    write_caption_shards(tmp_path / "images", tmp_path / "captions", [caps[k] for k in sorted(caps)])
+    toy_scene_inputs(tmp_path)  # images/ and captions/ under tmp_path
     common = [f"model_path={toy.paths()['sd']}", "resolution=64", "center_crop=false", "num_ddim_steps=4",
               "device=cpu", "batch_size=3", "progress=false"]
     models._SD_CACHE.clear()
@@ -38,7 +33,8 @@ def test_toy_uvce_runs_no_unet_call_eagerly(tmp_path):
             f"classifier={toy.classifier_spec('clean')}", "optim_params.sgd_steps=1", "checkpoint=step",
             "augmentation_num_cutouts=2", "pairs=explicit", "explicit_pairs=[[0,1],[1,2],[2,3]]",
             "segmentation.xa_map_resolution=16", "compile=true", "compile_backend=eager"])) == 0
-    events = [json.loads(line) for f in (tmp_path / "u" / "logs").glob("*.jsonl") for line in f.read_text().splitlines()]
+    logs = (tmp_path / "u" / "logs").glob("*.jsonl")
+    events = [json.loads(line) for f in logs for line in f.read_text().splitlines()]
     (compiled,) = [e for e in events if e["event"] == "compile"]
     unet = compiled["sites"]["unet"]
     # 3 pairs in one batch of 3: initial pass 4 + search 6 × 4 + one iteration (chain 4 + recompute 4) + evaluation 4

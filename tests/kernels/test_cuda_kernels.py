@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from digin.engine.schedule import make_ddim_schedule
-from digin.kernels import cfg_ddim_reference, cutouts_reference, fused_cfg_ddim, fused_cutouts, random_boxes, set_kernels
+from digin.kernels import (cfg_ddim_reference, cutouts_reference, fused_cfg_ddim, fused_cutouts, random_boxes,
+                           set_kernels)
 from digin.kernels import cfg_ddim_triton, cutouts_triton
 from tests.kernels.spies import spy_launchers
 

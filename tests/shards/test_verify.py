@@ -3,7 +3,6 @@ import io
 import json
 import random
 import shutil
-from collections import Counter
 
 import pytest
 

@@ -7,7 +7,6 @@ import torch
 from digin.gallery.records import ResultRecord
 from digin.stages import eval as S
 from digin.tasks import eval as E
-from tests.gallery.conftest import png
 
 
 def records():

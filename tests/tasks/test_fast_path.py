@@ -232,18 +232,11 @@ def test_compiled_diff_on_the_toy_world_equals_eager(tmp_path):
 def test_compiled_invert_and_uvce_on_the_toy_world_equal_eager(tmp_path):
     """Toy scenes → shards + captions → null-text inversion → UVCEs (P2P, masks, blending), eager and compiled."""
     from digin import toy
-    from digin.shards.convert import convert
-    from digin.toy.demo import write_caption_shards
+    from tests.toy_inputs import toy_scene_inputs
 
     if not toy.available():
         pytest.skip("toy model weights are not in digin/toy/models")
-    import json
-
-    raw = toy.world.make_dataset_folder(tmp_path / "raw", n_per_class=1, seed=7, split="dev")
-    convert("imagefolder", tmp_path / "raw", "dev", tmp_path / "images", name="toy", samples_per_shard=3,
-            progress=False)
-    caps = json.loads((raw / "captions.json").read_text())
-    write_caption_shards(tmp_path / "images", tmp_path / "captions", [caps[k] for k in sorted(caps)])
+    toy_scene_inputs(tmp_path)  # images/ and captions/ under tmp_path
     common_args = [f"model_path={toy.paths()['sd']}", "resolution=64", "center_crop=false", "num_ddim_steps=4",
                    "device=cpu", "batch_size=3"]
     outs = {}

@@ -121,8 +121,8 @@ class ImageClassifier(nn.Module):
             return x_BNCss
         if len(seeds) != x_BNCss.shape[0]:
             raise ValueError(f"views: got {len(seeds)} seeds for a batch of {x_BNCss.shape[0]}")
-        on_device = self.fused_cutouts and x_BNCss.is_cuda
-        return x_BNCss + cutout_noise(seeds, x_BNCss.shape[1:], sd, x_BNCss.device, x_BNCss.dtype, on_device=on_device)
+        # on the GPU itself when the images are there, in every preset (as the reference's randn_like)
+        return x_BNCss + cutout_noise(seeds, x_BNCss.shape[1:], sd, x_BNCss.device, x_BNCss.dtype, on_device=None)
 
     def _fused_views(self, img_BCHW: torch.Tensor, seeds: list[int], noise_scale: float) -> torch.Tensor:
         """The same cutouts and noise as `augment` (per-sample streams; noise drawn on the device) through the fused
