@@ -103,6 +103,7 @@ RULES: dict[str, Num] = {
     "k": COUNT, "activation_batch_size": COUNT, "rank": COUNT0, "world": COUNT, "num_images_to_label": COUNT,
     "min_word_count": COUNT0, "max_words": COUNT, "images_per_word": COUNT, "sd_batch_size": COUNT,
     "wait_s": NONNEG, "stall_s": Real(0, lo_open=True),
+    "class_id_field": COUNT0, "vlm_resolution": Int(8, 8192),  # neurons mode=spurious_check
     # work plans (digin.shards.plan): units, dynamic-schedule leases
     "items_per_shard": Int(1, 100_000), "lease_s": Real(1, lo_open=False),
     # shard

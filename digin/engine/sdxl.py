@@ -190,14 +190,6 @@ def _wrap(tok, tok2, te, te2, unet, vae, sched: dict, force_zeros: bool, source:
                      force_zeros_for_empty_prompt=force_zeros)
 
 
-def is_sdxl_folder(folder: str | os.PathLike) -> bool:
-    f = Path(folder)
-    if (f / "text_encoder_2").is_dir():
-        return True
-    idx = f / "model_index.json"
-    return idx.exists() and "XL" in json.loads(idx.read_text()).get("_class_name", "")
-
-
 def load_sdxl(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None) -> SDXLModel:
     """SDXL from a local diffusers folder (tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae,
     scheduler) or a single .safetensors file plus `model_config` (a local SDXL folder without weights). Offline."""

@@ -34,22 +34,36 @@ class _Resolver:
 
     def __init__(self, root: Path):
         self.root = os.path.normpath(str(root))
-        self._is_file: dict[str, bool] = {}
+        self._files: dict[str, set[str]] = {}  # folder -> names of the regular files in it (listed once)
+        self._resolved: dict[tuple[str, str], str] = {}  # (page folder, reference) -> file, once found
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
 
+    def _is_file(self, target: str) -> bool:
+        """os.path.isfile, from one listing of the target's folder (tens of thousands of images)."""
+        folder, name = os.path.split(target)
+        if folder not in self._files:
+            try:
+                with os.scandir(folder) as it:
+                    self._files[folder] = {e.name for e in it if e.is_file()}
+            except OSError:
+                self._files[folder] = set()
+        return name in self._files[folder]
+
     def __call__(self, page: str, ref: str):
+        hit = self._resolved.get((os.path.dirname(page), ref))
+        if hit is not None:
+            return hit, None
         parts = urlsplit(ref)
         if parts.scheme or parts.netloc or ref.startswith("/") or not parts.path:
             return None, f"{self.rel(page)}: not a relative file link: {ref!r}"
         target = os.path.normpath(os.path.join(os.path.dirname(page), unquote(parts.path)))
         if not target.startswith(self.root + os.sep):
             return None, f"{self.rel(page)}: link leaves the gallery: {ref!r}"
-        if target not in self._is_file:
-            self._is_file[target] = os.path.isfile(target)
-        if not self._is_file[target]:
+        if not self._is_file(target):
             return None, f"{self.rel(page)}: broken link {ref!r}"
+        self._resolved[(os.path.dirname(page), ref)] = target
         return target, None
 
 

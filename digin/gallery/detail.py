@@ -199,7 +199,8 @@ def result_block(it, columns: list[str], evaluation: dict | None, reference: dic
                          f'<figcaption>{esc(c)}</figcaption></figure>')
             continue
         scores = orig_scores(evaluation) if c == "orig" else scores_of(m, c) if c in ("sd", "ours") else []
-        cells.append(cell(names.get(c, c), img, prefix, subs.get(c, ""), scores))
+        said = m.get(f"vlm_answer_{c}")  # `digin gallery checks=`: the VLM's yes/no answer about this image
+        cells.append(cell(names.get(c, c), img, prefix, subs.get(c, "") + (f" · VLM: {said}" if said else ""), scores))
     base = it.images.get("orig") or it.images.get("sd")
     ours = it.images.get("ours")
     if base is not None and ours is not None and (base.width, base.height) == (ours.width, ours.height):

@@ -15,7 +15,8 @@ def neuron_folder(results_dir) -> Path | None:
     """The neuron pipeline's folder around a result shard set, when there is one."""
     parent = Path(results_dir).resolve().parent
     markers = ("selected_neurons.json", "neuron_words.json", "word_search.json")
-    return parent if any((parent / m).is_file() for m in markers) else None
+    found = any((parent / m).is_file() for m in markers) or (parent / SIMILAR_DIR).is_dir()
+    return parent if found else None
 
 
 def _read(path: Path) -> dict:
@@ -130,3 +131,52 @@ def neuron_header(n: int, nfo: dict, rows: list[dict], prefix: str = "../") -> s
                      + "</tbody></table>")
     parts.append("<h2>Visualisations</h2>")
     return f'<div class="neuron" data-neuron="{n}">{"".join(parts)}</div>'
+
+
+# ------------------------------------------------------------------ similar neuron groups (digin neurons mode=similar)
+SIMILAR_DIR = "similar_neurons"  # digin.neurons.similar.FOLDER (the gallery sits below the neuron layer)
+
+
+def similar_tables(folder) -> list[dict]:
+    """The groups `mode=similar` wrote into a neuron folder: their json (activation matrix) with the grid's path."""
+    out = []
+    for js in sorted((Path(folder) / SIMILAR_DIR).glob("*.json")):
+        table = _read(js)
+        png = js.with_suffix(".png")
+        if table.get("group") and png.is_file():
+            out.append({**table, "png": png})
+    return out
+
+
+def similar_page(out, tables: list[dict], link_of=None) -> dict:
+    """`similar-neurons/index.html`: one comparison grid per group (the PNG `mode=similar` drew) and its activation
+    matrix, a row per visualisation (linked to its result when the gallery shows it), a column per group neuron;
+    the image's own neuron in bold. Returns the top index's entry."""
+    import shutil
+
+    from digin.gallery.html import esc, page
+
+    folder = Path(out) / "similar-neurons"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for t in tables:
+        group, name = [int(n) for n in t["group"]], t["png"].stem
+        shutil.copyfile(t["png"], folder / f"{name}.png")
+        head = "<tr><th>visualisation</th>" + "".join(f"<th>neuron {n}</th>" for n in group) + "</tr>"
+        rows = []
+        for r in t.get("images", []):
+            href = link_of(r["key"]) if link_of else None
+            key = f'<a href="{esc(href)}">{esc(r["key"])}</a>' if href else esc(r["key"])
+            cells = "".join(f'<td data-v="{a!r}">' + (f"<b>{a:.4f}</b>" if n == r["neuron"] else f"{a:.4f}") + "</td>"
+                            for n, a in zip(group, r.get("activations", [])))
+            rows.append(f'<tr data-key="{esc(r["key"])}"><th>{key}</th>{cells}</tr>')
+        parts.append(f'<section class="group" id="g-{esc(name)}" data-group="{esc(name)}"><h2>neurons '
+                     f'{", ".join(map(str, group))}</h2><p><a class="pic" href="{esc(name)}.png"><img '
+                     f'src="{esc(name)}.png" alt="neurons {esc(name)}" style="max-width:100%"></a></p>'
+                     f'<table class="mt similar"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></section>')
+    body = ("<p>Each group's visualisations (`ours`) with every group neuron's activation on them (bold: the neuron "
+            "the image was made for): a neuron as active on its neighbours' images as on its own is redundant with "
+            "them.</p>" + "".join(parts))
+    (folder / "index.html").write_text(page("similar neurons", body, depth=1, up="../index.html"), encoding="utf-8")
+    return {"href": "similar-neurons/index.html", "title": "similar neurons",
+            "line": f"{len(tables)} group(s) of neurons side by side, one grid each"}

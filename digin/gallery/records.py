@@ -146,7 +146,35 @@ def keep_encoded(ext: str, data: bytes, resolution=None, center_crop: bool = Tru
 
     if ext.lower() in IMAGE_EXTS or ext.lower() in TENSOR_EXTS:
         return bytes(data)
-    return decode_member(ext, data, resolution, center_crop)
+    return decode_member(ext, bytes(data), resolution, center_crop)
+
+
+class KeepEncodedOnce:
+    """keep_encoded for a stream of samples whose members repeat (a UVCE pair's orig, recon, mask and attention are
+    the same bytes in every pair of its image): an encoded member equal to one of the last few of its extension and
+    length comes back as that same bytes object (compared byte for byte), so it is copied out of the read buffer once
+    and the gallery's store recognises it without comparing again."""
+
+    RECENT = 8  # per (extension, length)
+
+    def __init__(self):
+        self.last: dict[tuple[str, int], list[bytes]] = {}
+
+    def __call__(self, ext: str, data, resolution=None, center_crop: bool = True):
+        from digin.shards.decode import IMAGE_EXTS, TENSOR_EXTS
+
+        if ext.lower() not in IMAGE_EXTS and ext.lower() not in TENSOR_EXTS:
+            return keep_encoded(ext, data, resolution, center_crop)
+        slot = (ext.lower(), len(data))
+        recent = self.last.setdefault(slot, [])
+        for prev in recent:
+            if prev.startswith(data):
+                return prev
+        recent.insert(0, bytes(data))
+        del recent[self.RECENT:]
+        if len(self.last) > 1024:  # lengths seen once long ago
+            self.last.pop(next(iter(self.last)))
+        return recent[0]
 
 
 def task_of(ss) -> str:
@@ -157,16 +185,15 @@ def task_of(ss) -> str:
 def iter_records(shard_dir, fields: ShardFields | None = None, task: str | None = None):
     """Stream the committed samples of a result shard set as ResultRecords, shard by shard (images as encoded
     bytes; rejects skipped; multi-target samples expanded to one record per target)."""
+    from digin.shards.keyed import iter_shards_once
     from digin.shards.manifest import ShardSet
-    from digin.shards.reader import iter_shard
 
     ss = shard_dir if isinstance(shard_dir, ShardSet) else ShardSet.load(shard_dir)
     task, source = task or task_of(ss), str(ss.dir)
-    for index in ss.indices():
-        shard_id = ss.records[index].get("sha256")  # checked against the bytes by iter_shard
-        for s in iter_shard(ss, index, decode=keep_encoded):
-            if "__reject__" not in s:
-                yield from (record_from_sample(x, fields, task, source, shard_id) for x in expand_targets(s))
+    for s in iter_shards_once(ss, decode=KeepEncodedOnce()):  # each shard read once, checked against its sha256
+        if "__reject__" not in s:
+            shard_id = ss.records[s["__shard__"]].get("sha256")
+            yield from (record_from_sample(x, fields, task, source, shard_id) for x in expand_targets(s))
 
 
 def records_from_shards(shard_dir, fields: ShardFields | None = None, task: str | None = None):

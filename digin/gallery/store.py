@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,53 @@ class StoredImage:
     thumb: str  # thumbnail (== src when the image is small), relative to the gallery root
     thumb_width: int
     thumb_height: int
+
+
+def image_header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of encoded image bytes from their header: a PNG's IHDR chunk when its checksum holds, else
+    Pillow's reading of the header."""
+    from PIL import Image
+
+    if data[:8] == PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 33 and data[8:12] == b"\0\0\0\r":
+        if zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):
+            w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+            if w > 0 and h > 0:
+                return w, h
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, walking the segments before it; None when the bytes are
+    not laid out that way (then Pillow reads them)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            h, w = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return (w, h) if w > 0 and h > 0 else None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
 
 
 def write_once(path: Path, data: bytes):
@@ -83,7 +131,7 @@ class ImageStore:
         stored = self._known.get(digest)
         if stored is None or (thumb and not self.has_thumb(stored)):
             src, tsrc = f"img/{digest}.{ext}", f"thumb/{digest}.jpg"
-            stored = self._reuse(src, tsrc, thumb) if (self.root / src).exists() else None
+            stored = self._reuse(data, src, tsrc, thumb) if (self.root / src).exists() else None
             if stored is None:
                 stored = self._make(data, name, src, tsrc, thumb, small, checked=origin is not None)
             self._known[digest] = stored
@@ -94,12 +142,10 @@ class ImageStore:
             self._slots[slot] = (data, stored)
         return stored
 
-    def _reuse(self, src: str, tsrc: str, thumb: bool) -> StoredImage | None:
-        """An image an earlier build wrote (and checked): read its size from the header only."""
-        from PIL import Image
-
-        with Image.open(self.root / src) as im:
-            w, h = im.size
+    def _reuse(self, data: bytes, src: str, tsrc: str, thumb: bool) -> StoredImage | None:
+        """An image an earlier build wrote (and checked) under the id of these bytes: its size from the header of the
+        bytes in hand (the file is not read again)."""
+        w, h = image_header_size(data)
         tw, th = thumb_size(w, h, self.thumb_px)
         if (tw, th) != (w, h) and (self.root / tsrc).exists():
             return StoredImage(src, w, h, tsrc, tw, th)
@@ -131,6 +177,18 @@ class ImageStore:
         out.save(buf, format="JPEG", quality=self.quality)
         return buf.getvalue()
 
+    def _quick_given(self, data: bytes, small: bytes) -> tuple[int, int, int, int] | None:
+        """(width, height, thumbnail width, height) when the thumbnail the stage wrote can be taken as it is, read from
+        the headers alone (bytes of a committed shard: what _make does with them, without Pillow); None otherwise."""
+        try:
+            w, h = image_header_size(data)
+        except Exception:  # Pillow's reading of a header it refuses: _make reports it
+            return None
+        box = thumb_size(w, h, self.thumb_px)
+        if box == (w, h) or jpeg_header_size(bytes(small[:65536])) != box:
+            return None
+        return (w, h, *box)
+
     def _make(self, data: bytes, name: str, src: str, tsrc: str, thumb: bool, small: bytes | None = None,
               checked: bool = False) -> StoredImage:
         """Check the image (its header; its PNG chunk checksums unless `checked`: bytes of a committed shard, whose
@@ -138,6 +196,13 @@ class ImageStore:
         thumbnail."""
         from PIL import Image
 
+        if checked and thumb and small and data.startswith(PNG_MAGIC):
+            quick = self._quick_given(data, small)
+            if quick is not None:  # a committed shard's PNG and the stage's thumbnail at the size wanted
+                write_once(self.root / src, data)
+                write_once(self.root / tsrc, bytes(small))
+                self.given += 1
+                return StoredImage(src, *quick[:2], tsrc, *quick[2:])
         buf = None
         try:
             with Image.open(io.BytesIO(data)) as im:

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -42,13 +43,22 @@ def _write_shard(job) -> dict:
     return write_shard(out, index, shard_file(name, split, index), samples(), extra)
 
 
+def _default_signals():
+    """Pool workers die on the pool's SIGTERM: the parent's stop handlers (cli's urgent()) are not theirs."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def pool_map(fn, jobs: list, workers: int, ordered: bool = False):
-    """fn over jobs in `workers` forked processes (in this process when workers <= 1 or one job); results are
-    yielded as they finish, or in job order when `ordered`."""
+    """fn over jobs in `workers` processes (in this process when workers <= 1 or one job); results are yielded as
+    they finish, or in job order when `ordered`. Workers come from a forkserver, not a fork of this process: a fork
+    of a process with threads (torch's, tqdm's monitor, a test runner's) can inherit a held lock and hang, and then
+    ignore the pool's SIGTERM because a Python handler can never run."""
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_default_signals) as pool:
             yield from (pool.imap if ordered else pool.imap_unordered)(fn, jobs)
     else:
         yield from map(fn, jobs)

@@ -170,6 +170,33 @@ _add(StageOutputs("neurons", "visualise", "(neuron, i) item, key neurons/n<neuro
                 "class": "target_class (the *_plus_log_confidence losses)", "loss_name": "the loss optimised"}},
     patterns={"metrics": GUIDANCE_PATTERNS}))
 
+_add(StageOutputs("neuron_spurious", "spurious", "(class, neuron, i) item, key spurious/c<class>_n<neuron>/i<i>", {
+    **RESULT_MEMBERS,
+    "mask": Member("png", "the foreground mask of the initial pass (grey, 255 = foreground: kept by the blend)", False),
+    "attention": Member("png", "the cross-attention map of each prompt word in the initial pass, side by side",
+                        False)}, {
+    "metrics": {**GUIDANCE_FIELDS, "task": "neuron_spurious", "neuron": "the neuron (feature index)",
+                "class": "the class the prompt names", "label": "its name (first synonym)", "i": "the image number of "
+                "this pair (start noise keyed by class and i: every neuron of a class starts from the same images)",
+                "prompt": "<prompt_template> <label>", "group": "<class>_neuron_<neuron> (the reference's folder)",
+                "loss_name": "the neuron loss optimised", "foreground_words": "the words of the kept foreground (the "
+                "label, or its replacement, e.g. fiddler crab → crab)",
+                "schedule": "[cross-attention interpolation (null), self-attention interpolation (null), mask blend]",
+                "attention_words": "the prompt words of the attention tiles, in order",
+                "learned_schedules": EDIT_FIELDS["learned_schedules"]}},
+    optional_fields={"metrics": {"attention_words", "learned_schedules"}},
+    patterns={"metrics": GUIDANCE_PATTERNS}))
+
+_add(StageOutputs("spurious_check", "spurious_check", "checked image: an image key, or <result key>/<sd|ours>", {
+    "answer": Member("json", "the VLM's answer to the yes/no question"),
+    "image": Member("jpg", "the checked image within 256 × 256 px (the gallery's copy)"),
+}, {"answer": {
+    "question": "the question asked (question= with the label filled in)", "answer": "the VLM's text",
+    "yes": "the answer contains 'yes' (the reference's rule)", "class": "the class asked about (an image's label, "
+    "or with class_id_field the id in its class folder name; a result's class, else target, else start)",
+    "label": "its name", "member": "image (an image shard set) or the result's sd / ours",
+    "source_key": "the image's or the result's key", "backend": "vlm_backend"}}))
+
 NEURON_FILES = {
     "topk-rank<r>.safetensors": "activations mode, per rank: the top-k activations (values, sample ids) per neuron",
     "topk.safetensors": "merge: the top-k over every rank",
@@ -179,6 +206,13 @@ NEURON_FILES = {
                          "answers}",
     "word_search.json": "search: per neuron its candidate words ranked by the mean activation of 'a photograph of a "
                         "<word>' SD samples",
+    "similar_neurons/<n1>_<n2>_....json": "similar: a group's activation matrix {group, images: [{key, neuron, i, "
+                                          "word, activations (one per group neuron)}], activations, config_hash, "
+                                          "results, classifier, layer, image}",
+    "similar_neurons/<n1>_<n2>_....png": "similar: the group's grid, a row per neuron (its visualisations), under each "
+                                         "image every group neuron's activation ('*': the image's own neuron)",
+    "spurious_check.json": "spurious_check: {classes: {class: {label, yes, images, fraction}}, total: {yes, images, "
+                           "fraction}, question, input}, written once every unit is committed",
 }
 EVAL_FILES = {
     "per_sample.jsonl": "one row per result: key, task, group; per classifier <name>/conf_{start,target}_{orig,sd,ours} "
@@ -196,7 +230,8 @@ def task_text(task: str) -> str:
     """The reference of one task (what `digin <task> --outputs` prints)."""
     if task == "neurons":
         lines = ["digin neurons: files in out= — " + "; ".join(f"{k}: {v}" for k, v in NEURON_FILES.items()), ""]
-        return "\n".join(lines + [_stage_text(OUTPUTS["neurons"]), "", _stage_text(OUTPUTS["neuron_cf"])])
+        return "\n".join(lines + [_stage_text(OUTPUTS[t]) + "\n" for t in ("neurons", "neuron_cf", "neuron_spurious")]
+                         + [_stage_text(OUTPUTS["spurious_check"])])
     if task == "eval":
         return "digin eval: files in out=\n" + "\n".join(f"  {k}: {v}" for k, v in EVAL_FILES.items())
     if task in OUTPUTS:

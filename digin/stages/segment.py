@@ -13,12 +13,6 @@ class _MaskOnly:
 
     needs_masks = True
 
-    def set_reference(self, *a):
-        pass
-
-    def set_masks(self, *a):
-        pass
-
 
 def make_process(sd, cfg, classes: list[str]):
     from digin.engine.edit import prepare_edit

@@ -5,6 +5,9 @@ a run summary (counts, success rate, confidence gain, distances and flips from `
 names its out folders), histograms, a per-class table and a grid of every result that sorts and filters in the
 page; each row opens the page of its start class / class / neuron, where every result is shown in full like the
 paper's figures (digin/gallery/detail.py). `compare=[...]` adds a second run, joined by key on a comparison page.
+`checks=[...]` (`digin neurons mode=spurious_check` folders) adds a page of the VLM's yes/no answers by class and puts
+each checked result's answer beside its image; groups of similar neurons (`digin neurons mode=similar`, found
+beside the visualisations) get a page with one comparison grid per group.
 Member names of the result shards are set by `fields.*` (defaults: orig/recon/sd/ours images, mask/attention
 extras, metrics.json with a `loss_curve` list).
 """
@@ -32,6 +35,8 @@ class Config:
     # by key: a comparison page per task (another run, another classifier, preset=reference vs fast)
     compare_evals: list[str] = field(default_factory=list)  # `digin eval` out folders over the `compare` sets
     labels: list[str] = field(default_factory=list)  # names of the two runs (default: their folder names)
+    checks: list[str] = field(default_factory=list)  # `digin neurons mode=spurious_check` out folders: a page of the
+    # answers by class, and each checked result's answer beside its image
 
 
 def open_results(cfg: Config) -> list:
@@ -85,8 +90,9 @@ def output_reference() -> dict:
 
 def run(cfg: Config):
     from digin.gallery import check_gallery, iter_records, write_gallery
+    from digin.gallery.checks import answers_by_result, check_page, read_answers
     from digin.gallery.compare import SEP, write_comparisons
-    from digin.gallery.neurons import neuron_folder
+    from digin.gallery.neurons import neuron_folder, similar_page, similar_tables
     from digin.gallery.records import input_counts, task_of
     from digin.gallery.summary import load_eval_rows
 
@@ -108,6 +114,8 @@ def run(cfg: Config):
     sources = {str(ss.dir): {"task": name(ss, label), "inputs": input_counts(ss), "neuron_dir": neuron_folder(ss.dir)}
                for group, label in ((sets, la), (b_sets, lb)) for ss in group}
     counted = [0]
+    checked = read_answers(cfg.checks) if cfg.checks else []
+    answers = answers_by_result(checked)
 
     def records():
         for group, label in ((sets, la), (b_sets, lb)):
@@ -116,14 +124,24 @@ def run(cfg: Config):
                     counted[0] += 1
                     if label:
                         rec.task = f"{rec.task}{SEP}{label}"
+                    for member, said in answers.get(rec.key, {}).items():  # shown beside the image (detail.py)
+                        rec.metrics[f"vlm_answer_{member}"] = said
                     yield rec
 
-    def comparisons(out, by_task, folders, hrefs):
-        return write_comparisons(out, by_task, la, lb, folders, hrefs)
+    def extras(out, by_task, folders, hrefs):
+        entries = write_comparisons(out, by_task, la, lb, folders, hrefs) if cfg.compare else []
+        link = {it.key: f"../{folders[t]}/{hrefs[t](it)}" for t, its in by_task.items() for it in its}
+        groups = [t for d in dict.fromkeys(s["neuron_dir"] for s in sources.values() if s["neuron_dir"])
+                  for t in similar_tables(d)]
+        if groups:
+            entries.append(similar_page(out, groups, link.get))
+        if cfg.checks:
+            entries.append(check_page(out, checked, link.get))
+        return entries
 
     index = write_gallery(records(), cfg.out, columns=list(cfg.columns), title=cfg.title, sources=sources,
                           evals=evals, thumb_px=cfg.thumb_size, max_top_images=cfg.max_top_images,
-                          reference=output_reference(), extra_pages=comparisons if cfg.compare else None)
+                          reference=output_reference(), extra_pages=extras)
     if cfg.check:  # links and files; every image was decoded once while it was stored
         problems, pages, images = check_gallery(cfg.out, decode=False)
         if problems:
