@@ -96,13 +96,9 @@ def run_activations(cfg) -> int:
     topk, count = stream_topk(ss, clf, cfg.k, cfg.activation_batch_size, rank=rank, world=world,
                               num_workers=cfg.num_workers, device=dev, center_crop=cfg.center_crop)
     if topk is None:  # this rank owns no image: an empty (-inf) table of the right width keeps merge simple
-        import torch
-
         from digin.engine.topk import TopK
 
-        with torch.no_grad():
-            f = clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
-        topk = TopK(f, cfg.k)
+        topk = TopK(feature_count(clf, dev), cfg.k)
     meta = {"rank": rank, "world": world, "count": count, "config_hash": chash, "images": str(ss.dir),
             "classifier": cfg.classifier, "layer": cfg.layer, "k": cfg.k, "num_features": topk.num_features}
     save_topk(path, topk, meta)
@@ -349,15 +345,20 @@ def counterfactual_spec(cfg):
                      incomplete=incomplete), pairs
 
 
+def feature_count(clf, dev) -> int:
+    """Width of the classifier's neuron layer (one forward of a blank image)."""
+    import torch
+
+    with torch.no_grad():
+        return clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
+
+
 def check_neurons(pairs, clf, dev) -> None:
     """Every pair's neuron must exist in the classifier's feature layer: checked once the classifier is loaded,
     before anything is written."""
-    import torch
-
     from digin.errors import ConfigError
 
-    with torch.no_grad():
-        f = clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
+    f = feature_count(clf, dev)
     bad = [(c, n) for c, n in pairs if not 0 <= n < f]
     if bad:
         raise ConfigError(f"pairs: neuron {bad[0][1]} of pair {list(bad[0])} is outside the classifier's {f} "

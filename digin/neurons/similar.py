@@ -48,11 +48,12 @@ def resolve_groups(spec) -> list[list[int]]:
 
 def visualised_neurons(ss) -> dict[int, list[str]]:
     """neuron → its visualise result keys, from the commit records (nothing read)."""
+    from digin.shards.keyed import KeyIndex
+
     out: dict[int, list[str]] = {}
-    for rec in ss.records.values():
-        for k in rec.get("keys") or []:
-            if k.startswith(KEY_NEURON):
-                out.setdefault(int(k[len(KEY_NEURON):].split("/", 1)[0]), []).append(k)
+    for k in KeyIndex(ss).keys():
+        if k.startswith(KEY_NEURON):
+            out.setdefault(int(k[len(KEY_NEURON):].split("/", 1)[0]), []).append(k)
     return out
 
 
@@ -74,17 +75,13 @@ def group_name(group) -> str:
 
 
 def read_images(ss, keys: set[str], member: str) -> dict[str, tuple[np.ndarray, dict]]:
-    """key → (the `member` image, metrics) of the wanted visualisations, reading only the shards that hold them."""
-    from digin.shards.reader import iter_shard
+    """key → (the `member` image, metrics) of the wanted visualisations, each read by its span (nothing else)."""
+    from digin.shards.keyed import KeyIndex, read_keys
 
-    out = {}
-    for index, rec in sorted(ss.records.items()):
-        if not keys.intersection(rec.get("keys") or []):
-            continue
-        for s in iter_shard(ss, index):
-            if s["__key__"] in keys and isinstance(s.get(member), np.ndarray):
-                out[s["__key__"]] = (s[member], s.get("metrics") or {})
-    return out
+    index = KeyIndex(ss)
+    got = read_keys(ss, [index.where[k] for k in sorted(keys) if k in index], keep=(member, "metrics"))
+    return {s["__key__"]: (s[member], s.get("metrics") or {}) for s in got.values()
+            if isinstance(s.get(member), np.ndarray)}
 
 
 @torch.no_grad()
@@ -146,7 +143,7 @@ def grid_png(table: dict, found: dict, tile: int = 160) -> bytes:
 
 
 def run_similar(cfg) -> int:
-    from digin.neurons.modes import _classifier, _hash, _need, _plain
+    from digin.neurons.modes import _classifier, _hash, _need, _plain, feature_count
     from digin.shards.manifest import ShardSet, atomic_write_bytes, write_json
     from digin.stages.models import pick_device
 
@@ -171,9 +168,7 @@ def run_similar(cfg) -> int:
         return 0
     dev = pick_device(cfg)
     clf = _classifier(cfg, dev, cutouts=False)
-    with torch.no_grad():
-        f = clf.features(torch.zeros(1, 3, clf.size, clf.size, device=dev))[1].shape[-1]
-    check_groups(todo, have, folder, f)  # neurons outside the layer: refused before anything is written
+    check_groups(todo, have, folder, feature_count(clf, dev))  # outside the layer: refused before any write
     found = read_images(ss, {k for g in todo for n in g for k in have[n]}, "ours")
     out.mkdir(parents=True, exist_ok=True)
     for g in todo:
