@@ -67,7 +67,8 @@ def _run(sd, clf, name, prompts, rows, steps, seed=0):
 
     from digin.engine.guidance import optimise
     from digin.engine.objectives import Objective
-    from digin.toy import science, world
+    from digin.science import toy_science as science
+    from digin.toy import world
 
     loss, names, cfg = _workload(name, steps)
     star = world.SHAPES.index(world.SPURIOUS_CLASS)
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     import torch
 
     from digin import toy
-    from digin.toy import science
+    from digin.science import toy_science as science
 
     kw = _args(sys.argv[1:] if argv is None else argv)
     if not toy.available():

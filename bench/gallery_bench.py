@@ -41,10 +41,10 @@ def _size(path: Path) -> int:
 
 
 def main(argv=None) -> int:
-    import digin.gallery.build as build_mod
-    import digin.gallery.store as store_mod
-    from digin.gallery.records import iter_records
-    from digin.gallery.synthetic import write_uvce_results
+    import digin.stages.gallery.build as build_mod
+    import digin.stages.gallery.store as store_mod
+    from digin.stages.gallery.records import iter_records
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.tasks.gallery import Config, run
 
     o = _args(sys.argv[1:] if argv is None else argv)

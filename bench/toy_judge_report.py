@@ -98,7 +98,7 @@ def diff_lines(r: dict) -> list[str]:
 def main(argv=None):
     import torch
 
-    from digin.toy import science
+    from digin.science import toy_science as science
 
     torch.set_num_threads(1)
     kv = dict(a.split("=", 1) for a in (argv if argv is not None else sys.argv[1:]))

@@ -14,8 +14,13 @@ import dataclasses
 import importlib
 import sys
 
-from digin.config_check import PRESET_DIR, build_config  # noqa: F401  (PRESET_DIR: part of the CLI's API)
+from digin.config_check import PRESET_DIR, build_config, config_label, variant  # noqa: F401  (PRESET_DIR: CLI API)
+from digin.errors import is_expected, one_line
+from digin.fields import field_default, help_lines
+from digin.quiet import third_party_to_log
 from digin.shards.environment import version_line
+from digin.shards.interrupt import urgent
+from digin.stages.outputs import task_text
 from digin.tasks import TASKS
 
 # `digin --help`: every task with one line, grouped in the order a run goes.
@@ -91,28 +96,12 @@ def pop_verbose(argv: list[str]) -> tuple[bool, list[str]]:
     return value in ("true", "1", "yes"), rest
 
 
-def _field_default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
-
-
-def config_help(config, prefix: str = "") -> list[str]:
-    """`  key=default` lines of a config dataclass (or instance), nested configs flattened with dots.
-
-    A nested config's defaults are those of the instance its field's default_factory returns (e.g. UVCE's
-    background-pinning mask blend), which is what a run gets — not its class's own defaults."""
-    lines = []
-    here = _compute_here(config) if not prefix else None
-    for f in dataclasses.fields(config):
-        default = _field_default(f) if isinstance(config, type) else getattr(config, f.name)
-        if dataclasses.is_dataclass(default):
-            lines += config_help(default, prefix + f.name + ".")
-            continue
-        if here is not None and default is None and f.name in here:
-            default = here[f.name]  # what the compute preset resolves to on this machine
-        lines.append(f"  {prefix}{f.name}={default!r}")
-    return lines
+def config_help(config) -> list[str]:
+    """The `--help` lines of a config: `  key=default   its help` per key, grouped by section, nested sections
+    flattened with dots (their defaults are those of the instance the field's factory returns — UVCE's
+    background-pinning mask blend —, which is what a run gets); compute keys left None show what the preset
+    resolves to on this machine."""
+    return help_lines(config, resolved=_compute_here(config))
 
 
 def preset_note(config) -> str | None:
@@ -129,9 +118,9 @@ def _compute_here(config) -> dict | None:
     names = {f.name: f for f in dataclasses.fields(config)}
     if "preset" not in names:
         return None
-    from digin.engine.presets import resolve_compute
+    from digin.engine.presets import resolve_compute  # lazy: keeps `import digin.cli` (digin --help) free of torch
 
-    preset = _field_default(names["preset"]) if isinstance(config, type) else config.preset
+    preset = field_default(names["preset"]) if isinstance(config, type) else config.preset
     return resolve_compute(preset or "auto").as_dict()
 
 
@@ -202,13 +191,17 @@ def normalise_args(config_cls, argv: list[str]) -> list[str]:
         for i, part in enumerate(parts):
             fields = _fields(node)
             if part not in fields:
+                elsewhere = getattr(config_cls, "key_elsewhere", None)
+                hint = elsewhere(part) if callable(elsewhere) and i == 0 else None
+                if hint:
+                    raise SystemExit(f"digin: {hint}")
                 close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
                 where = ".".join(parts[:i]) or config_cls.__module__.rsplit(".", 1)[-1]
                 hint = f"; did you mean {' or '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else \
                     f" (`digin {config_cls.__module__.rsplit('.', 1)[-1]} --help` lists them)"
                 raise SystemExit(f"digin: unknown config key {key!r} ({part!r} is not a key of {where}){hint}")
             f = fields[part]
-            default = _field_default(f)
+            default = field_default(f)
             if i < len(parts) - 1:
                 if not dataclasses.is_dataclass(default):
                     break
@@ -220,8 +213,6 @@ def normalise_args(config_cls, argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None):
-    from digin.quiet import third_party_to_log
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-V", "--version"):
         print(version_line())
@@ -241,25 +232,25 @@ def _main(argv: list[str]):
         raise SystemExit(f"digin: unknown task {task!r}; tasks: {', '.join(tasks)}")
     mod = importlib.import_module(tasks[task])
     if "--outputs" in argv:  # what the task writes: members, JSON fields, meanings and units
-        from digin.stages.outputs import task_text
-
         print(task_text(task))
         return 0
+    config_cls = variant(mod.Config, argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: digin {task} key=value ...\n\n{(mod.__doc__ or '').strip()}\n\nkeys (defaults):")
-        print("\n".join(config_help(mod.Config)))
-        note = preset_note(mod.Config)
+        print(f"usage: digin {task} key=value ...\n\n{(mod.__doc__ or '').strip()}\n\nkeys (defaults, help):")
+        print("\n".join(config_help(config_cls)))
+        if config_cls is not mod.Config:  # a task with modes: the keys shown are this mode's
+            modes = getattr(mod, "MODES", ())
+            print(f"\n(the keys of {config_label(config_cls)}; `digin {task} mode=<mode> --help` for another: "
+                  f"{', '.join(modes)})")
+        note = preset_note(config_cls)
         if note:
             print(f"\n{note}")
         print("\nkeys every task takes:\n" + GLOBAL_KEYS)
         return 0
-    cfg = build_config(mod.Config, normalise_args(mod.Config, argv))
+    cfg = build_config(config_cls, normalise_args(config_cls, argv))
     import os
 
-    from digin.errors import is_expected, one_line
-
     size_torch_threads()
-    from digin.shards.interrupt import urgent
 
     try:
         with urgent(f"digin {task}"):  # a stop signal while models load (before a stage's own handlers) exits 75

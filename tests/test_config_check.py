@@ -7,21 +7,24 @@ import math
 import pytest
 
 from digin import config_check as C
+from digin import fields as F
 from digin.cli import available_tasks, build_config, main
 from digin.errors import ConfigError
+from digin.tasks.neurons import MODE_CONFIGS
 
 CONFIGS = {task: importlib.import_module(mod).Config for task, mod in available_tasks().items()}
+CONFIGS.update({f"neurons-{mode}": cls for mode, cls in MODE_CONFIGS.items()})
 
 
 @pytest.mark.parametrize("task", sorted(CONFIGS))
 def test_every_numeric_key_has_a_rule_and_the_defaults_pass(task):
     cls = CONFIGS[task]
-    missing = [k for k in C.numeric_fields(cls) if C.rule_for(k, C.task_of(cls)) is None]
-    assert not missing, f"{task}: numeric keys without a rule in digin.config_check.RULES: {missing}"
+    missing = [lf.name for lf in F.numeric_leaves(cls) if lf.meta.rule is None]
+    assert not missing, f"{task}: numeric keys without a rule (key(..., rule=...)): {missing}"
     C.validate(cls())  # the defaults are allowed
 
 
-def _outside(rule: C.Num):
+def _outside(rule: F.Num):
     """A value the rule refuses (NaN for an unbounded real)."""
     if rule.lo is not None:
         return rule.lo if rule.lo_open else (rule.lo - 1 if rule.integer else rule.lo - 0.5)
@@ -33,9 +36,9 @@ def _outside(rule: C.Num):
 @pytest.mark.parametrize("task", sorted(CONFIGS))
 def test_each_rule_refuses_a_value_outside_its_range_naming_the_key(task):
     cls = CONFIGS[task]
-    for key in C.numeric_fields(cls):
+    for lf in F.numeric_leaves(cls):
+        key, rule = lf.name, lf.meta.rule
         cfg = cls()
-        rule = C.rule_for(key, C.task_of(cls))
         *parents, leaf = key.split(".")
         holder = cfg
         for p in parents:
@@ -80,7 +83,7 @@ def test_optional_keys_may_be_none_and_relations_are_checked():
     cfg = build_config(uvce.Config, ["images=i", "inversions=v", "out=o", "model_path=tiny"])
     assert cfg.num_images is None and cfg.optim_params.gradient_clipping is None
     with pytest.raises(SystemExit, match=r"rank=2 is not allowed \(allowed: an integer in \[0, world-1=1\]\)"):
-        build_config(neurons.Config, ["out=o", "rank=2", "world=2"])
+        build_config(neurons.Config, ["out=o", "images=i", "rank=2", "world=2"])
     with pytest.raises(SystemExit, match="segmentation.xa_start_t=0.9"):
         build_config(uvce.Config, ["images=i", "inversions=v", "out=o", "model_path=tiny",
                                    "segmentation.xa_start_t=0.9", "segmentation.xa_end_t=0.5"])
@@ -94,7 +97,7 @@ def test_validate_is_usable_from_python():
     cfg.optim_params = dataclasses.replace(cfg.optim_params, sgd_steps=-1)
     with pytest.raises(ConfigError, match=r"optim_params.sgd_steps=-1 .*an integer ≥ 0"):
         C.validate(cfg)
-    assert math.isnan(_outside(C.RULES["loss_weight"]))
+    assert math.isnan(_outside(F.ANY))
 
 
 def test_regularizer_names_and_the_lpips_file_are_checked_before_writing_anything(tmp_path, monkeypatch):

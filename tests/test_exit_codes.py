@@ -24,7 +24,7 @@ def test_return_values_become_exit_codes():
 
 
 def test_result_tools_exit_0_through_the_console_script(tmp_path):
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.synthetic import write_uvce_results
 
     res = write_uvce_results(tmp_path / "uvce", n_images=3, targets_per_image=1, classes=["a", "b"], size=16,
                              per_shard=2)

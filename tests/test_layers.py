@@ -1,9 +1,10 @@
 """The package's import graph: no cycles, and each module imports only from its own layer or the layers below.
 
 Layers, lowest first (a module's layer is its longest matching prefix below). The stage layer holds the library
-code the tasks share (configs, model preparation for a run, edit processes, result fields, work lists); `tasks/`
-holds thin task configs + calls, and only the CLI reaches it. The toy world's science harness and contact sheets
-run tasks the way a user does (through the CLI), so they sit above it. Function-level imports count too.
+code the tasks share (configs, model preparation for a run, edit processes, result fields, work lists) and every
+task's body (`stages/<name>.py` or the package `stages/<name>/`: the gallery, the neuron pipeline); `tasks/` holds
+thin task configs + calls, and only the CLI reaches it. The toy world's science harness and contact sheets
+(`digin/science/`) run tasks the way a user does, so they sit above the CLI. Function-level imports count too.
 """
 import ast
 import collections
@@ -17,13 +18,12 @@ LAYERS = [
     ("digin.kernels",),
     ("digin.shards",),
     ("digin.engine",),
-    ("digin.caption", "digin.gallery", "digin.toy"),
+    ("digin.caption", "digin.toy"),
     ("digin.stages",),
-    ("digin.neurons",),
     ("digin.config_check",),
     ("digin.tasks",),
     ("digin.cli", "digin.__main__"),
-    ("digin.toy.science", "digin.toy.contact_sheet"),
+    ("digin.science",),
 ]
 
 

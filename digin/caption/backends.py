@@ -9,7 +9,11 @@ import json
 import numpy as np
 import torch
 
+from digin.caption.demos import load_demo_images, load_demo_list
+from digin.caption.flamingo import load_flamingo_captioner
+from digin.caption.hf import HFCaptioner, load_hf_model
 from digin.caption.templates import template_for
+from digin.shards.decode import _to_rgb, center_crop_resize
 
 BACKENDS = ("template", "open_flamingo", "hf")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,8 +36,6 @@ class TemplateCaptioner:
 
 
 def _demos(cfg: dict, resolution: int):
-    from digin.caption.demos import load_demo_images, load_demo_list
-
     if not cfg.get("demos"):
         return []
     items = load_demo_list(cfg["demos"])
@@ -58,8 +60,6 @@ def load_captioner(backend: str, device=None, dtype: str = "fp32", dataset: str 
     if backend == "template":
         return TemplateCaptioner(template_for(dataset, template))
     if backend == "open_flamingo":
-        from digin.caption.flamingo import load_flamingo_captioner
-
         if not cfg.get("lm_path"):
             raise ValueError("open_flamingo needs lm_path (local LM folder, e.g. mpt-7b)")
         keys = ("vision", "vision_pretrained", "checkpoint", "tokenizer_path", "cross_attn_every_n_layers",
@@ -69,8 +69,6 @@ def load_captioner(backend: str, device=None, dtype: str = "fp32", dataset: str 
                                        demos=_demos(cfg, resolution), num_beams=num_beams,
                                        max_new_tokens=max_new_tokens, **kw)
     if backend == "hf":
-        from digin.caption.hf import HFCaptioner, load_hf_model
-
         if not cfg.get("model_path"):
             raise ValueError("hf needs model_path (local transformers model folder)")
         model, proc = load_hf_model(cfg["model_path"], bool(cfg.get("trust_remote_code", False)), device,
@@ -96,8 +94,6 @@ def to_images_BCHW(images, resolution: int | None = None) -> torch.Tensor:
             raise ValueError(f"image tensors must be uint8 (B,3,H,W), got {images.dtype} {tuple(images.shape)}")
         return images
     from PIL import Image
-
-    from digin.shards.decode import _to_rgb, center_crop_resize
 
     pils = []
     for im in images:

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+import digin
+from digin.caption.importer import key_index
+from digin.shards.decode import decode_image
+from digin.shards.manifest import ShardSet
+from digin.shards.reader import iter_shard
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPEG", ".webp", ".bmp")
 
 
@@ -21,8 +27,6 @@ def load_demo_list(demos: str) -> list[tuple[int, str]]:
                 raise ValueError(f"{p}: a dict of demo sets must hold exactly one set, found {sorted(data)}")
             data = next(iter(data.values()))
     else:
-        import digin
-
         table = json.loads((Path(digin.__file__).parent / "data" / "caption_fewshot_demos.json").read_text())
         if demos not in table:
             raise ValueError(f"unknown demo set {demos!r}; one of {sorted(table)} or a .json file")
@@ -34,16 +38,10 @@ def load_demo_images(source, indices, resolution: int) -> dict[int, np.ndarray]:
     """index -> uint8 HWC image (Resize(1.25·res)+CenterCrop(res), as the query images) for every wanted index.
     `source`: a shard set of the train split (keys <name>/<split>/<index>; only the shards holding the wanted
     keys are read) or a folder of <index>.<ext> files."""
-    from digin.caption.importer import key_index
-    from digin.shards.decode import decode_image
-
     want = set(int(i) for i in indices)
     src = Path(source)
     found: dict[int, np.ndarray] = {}
     if (src / "manifest.json").exists():
-        from digin.shards.manifest import ShardSet
-        from digin.shards.reader import iter_shard
-
         ss = ShardSet.load(src)
         shards = sorted({i for i, rec in ss.records.items()
                          if rec.get("keys") is None or any(key_index(k) in want for k in rec["keys"])})

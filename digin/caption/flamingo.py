@@ -20,6 +20,7 @@ import torch
 
 from digin.caption.beam import beam_search
 from digin.caption.labels import clean_caption
+from digin.extras import require
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -27,8 +28,6 @@ QUESTION_FORMAT = "<image>Question: {question} Short answer:"
 
 
 def require_open_flamingo():
-    from digin.extras import require
-
     require("flamingo", "the open_flamingo caption backend")
 
 

@@ -37,6 +37,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from digin.extras import require
+
 
 # ------------------------------------------------------------------------------------------ kernels
 
@@ -60,8 +62,6 @@ def probs_times_values(p_bHQK: torch.Tensor, v_BHKd: torch.Tensor) -> torch.Tens
 
 def _fused_attention(q, k, v, scale, mask, backend: str):
     if backend == "xformers":
-        from digin.extras import require
-
         xops = require("xformers", "attention=xformers")  # optional extra; CUDA only
 
         bias = None if mask is None else mask.to(q.dtype)

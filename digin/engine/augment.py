@@ -108,6 +108,9 @@ def augment(img_BCHW: torch.Tensor, seeds: list[int], size: int, num_cutouts: in
     return cut_BNCss
 
 
+NOISE_SCHEDULES = ("const", "constant", "descending")  # augmentation_noise_schedule
+
+
 def noise_scale_schedule(schedule: str, num_steps: int):
     """Multiplier of noise_sd per augmented call (the `augmentation_noise_schedule` key), as a function of the
     guidance salt (iteration k, step i); None for a constant scale.

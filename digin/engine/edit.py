@@ -15,11 +15,12 @@ controller, so `optimise` learns them (engine/learnable.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from digin.errors import ConfigError
+from digin.fields import RATE, key
 
 from .attention import AttentionController, install_attention, restore_attention
 from .learnable import ScheduleSpec, has_schedule, learnable_blend
@@ -27,6 +28,7 @@ from .p2p import (expand_candidates, make_blend, replacement_matrix, schedule_gr
                   token_mean_embedder, token_weights, word_token_positions)
 from .sampling import decode_latents, run_chain, unet_compiles
 from .schedule import make_schedule
+
 from .segment import SegmentationConfig, mask_steps, segment_foreground
 
 
@@ -34,25 +36,31 @@ from .segment import SegmentationConfig, mask_steps, segment_foreground
 class P2PParams:
     """The reference's PromptToPromptParams (UVCE defaults)."""
 
-    do_p2p: bool = True
-    xa_interpolation_schedule: list | None = field(
-        default_factory=lambda: ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"])
-    self_interpolation_schedule: list | None = None
-    # learn the chosen schedules with the image (per sample, own optimiser group, clamped to [0, 1])
-    optimize_xa_interpolation_schedule: bool = False
-    optimize_self_interpolation_schedule: bool = False
-    schedule_stepsize: float = 0.05  # absolute step size of the learned attention schedules
+    SECTION = "p2p (Prompt-to-Prompt: the start label's words → the target's)"
+    do_p2p: bool = key(True, "edit the prompt with Prompt-to-Prompt attention control")
+    xa_interpolation_schedule: list | None = key(
+        help="cross-attention schedules searched per sample (threshold_<from>_<to>: injected over that part of "
+             "the steps)", factory=lambda: ["threshold_0.0_0.3", "threshold_0.0_0.4", "threshold_0.0_0.5"])
+    self_interpolation_schedule: list | None = key(None, "self-attention schedules searched per sample (None: none)")
+    optimize_xa_interpolation_schedule: bool = key(
+        False, "learn the chosen cross-attention schedule with the image (per sample, own optimiser group, "
+               "clamped to [0, 1])")
+    optimize_self_interpolation_schedule: bool = key(False, "learn the chosen self-attention schedule (as above)")
+    schedule_stepsize: float = key(0.05, "absolute step size of the learned attention schedules", rule=RATE)
 
 
 @dataclass
 class MaskBlendParams:
     """The reference's MaskBlendParams; foreground_blend False pins the background (UVCE)."""
 
-    do_mask_blend: bool = True
-    foreground_blend: bool = True
-    initial_mask_blend_schedule: list | None = field(default_factory=lambda: ["threshold_0.3"])
-    optimize_mask_blend: bool = False  # learn the chosen blend schedule with the image (as above)
-    mask_blend_stepsize: float = 0.05  # absolute step size of the learned blend schedule
+    SECTION = "mask_blend (which part of the image may change)"
+    do_mask_blend: bool = key(True, "blend each step's latent with the original's outside (or inside) the mask")
+    foreground_blend: bool = key(True, "true: keep the object, change the rest; false: pin the background")
+    initial_mask_blend_schedule: list | None = key(
+        help="blend schedules searched per sample (threshold_<t>: blend while t ≥ that)",
+        factory=lambda: ["threshold_0.3"])
+    optimize_mask_blend: bool = key(False, "learn the chosen blend schedule with the image (as the p2p ones)")
+    mask_blend_stepsize: float = key(0.05, "absolute step size of the learned blend schedule", rule=RATE)
 
 
 @dataclass
@@ -110,7 +118,7 @@ def _attach_controller(sd, T: int, grid, mask_q: int | None, seg_cfg, use_p2p: b
 def _foreground(sd, controller, mask_q, prompts, foreground_words, T, latent_size, img0, seg_cfg, generator):
     """Foreground masks from the captured cross-attention (+ SAM-HQ) → (px (B,1,H,W), latent (B,1,h,w),
     per-sample word maps)."""
-    from .segment import word_maps
+    from .segment import word_maps  # local: `word_maps` is also a local name in this module
 
     dev = img0.device
     weights = torch.stack([token_weights(word_token_positions(sd.tokenizer, p), kws, sd.max_tokens)
@@ -170,9 +178,9 @@ def check_learnable(p2p: P2PParams, blend: MaskBlendParams, use_p2p: bool) -> No
              ("mask_blend.optimize_mask_blend", blend.optimize_mask_blend,
               blend.do_mask_blend and _real_schedules(blend.initial_mask_blend_schedule),
               "mask_blend.do_mask_blend and a mask_blend.initial_mask_blend_schedule"))
-    for key, on, exists, needs in wants:
+    for name, on, exists, needs in wants:
         if on and not exists:
-            raise ConfigError(f"{key}=true but there is no schedule to learn: it needs {needs} other than none")
+            raise ConfigError(f"{name}=true but there is no schedule to learn: it needs {needs} other than none")
     steps = (("p2p.schedule_stepsize", p2p.schedule_stepsize,
               p2p.optimize_xa_interpolation_schedule or p2p.optimize_self_interpolation_schedule),
              ("mask_blend.mask_blend_stepsize", blend.mask_blend_stepsize, blend.optimize_mask_blend))

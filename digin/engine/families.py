@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from digin.engine.classifiers.pretrained import cached_hf_file
+from digin.errors import ConfigError
+
 from .model_files import detect_family, require_complete
+from .models import build_tiny_sd, load_sd, resolve_dtype
+from .sdxl import load_sdxl
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -39,8 +44,6 @@ def family_of(model_path: str | os.PathLike, model_config: str | None = None) ->
 
 def build_tiny_sd2(seed: int = 0, folder: str | os.PathLike | None = None, words: list[str] = ()):
     """Tiny SD-2.x-shaped model: the tiny SD UNet/VAE/text encoder with a v-prediction scheduler."""
-    from .models import build_tiny_sd
-
     return build_tiny_sd(seed=seed, folder=folder, prediction_type="v_prediction", words=words)
 
 
@@ -52,8 +55,6 @@ def resolve_model_path(model_path):
     text = str(model_path)
     if text in TINY or Path(text).exists() or text.startswith(("/", ".", "~")) or text.count("/") != 1:
         return model_path
-    from digin.engine.classifiers.pretrained import cached_hf_file
-    from digin.errors import ConfigError
 
     index, looked = cached_hf_file(text, ("model_index.json",))
     if index is None:
@@ -66,8 +67,6 @@ def resolve_model_path(model_path):
 def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_config: str | None = None):
     """SDModel (sd1, sd2) or SDXLModel (sdxl) from a local folder, a single file + model_config, a diffusers hub id
     found in the local Hugging Face cache, or a tiny preset name ('tiny', 'tiny-sd2', 'tiny-sdxl'). Offline."""
-    from .models import load_sd, resolve_dtype
-
     model_path = resolve_model_path(model_path)
     if str(model_path) not in TINY:
         require_complete(model_path, model_config)  # names a missing or cut-short file before a loader meets it
@@ -75,8 +74,6 @@ def load_model(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_
     if str(model_path) == "tiny-sd2":
         return build_tiny_sd2().to(device=device, dtype=resolve_dtype(dtype)).freeze()
     if fam == "sdxl":
-        from .sdxl import load_sdxl
-
         return load_sdxl(model_path, dtype=dtype, device=device, model_config=model_config)
     return load_sd(model_path, dtype=dtype, device=device, model_config=model_config)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from digin.fields import ANY, COUNT, COUNT0, NONNEG, RATE, Int, Real, key
 from digin.shards.progress import report_activity
 
 from .learnable import clamp_schedules, learned_schedules, mask_schedule_grads
@@ -42,24 +43,30 @@ from .schedule import loss_step_weights, make_schedule
 class OptimParams:
     """The reference's OptimParams (same names and defaults)."""
 
-    sgd_steps: int = 20
-    sgd_stepsize: float = 0.01
-    sgd_optim: str = "adam"  # adam | adamw | sgd (momentum 0.9)
-    sgd_scheduler: str | None = None  # None | cosine
-    latent_lr_factor: float = 0.1
-    conditioning_lr_factor: float = 1.0
-    uncond_lr_factor: float = 1.0
-    early_stopping_loss: float | None = None
-    loss_steps: int = 3
-    loss_steps_schedule: str = "linear"  # linear | uniform
-    solver_order: int = 1
-    optimize_latents: bool = True
-    optimize_conditioning: bool = True
-    optimize_uncond: bool = True
-    per_timestep_conditioning_delta: bool = True
-    per_timestep_uncond_delta: bool = True
-    normalize_gradients: bool = False
-    gradient_clipping: float | None = None
+    SECTION = "optim_params (the gradient steps through the sampling chain)"
+    sgd_steps: int = key(20, "gradient steps per sample (0: plain sampling)", rule=COUNT0)
+    sgd_stepsize: float = key(0.01, "base learning rate of the optimised variables", rule=RATE)
+    sgd_optim: str = key("adam", "adam | adamw | sgd (momentum 0.9)", choices=("adam", "adamw", "sgd"))
+    sgd_scheduler: str | None = key(None, "learning-rate schedule: None (constant) | cosine", choices=("cosine",))
+    latent_lr_factor: float = key(0.1, "learning rate of the start latent z_T = sgd_stepsize × this", rule=NONNEG)
+    conditioning_lr_factor: float = key(1.0, "learning rate of the text embeddings = sgd_stepsize × this",
+                                        rule=NONNEG)
+    uncond_lr_factor: float = key(1.0, "learning rate of the null-text embeddings = sgd_stepsize × this",
+                                  rule=NONNEG)
+    early_stopping_loss: float | None = key(None, "a sample stops once its loss is below this (None: never)",
+                                            rule=ANY)
+    loss_steps: int = key(3, "the loss is taken on the decoded images of the last loss_steps steps' x0 "
+                             "predictions (≤ num_ddim_steps)", rule=COUNT)
+    loss_steps_schedule: str = key("linear", "weights of those steps: linear | uniform", choices=("linear", "uniform"))
+    solver_order: int = key(1, "DDIM solver order (the reference supports 1)", rule=Int(1, 1))
+    optimize_latents: bool = key(True, "optimise the start latent z_T")
+    optimize_conditioning: bool = key(True, "optimise the text embeddings")
+    optimize_uncond: bool = key(True, "optimise the null-text embeddings")
+    per_timestep_conditioning_delta: bool = key(True, "one text-embedding offset per sampling step (else one shared)")
+    per_timestep_uncond_delta: bool = key(True, "one null-text offset per sampling step (else one shared)")
+    normalize_gradients: bool = key(False, "divide each variable's gradient by its norm before the step")
+    gradient_clipping: float | None = key(None, "clip each variable's gradient norm to this (None: no clipping)",
+                                          rule=Real(0, lo_open=True))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digin.engine.classifiers import open_clip_model
 from digin.engine.resize import tv_resize
 
 
@@ -64,8 +65,6 @@ def build_masked_clip(model: str = "ViT-L-14-CLIPA-336", weights: str | None = N
                       allow_random: bool = False) -> MaskedCLIPDistance:
     """The regulariser's model, offline: `model` is an open_clip name (weights = a local open_clip weights file, e.g.
     ViT-L-14-CLIPA-336's open_clip_pytorch_model.bin from datacomp1b) or a folder with open_clip_config.json."""
-    from digin.engine.classifiers import open_clip_model
-
     try:
         clip, _, spec = open_clip_model(model, weights, allow_random, what="clip_regularizer_model=",
                                      tokenizer=False)

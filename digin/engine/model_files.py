@@ -16,7 +16,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from digin.engine.models import LDM_PREFIXES
 from digin.errors import UserError
+from digin.shards.members import safetensors_header_problem
 
 # What the loaders read from a diffusers folder: component → weight file stem (safetensors only).
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
@@ -73,8 +75,6 @@ class ModelReport:
 def read_safetensors_header(path: Path) -> dict:
     """The tensor entries (name → dtype/shape/offsets) of a safetensors file, from its header alone; ValueError
     naming the file when it is not one, or does not hold the bytes its header describes (an interrupted copy)."""
-    from digin.shards.members import safetensors_header_problem
-
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -222,8 +222,6 @@ def _single_file_keys(path: Path, report: ModelReport) -> list[str] | None:
 
 
 def check_single_file(path: Path, model_config: str | None) -> ModelReport:
-    from digin.engine.models import LDM_PREFIXES
-
     report = ModelReport(path, kind="single-file checkpoint")
     if path.suffix == ".json":
         report.problems.append(f"{path} is a JSON file, not a model: model_path= takes the diffusers folder "

@@ -3,16 +3,18 @@
 Every loss and regulariser returns shape (B,): means run over cutouts / pixels / channels of ONE sample,
 never over the batch, so a sample's value (and gradient) does not depend on its batch mates.
 
-`Objective` = one named classifier loss (`ClassifierLoss`: classifiers, targets, sample keys) plus weighted
-regularisers looked up in `REGULARIZERS`, compared against an explicit `Reference` (image, latent, masks). The
-guidance loop calls it with the decoded image, the x̂0 latent and an augmentation salt. An objective is never
-changed by the code that uses it: `with_reference` returns a new one.
+`Objective` = one named classifier loss (`ClassifierLoss`: classifiers, targets, sample keys) looked up in
+`LOSSES` plus weighted regularisers looked up in `REGULARIZERS`, compared against an explicit `Reference` (image,
+latent, masks). The guidance loop calls it with the decoded image, the x̂0 latent and an augmentation salt. An
+objective is never changed by the code that uses it: `with_reference` returns a new one.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +23,6 @@ import torch.nn.functional as F
 from digin.engine.augment import classifier_seeds, sample_seed
 from digin.engine.distances import mean_lp
 from digin.engine.perceptual import build_lpips, masked_lpips, require_trunk_file
-
-ONE_CLASSIFIER_LOSSES = ("CE", "log_conf", "NLL", "conf")
-TWO_CLASSIFIER_LOSSES = ("conf", "log_conf", "logits")
-NEURON_LOSSES = ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
-                 "neg_neuron_activation_plus_log_confidence")
-TEXT_LOSSES = ("inner_product", "spherical_distance", "cross_entropy")
-LOSS_NAMES = tuple(dict.fromkeys(ONE_CLASSIFIER_LOSSES + TWO_CLASSIFIER_LOSSES + NEURON_LOSSES + TEXT_LOSSES))
 
 _REG_RE = re.compile(r"^(px|latent)(?:_(foreground|background))?_([a-z0-9]+)$")
 
@@ -100,6 +95,139 @@ def text_loss(name: str, img_emb_BND, text_emb, factor: float = 1.0):
     if name == "spherical_distance":
         return (factor * 2.0 * torch.arcsin((e - t_B1D).norm(dim=-1) / 2).pow(2)).mean(1)
     raise ValueError(f"unknown text loss {name!r}")
+
+
+# ------------------------------------------------------------------------------------------- loss registry
+# name → LossSpec. A spec's fn takes (outputs, targets, text, factor) → (B,): outputs holds one entry per
+# classifier — its logits (B, N, K) for a "class" target, else classifier 0's features(...) = (logits, features /
+# image embedding). conf and log_conf also take two classifiers: that form is the spec's `two_classifiers`.
+
+
+def _neg_log(c: float) -> float:
+    return -math.log(c)
+
+
+def _neg(c: float) -> float:
+    return -float(c)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss form. classifiers: how many it takes (1 or 2). target: "class" (targets (B,) class indices),
+    "class+neuron" (targets (B, 2) = [class, neuron]), "text" (text_embeddings (B, D)) or "text pair"
+    (text_embeddings (B, 2, D) = [positive, negative]); text targets ignore `targets`. confidence_to_loss: the loss
+    value at confidence c (the early-stopping threshold), None when the loss has no confidence scale.
+    two_classifiers: the same name's two-classifier form, if any."""
+
+    classifiers: int
+    target: str
+    fn: Callable
+    confidence_to_loss: Callable[[float], float] | None
+    help: str
+    two_classifiers: LossSpec | None = None
+
+    @property
+    def features(self) -> bool:
+        """True: reads classifier 0's features(...) (logits, features); False: each classifier's logits."""
+        return self.target != "class"
+
+    @property
+    def forms(self) -> tuple:
+        return tuple(f for f in (self, self.two_classifiers) if f is not None)
+
+    def form(self, n_classifiers: int) -> LossSpec | None:
+        return next((f for f in self.forms if f.classifiers == n_classifiers), None)
+
+
+def _one(f):
+    return lambda outs, y, text=None, factor=1.0: f(outs[0], y)
+
+
+def _two(f):
+    return lambda outs, y, text=None, factor=1.0: f(outs[0], outs[1], y)
+
+
+def _neuron(name):
+    return lambda outs, y, text=None, factor=1.0: neuron_loss(name, outs[0][0], outs[0][1], y)
+
+
+def _text(name):
+    return lambda outs, y, text=None, factor=1.0: text_loss(name, outs[0][1], text, factor)
+
+
+_CE = "−log p(y), mean over cutouts"
+LOSSES: dict[str, LossSpec] = {
+    "CE": LossSpec(1, "class", _one(ce_loss), _neg_log, _CE),
+    "log_conf": LossSpec(1, "class", _one(ce_loss), _neg_log, _CE, two_classifiers=LossSpec(
+        2, "class", _two(log_conf_diff_loss), None, "−log p1(y) + log p2(y): classifier 1 sure of y, 2 not")),
+    "NLL": LossSpec(1, "class", _one(ce_loss), _neg_log, _CE),
+    "conf": LossSpec(1, "class", _one(conf_loss), _neg, "−p(y)", two_classifiers=LossSpec(
+        2, "class", _two(conf_diff_loss), _neg, "−p1(y) + p2(y): classifier 1 surer of y than 2 by p1 − p2")),
+    "logits": LossSpec(2, "class", _two(logits_diff_loss), None,
+                       "−margin1(y) + margin2(y), margin = z_y − max_{k≠y} z_k"),
+    "neuron_activation": LossSpec(1, "class+neuron", _neuron("neuron_activation"), None,
+                                  "−a: raise feature `neuron` (a) of the classifier's feature module"),
+    "neg_neuron_activation": LossSpec(1, "class+neuron", _neuron("neg_neuron_activation"), None,
+                                      "a: lower feature `neuron`"),
+    "neuron_activation_plus_log_confidence": LossSpec(
+        1, "class+neuron", _neuron("neuron_activation_plus_log_confidence"), None, "−10·a − 0.5·log p(class)"),
+    "neg_neuron_activation_plus_log_confidence": LossSpec(
+        1, "class+neuron", _neuron("neg_neuron_activation_plus_log_confidence"), None, "10·a − 0.5·log p(class)"),
+    "inner_product": LossSpec(1, "text", _text("inner_product"), None, "−factor·cos(image, text)"),
+    "spherical_distance": LossSpec(1, "text", _text("spherical_distance"), None,
+                                   "factor·2·arcsin(‖e − t‖ / 2)² on unit embeddings"),
+    "cross_entropy": LossSpec(1, "text pair", _text("cross_entropy"), None,
+                              "2-way CE of factor²·cos(image, [positive, negative]) towards the positive"),
+}
+LOSS_NAMES = tuple(LOSSES)
+
+
+def losses_for(*, target: str | None = None, classifiers: int | None = None) -> tuple[str, ...]:
+    """Names with a form of this target and / or classifier count, e.g. losses_for(target="class+neuron")."""
+    return tuple(name for name, spec in LOSSES.items()
+                 if any((target is None or f.target == target) and (classifiers is None or f.classifiers == classifiers)
+                        for f in spec.forms))
+
+
+# the name groups as they were before the table (read-only views of it)
+ONE_CLASSIFIER_LOSSES = losses_for(target="class", classifiers=1)
+TWO_CLASSIFIER_LOSSES = losses_for(classifiers=2)
+NEURON_LOSSES = losses_for(target="class+neuron")
+TEXT_LOSSES = losses_for(target="text") + losses_for(target="text pair")
+
+
+def _count(n: int) -> str:
+    return {1: "one classifier", 2: "two classifiers"}.get(n, f"{n} classifiers")
+
+
+def loss_spec(name: str, n_classifiers: int) -> LossSpec:
+    """The form of loss `name` for n classifiers; ValueError (one line) for an unknown name or count."""
+    spec = LOSSES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSS_NAMES)}")
+    form = spec.form(n_classifiers)
+    if form is None:
+        counts = tuple(sorted(f.classifiers for f in spec.forms))
+        need = {(1,): "exactly one classifier", (1, 2): "one or two classifiers"}.get(counts, _count(counts[0]))
+        raise ValueError(f"loss {name!r} needs {need}, got {n_classifiers}")
+    return form
+
+
+def check_loss(name: str, n_classifiers: int, early_stopping_confidence: float | None = None) -> float | None:
+    """Refuse (ValueError, one line) a loss the table lacks, a classifier count it does not take, or an early-stopping
+    confidence for a loss without a confidence scale; → the loss value at that confidence (the early-stopping
+    threshold on the loss), None when no confidence is given."""
+    form = loss_spec(name, n_classifiers)
+    c = early_stopping_confidence
+    if c is None:
+        return None
+    if form.confidence_to_loss is None:
+        scaled = {k: [n for n, s in LOSSES.items() if getattr(s.form(k), "confidence_to_loss", None) is not None]
+                  for k in (1, 2)}
+        raise ValueError(f"early_stopping_confidence={c!r}: loss {name!r} with {_count(n_classifiers)} has no "
+                         f"confidence scale (set optim_params.early_stopping_loss instead; losses with one: "
+                         f"{'; '.join(', '.join(v) + ' with ' + _count(k) for k, v in scaled.items() if v)})")
+    return float(form.confidence_to_loss(c))
 
 
 # ------------------------------------------------------------------------------------------ regularisers
@@ -189,7 +317,7 @@ class ClassifierLoss:
                  noise_scale_fn=None, text_loss_factor: float = 1.0):
         classifiers = list(classifiers)
         targets = torch.as_tensor(targets)
-        _check_loss(loss, len(classifiers), targets, sample_keys, text_embeddings)
+        self.spec = _check_loss(loss, len(classifiers), targets, sample_keys, text_embeddings)
         self.name = loss
         self.classifiers = classifiers
         self.targets = targets.long()
@@ -220,60 +348,48 @@ class ClassifierLoss:
 
     def __call__(self, img_B3HW, seeds=None, noise_scale: float = 1.0) -> torch.Tensor:
         y = self._targets_on(img_B3HW.device)
-        name, clfs = self.name, self.classifiers
-        if name in NEURON_LOSSES:
-            logits, feats = clfs[0].features(img_B3HW, seeds, noise_scale)
-            return neuron_loss(name, logits, feats, y)
-        if name in TEXT_LOSSES:
-            _, emb = clfs[0].features(img_B3HW, seeds, noise_scale)
-            return text_loss(name, emb, self.text_embeddings.to(img_B3HW.device), self.text_loss_factor)
-        # each classifier its own views (independent draws, as the reference's two wrappers)
-        logits = [c(img_B3HW, None if seeds is None else classifier_seeds(seeds, j), noise_scale)
-                  for j, c in enumerate(clfs)]
-        if len(clfs) == 2:
-            fn = {"conf": conf_diff_loss, "log_conf": log_conf_diff_loss, "logits": logits_diff_loss}[name]
-            return fn(logits[0], logits[1], y)
-        return conf_loss(logits[0], y) if name == "conf" else ce_loss(logits[0], y)
+        spec, clfs = self.spec, self.classifiers
+        if spec.features:  # neuron / text losses: classifier 0's (logits, features or image embedding)
+            outs = [clfs[0].features(img_B3HW, seeds, noise_scale)]
+        else:  # each classifier its own views (independent draws, as the reference's two wrappers)
+            outs = [c(img_B3HW, None if seeds is None else classifier_seeds(seeds, j), noise_scale)
+                    for j, c in enumerate(clfs)]
+        text = None if self.text_embeddings is None else self.text_embeddings.to(img_B3HW.device)
+        return spec.fn(outs, y, text, self.text_loss_factor)
 
     @torch.no_grad()
     def confidences(self, img_B3HW: torch.Tensor) -> dict:
         """Non-augmented scores: 'conf_i' = p_i(target) per classifier; 'activation' for neuron losses;
         'similarity' = cos(image, positive text) for text losses."""
         y = self._targets_on(img_B3HW.device)
-        if self.name in TEXT_LOSSES:
+        if self.spec.target in ("text", "text pair"):
             _, emb = self.classifiers[0].features(img_B3HW)
             t = self.text_embeddings.to(img_B3HW.device)
             t = t[:, 0] if t.dim() == 3 else t
             return {"similarity": F.cosine_similarity(emb[:, 0].float(), t.float(), dim=-1)}
-        if self.name in NEURON_LOSSES:
+        if self.spec.target == "class+neuron":
             logits, feats = self.classifiers[0].features(img_B3HW)
             return {"conf_0": _target_logprob(logits, y[:, 0]).exp()[:, 0],
                     "activation": feats[:, 0].gather(-1, y[:, 1:2]).squeeze(-1)}
         return {f"conf_{i}": _target_logprob(c(img_B3HW), y).exp()[:, 0] for i, c in enumerate(self.classifiers)}
 
 
-def _check_loss(loss: str, n: int, targets: torch.Tensor, sample_keys, text_embeddings) -> None:
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
-    if loss in NEURON_LOSSES + TEXT_LOSSES + ("CE", "NLL") and n != 1:
-        raise ValueError(f"loss {loss!r} needs exactly one classifier, got {n}")
-    if loss == "logits" and n != 2:
-        raise ValueError(f"loss 'logits' needs two classifiers, got {n}")
-    if loss in ("conf", "log_conf") and n not in (1, 2):
-        raise ValueError(f"loss {loss!r} needs one or two classifiers, got {n}")
-    if loss in NEURON_LOSSES:
+def _check_loss(loss: str, n: int, targets: torch.Tensor, sample_keys, text_embeddings) -> LossSpec:
+    spec = loss_spec(loss, n)
+    if spec.target == "class+neuron":
         if targets.dim() != 2 or targets.shape[1] != 2:
             raise ValueError(f"loss {loss!r} needs targets of shape (B, 2) = [class, neuron], "
                              f"got {tuple(targets.shape)}")
-    elif loss not in TEXT_LOSSES and targets.dim() != 1:
+    elif spec.target == "class" and targets.dim() != 1:
         raise ValueError(f"loss {loss!r} needs class targets of shape (B,), got {tuple(targets.shape)}")
     if len(sample_keys) != targets.shape[0]:
         raise ValueError(f"{len(sample_keys)} sample keys for {targets.shape[0]} targets")
-    if loss in TEXT_LOSSES:
+    if spec.target in ("text", "text pair"):
         if text_embeddings is None:
             raise ValueError(f"text loss {loss!r} needs text_embeddings")
-        if loss == "cross_entropy" and (text_embeddings.dim() != 3 or text_embeddings.shape[1] != 2):
-            raise ValueError("text loss 'cross_entropy' needs text_embeddings (B, 2, D) = [positive, negative]")
+        if spec.target == "text pair" and (text_embeddings.dim() != 3 or text_embeddings.shape[1] != 2):
+            raise ValueError(f"text loss {loss!r} needs text_embeddings (B, 2, D) = [positive, negative]")
+    return spec
 
 
 # --------------------------------------------------------------------------------------------- objective

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import Blend
+
 PUNCT = ",."
 
 
@@ -291,8 +293,6 @@ def search_schedules(evaluate, grid: ScheduleGrid, B: int, chunk: int | None = N
 def make_blend(mask_B1hw: torch.Tensor, templates, factors_BT: torch.Tensor, foreground: bool = True):
     """Blend of the initial pass's latents: foreground=True pins the object (mask), False the background (1−mask).
     `templates`: list of T latents (B, C, h, w) (run_chain(record_latents=True).latents) or a (T, B, C, h, w)."""
-    from .sampling import Blend
-
     tmpl = torch.stack(list(templates)) if not torch.is_tensor(templates) else templates
     mask = mask_B1hw if foreground else 1 - mask_B1hw
     N = factors_BT.shape[0] // mask.shape[0]

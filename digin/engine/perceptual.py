@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from digin.engine.resize import tv_resize
+from digin.extras import require
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
 
@@ -32,8 +33,6 @@ def require_trunk_file() -> Path:
 
 def build_lpips(device=None, *, random_trunk: bool = False, spatial: bool = False):
     """LPIPS-alex on `device`, frozen. spatial=True: forward returns the per-pixel map (the masked metric)."""
-    from digin.extras import require
-
     lpips = require("lpips", "LPIPS (the px_lpips regulariser, eval's lpips)")
     if not random_trunk:
         require_trunk_file()

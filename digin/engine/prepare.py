@@ -15,19 +15,22 @@ gradient checkpointing only under `checkpoint=block` (the reference's).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
 
-import contextlib
-import time
-
+from digin.kernels import set_kernels
 from digin.shards.interrupt import urgent
 
+from .attention import unet_forward, use_backend
 from .compile import (Compiled, CompileConfig, _contiguous, _must_propagate, _signature, compiled_or_eager,
                       oom_inside)
-from .presets import ComputeSettings
+from .models import resolve_dtype
+from .presets import ComputeSettings, apply_tf32
+
 
 def compile_config(settings: ComputeSettings, cache_dir: str | None = None) -> CompileConfig:
     return CompileConfig(enabled=settings.compile, backend=settings.compile_backend, cudagraphs=settings.cudagraphs,
@@ -120,10 +123,6 @@ def repeated_blocks(unet) -> list:
 
 
 def _apply_kernels(settings: ComputeSettings, device):
-    from digin.kernels import set_kernels
-
-    from .presets import apply_tf32
-
     set_kernels(settings.kernels)
     if torch.device(device).type == "cuda":  # (on a CPU the switches would change nothing digin runs)
         apply_tf32(settings.tf32)
@@ -131,9 +130,6 @@ def _apply_kernels(settings: ComputeSettings, device):
 
 def prepare_sd(sd, settings: ComputeSettings, cache_dir: str | None = None):
     """Prepare an SDModel / SDXLModel in place for `settings`; returns it. Calling it again replaces the runtime."""
-    from .attention import unet_forward, use_backend
-    from .models import resolve_dtype
-
     dev = sd.device
     dt = resolve_dtype(settings.dtype)
     if sd.dtype != dt:
@@ -166,8 +162,6 @@ def prepare_sd(sd, settings: ComputeSettings, cache_dir: str | None = None):
 
 def prepare_classifier(clf, settings: ComputeSettings, cache_dir: str | None = None):
     """Prepare an ImageClassifier in place: weight dtype, compiled forward on its views, fused cutouts on CUDA."""
-    from .models import resolve_dtype
-
     dt = resolve_dtype(settings.dtype)
     if clf.dtype != dt:
         clf.model.to(dtype=dt)

@@ -22,7 +22,7 @@ The resolved values are recorded in each stage's manifest (they move results thr
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -116,17 +116,9 @@ def resolve_compute(preset: str = "auto", device=None, **overrides) -> ComputeSe
 
 
 def compute_of(cfg, device=None) -> ComputeSettings:
-    """Resolve a task config's `preset` + compute keys (fields it lacks count as not set)."""
+    """Resolve a ComputeArgs section's `preset` + compute keys (keys it lacks count as not set)."""
     overrides = {k: getattr(cfg, k, None) for k in COMPUTE_KEYS}
     return resolve_compute(getattr(cfg, "preset", "auto") or "auto", device, **overrides)
-
-
-def apply_compute(cfg, settings: ComputeSettings):
-    """Write the resolved values back into the task config (so the manifest records them). Returns cfg."""
-    for f in fields(settings):
-        if hasattr(cfg, f.name) and f.name != "preset":
-            setattr(cfg, f.name, getattr(settings, f.name))
-    return cfg
 
 
 def describe(settings: ComputeSettings) -> str:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from digin.kernels import cfg_ddim_reference, fused_cfg_ddim
+
 from .attention import unet_forward
-from .schedule import DDIMSchedule, rescale_noise_cfg
+from .schedule import DDIMSchedule, ddim_step, rescale_noise_cfg
 
 
 @dataclass
@@ -80,8 +82,6 @@ def decode_latents(sd, z_BCHW: torch.Tensor) -> torch.Tensor:
 def cfg_ddim_update(sched: DDIMSchedule, i: int, eps_u: torch.Tensor, eps_c: torch.Tensor, x_BCHW: torch.Tensor,
                     guidance_scale) -> tuple[torch.Tensor, torch.Tensor]:
     """The CFG combine + DDIM update → (x_prev, x̂0) fp32: the fused op on CUDA, its eager reference elsewhere."""
-    from digin.kernels import cfg_ddim_reference, fused_cfg_ddim
-
     update = fused_cfg_ddim if x_BCHW.is_cuda else cfg_ddim_reference
     return update(eps_u, eps_c, x_BCHW, guidance_scale, sched.alpha_t[i], sched.alpha_prev[i], sched.prediction_type)
 
@@ -102,8 +102,6 @@ def denoise_step(sd, sched: DDIMSchedule, i: int, x_BCHW, cond_BLD, uncond_BLD, 
     out = call_unet(sd, torch.cat([x_BCHW, x_BCHW]), t, torch.cat([uncond_BLD, cond_BLD]), controller, i)
     eps_u, eps_c = out[:B], out[B:]
     if guidance_rescale:
-        from .schedule import ddim_step
-
         eps_u, eps_c = eps_u.float(), eps_c.float()
         eps = rescale_noise_cfg(eps_u + guidance_scale * (eps_c - eps_u), eps_c, guidance_rescale)
         return ddim_step(sched, i, eps, x_BCHW)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .models import SDModel, _quiet_loaders, _refuse_remote_code, resolve_dtype, write_tiny_tokenizer
+from .models import (SINGLE_FILE_CONFIGS, SDModel, _quiet_loaders, _refuse_remote_code, _single_file_config,
+                     resolve_dtype, write_tiny_tokenizer)
 
 # ------------------------------------------------------------------------------------- UNet wrapper
 
@@ -219,8 +220,6 @@ def load_sdxl(model_path: str | os.PathLike, dtype="fp32", device="cpu", model_c
         if path.suffix not in (".safetensors", ".ckpt"):
             raise ValueError(f"{path}: single-file checkpoints must be .safetensors (or .ckpt)")
         from diffusers import StableDiffusionXLPipeline
-
-        from digin.engine.models import SINGLE_FILE_CONFIGS, _single_file_config
 
         # a local folder only: diffusers would look any other name up on the hub
         cfg = _single_file_config(path, model_config, SINGLE_FILE_CONFIGS + ("text_encoder_2/config.json",

@@ -9,30 +9,39 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from digin.engine.resize import tv_resize
+from digin.extras import require
+from digin.fields import COUNT, UNIT, key, refuse
 
 
 @dataclass
 class SegmentationConfig:
     """The reference's SegmentationArgs (same names and defaults) + where the SAM-HQ weights are."""
 
-    xa_map_resolution: int = 16
-    xa_start_t: float = 0.5
-    xa_end_t: float = 1.0
-    xa_segmentation_squash: str = "sqrt_0.3"
-    sam_segmentation: bool = True
-    sam_prompt: str = "point"  # point | bb (tight box around mask > threshold; the reference's 'bb' is broken)
-    sam_num_points: int = 5
-    sam_foreground_threshold: float = 0.35
-    sam_checkpoint: str = "sam_hq/sam_hq_vit_h.pth"
-    sam_model_type: str = "vit_h"
-    postprocessing: list = field(default_factory=lambda: ["erosion_3", "dilation_20", "blur_45_30"])
+    SECTION = "segmentation (the foreground mask from cross-attention, optionally refined by SAM-HQ)"
+    xa_map_resolution: int = key(16, "resolution of the cross-attention maps averaged into the mask", rule=COUNT)
+    xa_start_t: float = key(0.5, "first normalised time t (1 = the first step) whose attention counts", rule=UNIT)
+    xa_end_t: float = key(1.0, "last normalised time whose attention counts", rule=UNIT)
+    xa_segmentation_squash: str = key("sqrt_0.3", "map squash: sqrt_c | sqr_c | linear_c | threshold_c | none")
+    sam_segmentation: bool = key(True, "refine the attention mask with SAM-HQ (needs sam_checkpoint)")
+    sam_prompt: str = key("point", "SAM prompt: point | bb (tight box around mask > threshold; the reference's 'bb' "
+                                   "is broken)", choices=("point", "bb"))
+    sam_num_points: int = key(5, "SAM point prompts taken from the attention mask", rule=COUNT)
+    sam_foreground_threshold: float = key(0.35, "attention-mask threshold for SAM's prompts", rule=UNIT)
+    sam_checkpoint: str = key("sam_hq/sam_hq_vit_h.pth", "SAM-HQ weights file")
+    sam_model_type: str = key("vit_h", "SAM-HQ model type of that file")
+    postprocessing: list = key(help="mask post-processing: erosion_<k>, dilation_<k>, blur_<k>_<sigma>",
+                               factory=lambda: ["erosion_3", "dilation_20", "blur_45_30"])
+
+    def check_relations(self, prefix: str = ""):
+        if self.xa_start_t > self.xa_end_t:  # an empty window: no step would give a mask
+            refuse(f"{prefix}xa_start_t", self.xa_start_t, f"a number ≤ {prefix}xa_end_t={self.xa_end_t}")
 
 
 def mask_steps(T: int, start_t: float = 0.5, end_t: float = 1.0) -> list[int]:
@@ -177,7 +186,6 @@ def build_tiny_sam_hq(img_size: int = 64, embed_dim: int = 32):
 def _sam_builder(model_type: str):
     if model_type == "tiny":
         return build_tiny_sam_hq
-    from digin.extras import require
 
     sam_model_registry = require("sam", "SAM-HQ mask refinement").sam_model_registry
     if model_type not in sam_model_registry:

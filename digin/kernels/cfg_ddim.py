@@ -87,7 +87,7 @@ def _reference_backward(g_xprev, g_x0, coef_B3, v_pred: bool, shape):
 @torch.library.custom_op("digin::cfg_ddim", mutates_args=())
 def _cfg_ddim_op(eps_u: Tensor, eps_c: Tensor, x_t: Tensor, coef_B3: Tensor, v_pred: bool) -> tuple[Tensor, Tensor]:
     if triton_runs_on(x_t):
-        from .cfg_ddim_triton import cfg_ddim_forward
+        from .cfg_ddim_triton import cfg_ddim_forward  # optional stack: triton
 
         return cfg_ddim_forward(eps_u.contiguous(), eps_c.contiguous(), x_t.contiguous(), coef_B3.contiguous(), v_pred)
     return cfg_ddim_reference(eps_u, eps_c, x_t, coef_B3[:, 0], coef_B3[:, 1], coef_B3[:, 2],
@@ -103,7 +103,7 @@ def _(eps_u, eps_c, x_t, coef_B3, v_pred):
 def _cfg_ddim_backward_op(g_xprev: Tensor, g_x0: Tensor, coef_B3: Tensor, v_pred: bool, eps_dtype: torch.dtype,
                           x_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     if triton_runs_on(g_xprev):
-        from .cfg_ddim_triton import cfg_ddim_backward
+        from .cfg_ddim_triton import cfg_ddim_backward  # optional stack: triton
 
         return cfg_ddim_backward(g_xprev.contiguous(), g_x0.contiguous(), coef_B3.contiguous(), v_pred,
                                  eps_dtype, x_dtype)

@@ -89,7 +89,7 @@ def _max_cover(min_side: int, size: int) -> int:
 def _cutouts_op(img_BCHW: Tensor, boxes_BN3: Tensor, noise_BNCss: Tensor | None, mean_C: Tensor, std_C: Tensor,
                 size: int, min_side: int, out_dtype: torch.dtype) -> Tensor:
     if triton_runs_on(img_BCHW):
-        from .cutouts_triton import cutouts_forward
+        from .cutouts_triton import cutouts_forward  # optional stack: triton
 
         H, W = img_BCHW.shape[-2:]
         return cutouts_forward(img_BCHW.contiguous(), boxes_BN3.contiguous(),
@@ -110,7 +110,7 @@ def _cutouts_backward_op(grad_BNCss: Tensor, boxes_BN3: Tensor, std_C: Tensor, H
                          img_dtype: torch.dtype) -> Tensor:
     size = grad_BNCss.shape[-1]
     if triton_runs_on(grad_BNCss):
-        from .cutouts_triton import cutouts_backward
+        from .cutouts_triton import cutouts_backward  # optional stack: triton
 
         return cutouts_backward(grad_BNCss.contiguous(), boxes_BN3.contiguous(), std_C.float().contiguous(),
                                 H, W, _max_cover(min_side, size), img_dtype)

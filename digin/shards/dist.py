@@ -37,6 +37,23 @@ def rank_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def device_problem(device) -> str | None:
+    """Why a `device=` value cannot run here (None: it can; unset and `auto` pick one at run time)."""
+    import torch
+
+    if not isinstance(device, str) or device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return "a torch device such as cpu, cuda or cuda:1 (or unset: the rank's GPU)"
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            return f"a device this machine has (CUDA devices visible: {n})"
+    return None
+
+
 def device_for_local_rank(local_rank: int | None = None):
     """cuda:<local rank mod visible GPUs> when CUDA is available, else cpu."""
     import torch

@@ -22,11 +22,14 @@ import os
 import re
 from urllib.parse import urlparse
 
-from digin.shards.decode import decode_member
+from digin.shards.decode import decode_json, decode_member
 from digin.shards.iocount import count_read
 from digin.shards.manifest import ShardError, ShardSet, sha256_bytes
+from digin.shards.naming import BadName, parse_member_name
 from digin.shards.reader import group_shard_members, iter_shard, sample_from_group
 from digin.shards.spans import END_OF_ARCHIVE, SAMPLE_HASH_HEX, TAR_BLOCK, tar_spans
+from digin.shards.tario import COMPRESSED_MAGIC, MAX_MEMBER_BYTES
+
 
 def _legacy_spans(ss: ShardSet, index: int, check_hash: bool) -> tuple[list, list]:
     """(spans, sample hashes) of a record written before records had them: the shard is read whole (checked
@@ -70,8 +73,6 @@ def index_record(ss: ShardSet, index: int) -> dict:
 
 
 def _meta_only(ext, data, resolution=None, center_crop=True):
-    from digin.shards.decode import decode_json
-
     return decode_json(data) if ext == "json" else None
 
 
@@ -348,9 +349,6 @@ def plain_groups(view: memoryview) -> list | None:
     """group_shard_members' groups of a digin shard ([key, {field: (ext, payload)}], payloads as memoryviews of
     `view`) when every member is plain and well named and no sample is refused (no bad name, duplicate field or key,
     over-large member); None otherwise (the general reader then makes the same groups, rejects included)."""
-    from digin.shards.naming import BadName, parse_member_name
-    from digin.shards.tario import COMPRESSED_MAGIC, MAX_MEMBER_BYTES
-
     if any(bytes(view[:len(m)]) == m for m in COMPRESSED_MAGIC):
         return None
     members = plain_members(view)

@@ -25,6 +25,7 @@ from pathlib import Path
 from digin.errors import UserError
 from digin.shards.iocount import count_read
 from digin.shards.liveness import gone_on_this_host, this_host
+from digin.shards.tario import TarFormatError, read_url, tar_extent
 
 FORMAT = "digin-shards/1"
 MANIFEST = "manifest.json"
@@ -349,8 +350,6 @@ class ShardSet:
         """The shard's bytes, after checking size and sha256 against its record (ShardError names the shard) and that
         they are a complete tar (check_tar=False: the caller groups the members, which checks it too).
         A record with a `url` (digin shard source=webdataset) is read from there through webdataset's gopen."""
-        from digin.shards.tario import read_url
-
         rec = self.records[index]
         p = self.where(index)
         try:
@@ -384,8 +383,6 @@ class ShardSet:
 def _require_complete_tar(data: bytes, where: str) -> None:
     """A whole shard read must be a complete tar (end-of-archive marker, every member header readable): a record of
     a cut tar (made before indexing refused them) is refused here too."""
-    from digin.shards.tario import TarFormatError, tar_extent
-
     try:
         tar_extent(data)
     except TarFormatError as e:

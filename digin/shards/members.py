@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+from digin.shards.decode import (FORBIDDEN_EXTS, IMAGE_EXTS, JSON_EXTS, TENSOR_EXTS, TEXT_EXTS, DecodeError,
+                                 decode_json, image_size)
+
 SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2,
                            "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
                            "F64": 8, "C64": 8}
@@ -12,9 +15,6 @@ SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3":
 
 def member_problem(ext: str, payload: bytes) -> str | None:
     """Cheap decode check of one member: JSON parsed, text UTF-8, safetensors header, image header."""
-    from digin.shards.decode import (FORBIDDEN_EXTS, IMAGE_EXTS, JSON_EXTS, TENSOR_EXTS, TEXT_EXTS, DecodeError,
-                                     decode_json)
-
     ext = ext.lower()
     if ext in FORBIDDEN_EXTS:
         return f"forbidden_member (.{ext} would unpickle)"
@@ -91,8 +91,6 @@ def _tensor_entry_problem(info, body: int) -> str | None:
 def _image_header_problem(payload: bytes) -> str | None:
     """Format and size from the header only (no pixel decoding), under the reader's pixel limit: an image the
     stage reader would reject as too_large is a finding here too."""
-    from digin.shards.decode import DecodeError, image_size
-
     try:
         w, h = image_size(payload)
     except DecodeError as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 from digin.shards.decode import DecodeError, decode_member
 from digin.shards.manifest import ShardError, ShardSet
 from digin.shards.tario import TarFormatError, group_members
+from digin.shards.wdsindex import foreign_sample
 
 
 def assign_shards(indices, rank: int = 0, world: int = 1, worker: int = 0, num_workers: int = 1) -> list[int]:
@@ -67,8 +68,6 @@ def sample_from_group(ss: ShardSet, index: int, pos: int, key: str, fields, reso
                       center_crop: bool = True, decode=decode_member) -> dict:
     """One member group of shard `index` (position `pos`) as a sample dict: decoded fields, or `__reject__`. A group
     of an indexed foreign tar is mapped to digin's key and fields first."""
-    from digin.shards.wdsindex import foreign_sample
-
     if "webdataset" in ss.meta:
         rec = ss.records[index]
         key, fields = rec["keys"][pos], foreign_sample(ss, index, key, fields)

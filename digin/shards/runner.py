@@ -37,18 +37,20 @@ import numpy as np
 
 from digin.errors import ConfigError, UserError
 from digin.quiet import attach_log, detach_log
+from digin.shards.claims import ClaimBoard
+from digin.shards.damage import settle_output
 from digin.shards.dist import device_for_local_rank, rank_world
 from digin.shards.environment import run_environment
 from digin.shards.interrupt import Interrupted, urgent
 from digin.shards.iocount import io_counters
 from digin.shards.keyed import KeyIndex, read_keys
-from digin.shards.lineage import join_lineage
+from digin.shards.lineage import image_set_of, join_lineage
 from digin.shards.manifest import (FORMAT, MANIFEST, CommitExists, ConfigMismatch, ShardError, ShardSet,
                                    config_differences, config_hash, remove_stale_tmp, write_json)
 from digin.shards.plan import Plan
 from digin.shards.progress import StageProgress
-from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
 from digin.shards.runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: part of this module's API)
+from digin.shards.tracking import WandbTracker, require_wandb, scalar_rows
 from digin.shards.writer import ShardWriter, remove_orphan_partial
 
 EXIT_OK, EXIT_FAILED, EXIT_REQUEUE = 0, 1, 75  # 75 = EX_TEMPFAIL: the batch script requeues on it
@@ -86,6 +88,7 @@ class StageSpec:
         inputs = [(role, shard set or folder), ...] (a bare shard set or folder is role "input"). An input whose
         manifest lists uncommitted shards is refused (IncompleteInput) unless allow_incomplete: then the plan holds
         the keys every input has now."""
+        # local: `missing_joins` is also a local name in this module
         from digin.shards.plan import drop_not_yet_present, join_items, missing_joins
 
         pairs = [x if isinstance(x, tuple) else ("input" if i == 0 else f"input{i}", x)
@@ -361,9 +364,6 @@ def _prepare_output(output: Path, spec: StageSpec, force: bool, world: int) -> d
     """Write (or check) the output's manifest: config and plan hashes, the inputs it derives from and their common
     image set (digin.shards.lineage: inputs of different image sets are refused before anything is written), and
     what a damaged manifest or commit record needs (digin.shards.damage)."""
-    from digin.shards.damage import settle_output
-    from digin.shards.lineage import image_set_of, join_lineage
-
     ins = spec.input_sets()
     plan = spec.plan
     image_set, foreign = join_lineage(spec.inputs, getattr(spec, "allow_foreign_join", False))
@@ -839,8 +839,6 @@ def _run_locked(spec: StageSpec, how: RunOptions, output: Path, rank: int, world
                 budget: "_ErrorBudget", lock: RunLock) -> StageSummary:
     """The body of run_stage, run while this rank holds the output's lock."""
     from contextlib import nullcontext
-
-    from digin.shards.claims import ClaimBoard
 
     plan = spec.plan
     meta = _prepare_output(output, spec, how.force, world)

@@ -10,13 +10,13 @@ import json
 import os
 from pathlib import Path
 
+import digin
+
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's list
 
 
 def class_table(name: str):
     """Contents of digin/data/<name>.json (package data)."""
-    import digin
-
     return json.loads((Path(digin.__file__).parent / "data" / f"{name}.json").read_text())
 
 

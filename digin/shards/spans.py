@@ -9,6 +9,8 @@ import json
 import tarfile
 
 from digin.shards.manifest import ShardError
+from digin.shards.naming import BadName
+from digin.shards.tario import split_digin_name, split_foreign_name
 
 SAMPLE_HASH_HEX = 32  # 128 bits of sha256 per sample: detection, not security (the shard's full sha256 is kept)
 TAR_BLOCK = 512
@@ -68,9 +70,6 @@ def tar_spans(data: bytes, naming: str) -> list[tuple[int, int]]:
     """[(offset, size)] of each sample group of a tar, in the order `tario.group_members` returns the groups (a
     group = consecutive members of one key; a refused member name is a group of its own). Extended headers (pax,
     GNU long names) belong to their member: the span starts at the first header of its first member."""
-    from digin.shards.naming import BadName
-    from digin.shards.tario import split_digin_name, split_foreign_name
-
     split = split_digin_name if naming == "digin" else split_foreign_name
     spans: list[list[int]] = []
     current = None

@@ -29,10 +29,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from digin.shards.convert import check_names, finish_dataset, is_done, pool_map, shard_file, start_dataset
 from digin.shards.decode import FORBIDDEN_EXTS, IMAGE_POLICY, DecodeError, decode_json
-from digin.shards.spans import SAMPLE_HASH_HEX, tar_spans
-from digin.shards.manifest import FORMAT, ShardSet, config_hash, sha256_bytes, write_commit
+from digin.shards.manifest import FORMAT, ShardError, ShardSet, config_hash, sha256_bytes, write_commit
+from digin.shards.members import member_problem
 from digin.shards.naming import BadName, check_key
+from digin.shards.progress import Progress
+from digin.shards.sources import IMAGENET_VAL_PER_CLASS, NAMED_CLASSES, named_classes
+from digin.shards.spans import SAMPLE_HASH_HEX, tar_spans
+from digin.shards.tario import TarFormatError, expand_urls, group_members, read_error, read_url, split_foreign_name
+from digin.shards.writer import PARTIAL, write_shard
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 KEY_SCHEMES = ("index", "source", "imagenet_val")
@@ -157,8 +163,6 @@ def to_digin(source_key: str, members: dict, fm: FieldMap, classes: list[str]) -
 
 # ---------------------------------------------------------------------------------------------- one tar
 def _read_tar(url: str) -> bytes:
-    from digin.shards.tario import read_url
-
     try:
         return read_url(url)
     except (OSError, ValueError) as e:
@@ -166,8 +170,6 @@ def _read_tar(url: str) -> bytes:
 
 
 def _groups(data: bytes, url: str) -> list:
-    from digin.shards.tario import TarFormatError, group_members
-
     try:
         return group_members(data, naming="webdataset")
     except TarFormatError as e:
@@ -203,8 +205,6 @@ def scan_tar(job) -> dict:
 
 def _spans(data: bytes, url: str, count: int) -> list:
     """Each sample's byte span in the tar (digin.shards.keyed): stages read a sample by key with one seek."""
-    from digin.shards.manifest import ShardError
-
     try:
         spans = tar_spans(data, "webdataset")
     except ShardError as e:
@@ -218,8 +218,6 @@ def first_sample_suffixes(url: str) -> set[str]:
     """Member suffixes of the first sample of a tar, read as a stream (only its first members are fetched)."""
     from webdataset.gopen import gopen
     from webdataset.tariterators import tar_file_iterator
-
-    from digin.shards.tario import read_error, split_foreign_name
 
     first, suffixes = None, set()
     try:
@@ -250,8 +248,6 @@ def first_sample_suffixes(url: str) -> set[str]:
 def resolve_urls(urls) -> list[str]:
     """Brace-expanded URLs; local paths made absolute and required to exist (pipe: and other URLs are read
     when scanned)."""
-    from digin.shards.tario import expand_urls
-
     if not urls:
         raise WebdatasetError("urls= is empty: give a brace pattern (/data/x-{0000..0063}.tar) or a list")
     out = expand_urls(urls)
@@ -271,8 +267,6 @@ def resolve_urls(urls) -> list[str]:
 def load_classes(spec) -> list[str] | None:
     """classes=: a list of names, a shipped table (imagenet, cub, cars, food101, flowers102), or a file (.json
     list or {"0": name} table, or .txt with one name per line)."""
-    from digin.shards.sources import NAMED_CLASSES, named_classes
-
     if spec is None or isinstance(spec, (list, tuple)):
         return None if spec is None else [str(c) for c in spec]
     spec = str(spec)
@@ -308,8 +302,6 @@ def _check_labels(scans: list[dict], classes: list[str] | None, fm: FieldMap) ->
 
 def _index_keys(scans, name, split, scheme) -> list[list[str]]:
     """Digin keys for every sample of every tar (rejects get `rejected-<tar>-<pos>`)."""
-    from digin.shards.sources import IMAGENET_VAL_PER_CLASS
-
     n_ok = sum(1 for sc in scans for s in sc["samples"] if "reject" not in s)
     width = max(5, len(str(n_ok - 1)))
     index_of: dict[tuple[int, int], int] = {}
@@ -375,9 +367,6 @@ def index_webdataset(urls, out, name: str | None = None, split: str = "val", fie
                      key_scheme: str = "index", classes=None, dataset: str | None = None, copy: bool = False,
                      workers: int = 1, force: bool = False, progress: bool = True) -> ShardSet:
     """Index (copy=False) or re-shard (copy=True) a webdataset shard set into a digin dataset in `out`."""
-    from digin.shards.convert import check_names, finish_dataset, pool_map, start_dataset
-    from digin.shards.progress import Progress
-
     fm = fields or FieldMap()
     fm.check()
     if key_scheme not in KEY_SCHEMES:
@@ -444,9 +433,6 @@ def _record(i: int, sc: dict, keys: list[str], file_label: str, chash: str) -> d
 # ---------------------------------------------------------------------------------------------- copy=true
 def _copy_tar(job) -> dict:
     """Re-shard one foreign tar into digin's layout (checked against its scan first). Runs in a pool worker."""
-    from digin.shards.convert import shard_file
-    from digin.shards.writer import write_shard
-
     out, name, split, rec, fm, classes, chash = job
     data = _read_tar(rec["url"])
     if len(data) != rec["bytes"] or sha256_bytes(data) != rec["sha256"]:
@@ -460,10 +446,6 @@ def _copy_tar(job) -> dict:
 
 
 def _copy(out, name, split, records, fm, classes, chash, workers, progress):
-    from digin.shards.convert import is_done, pool_map, shard_file
-    from digin.shards.progress import Progress
-    from digin.shards.writer import PARTIAL
-
     # a shard with a damaged record is copied again: a copy of a tar pinned by its sha256 is byte-identical
     done = ShardSet.load(out, damaged="skip")
     jobs = []
@@ -490,8 +472,6 @@ def foreign_sample(ss: ShardSet, index: int, source_key: str, members) -> dict |
     try:
         return to_digin(source_key, members, fm, ss.classes)
     except _SampleProblem as e:  # only when the tar changed and its hash was not checked
-        from digin.shards.manifest import ShardError
-
         raise ShardError(f"shard {ss.where(index)}: sample {source_key!r}: {e}") from None
 
 
@@ -499,8 +479,6 @@ def verify_foreign_shard(ss: ShardSet, index: int, check_hash: bool, deep: bool,
     """`digin verify` of one indexed foreign tar: size and sha256 against the record, and with `deep` its samples
     (count, the tar's keys, refused members, the mapped members' headers). Problems go to add(kind, path, detail);
     returns the bytes read."""
-    from digin.shards.members import member_problem
-
     rec, url = ss.records[index], ss.where(index)
     local = urlparse(url).scheme == ""
     if local and not os.path.isfile(url):

@@ -9,6 +9,22 @@ import time
 
 import torch
 
+from digin.engine.classifiers import ImageClassifier
+from digin.engine.compile import Compiled, since, snapshot
+from digin.engine.edit import MaskBlendParams, P2PParams, prepare_edit
+from digin.engine.guidance import GuidanceConfig, OptimParams, block_checkpointing, optimise
+from digin.engine.inversion import invert
+from digin.engine.models import SDModel, build_tiny_sd, resolve_dtype, write_tiny_tokenizer
+from digin.engine.objectives import Objective
+from digin.engine.prepare import prepare_classifier, prepare_sd
+from digin.engine.presets import resolve_compute, tf32_flags
+from digin.engine.sampling import call_unet, decode_latents, denoise
+from digin.engine.schedule import make_ddim_schedule
+from digin.engine.sdxl import build_sdxl_shaped, build_tiny_sdxl
+from digin.engine.segment import SegmentationConfig
+from digin.engine.shapes import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE
+from digin.stages.costs import Workload, cost_rows as rows_for, flop_counter
+
 # Workload settings per model set: UVCE guidance and DiG-IN null-text inversion; a few steps on the tiny sets.
 _FULL = dict(ddim_steps=20, sgd_steps=20, loss_steps=3, num_cutouts=16, inner_steps=10, guidance_scale=3.0,
              search_candidates=6)
@@ -29,9 +45,6 @@ def build_sd15(device, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from digin.engine.models import SDModel, write_tiny_tokenizer
-    from digin.engine.shapes import SD15_SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE
-
     with tempfile.TemporaryDirectory() as tmp:
         tok = write_tiny_tokenizer(tmp)
     with torch.device(device):
@@ -43,9 +56,6 @@ def build_sd15(device, dtype):
 
 
 def build_sd(models: str, device, dtype):
-    from digin.engine.models import build_tiny_sd
-    from digin.engine.sdxl import build_sdxl_shaped, build_tiny_sdxl
-
     if models == "sd15":
         return build_sd15(device, dtype)
     if models == "sdxl512":
@@ -57,8 +67,6 @@ def build_sd(models: str, device, dtype):
 
 def build_classifier(models: str, device, dtype, num_cutouts: int):
     """The engine's ImageClassifier around ViT-B/16-384 (timm, pretrained=False) or a tiny ViT."""
-    from digin.engine.classifiers import ImageClassifier
-
     tiny = models.startswith("tiny")
     with torch.device(device):
         if tiny:
@@ -87,9 +95,6 @@ def make_workload(name: str, sd, clf, settings: dict, batch: int, checkpoint: st
     cond, uncond = sd.encode_text(prompts), sd.encode_text([""] * batch)
     T = settings["ddim_steps"]
     if name == "guidance":
-        from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
-        from digin.engine.objectives import Objective
-
         targets = torch.randint(0, 10, (batch,), generator=gen).to(dev)
         objective = Objective("CE", [clf], targets, [f"bench/{b}" for b in range(batch)])
         gcfg = GuidanceConfig(guidance_scale=settings["guidance_scale"], num_ddim_steps=T, checkpoint=checkpoint,
@@ -99,15 +104,10 @@ def make_workload(name: str, sd, clf, settings: dict, batch: int, checkpoint: st
     if name == "uvce":
         return uvce_workload(sd, clf, settings, batch, checkpoint, gen, z_T, prompts, uncond)
     if name == "inversion":
-        from digin.engine.inversion import invert
-
         images = torch.rand(batch, 3, res, res, generator=gen).to(dev)
         return lambda: invert(sd, images, prompts, num_steps=T, guidance_scale=settings["guidance_scale"],
                               num_inner_steps=settings["inner_steps"], compute_metrics=False, early_exit=False)
     if name == "generation":
-        from digin.engine.sampling import decode_latents, denoise
-        from digin.engine.schedule import make_ddim_schedule
-
         sched = make_ddim_schedule(sd.scheduler_config, T).to(dev)
 
         @torch.no_grad()
@@ -124,11 +124,6 @@ def uvce_workload(sd, clf, settings: dict, batch: int, checkpoint: str, gen, z_T
     cross-attention capture, foreground masks, Prompt-to-Prompt re-indexing (bench → chair), the reference's default
     schedule search (3 xa × 2 blend candidates), mask blending, the background regularisers and the classifier on
     its cutouts, then the guidance loop with the controller injecting — stages/edits.py's calls, minus the I/O."""
-    from digin.engine.edit import MaskBlendParams, P2PParams, prepare_edit
-    from digin.engine.guidance import GuidanceConfig, OptimParams, optimise
-    from digin.engine.objectives import Objective
-    from digin.engine.segment import SegmentationConfig
-
     dev, T = sd.device, settings["ddim_steps"]
     res = sd.unet.config.sample_size * sd.latent_factor
     images = torch.rand(batch, 3, res, res, generator=gen).to(dev)
@@ -157,8 +152,6 @@ def uvce_workload(sd, clf, settings: dict, batch: int, checkpoint: str, gen, z_T
 
 def count_flops(fn) -> int:
     """FLOPs of one call (real tensors), with torch.utils.flop_counter's per-op formulas (matmul/conv/attention)."""
-    from digin.engine.costs import flop_counter
-
     with flop_counter() as count:
         fn()
     return count.flops
@@ -226,8 +219,6 @@ def environment(dev) -> dict:
 def mode_settings(mode: str, cfg, attention: str, dev):
     """The ComputeSettings a mode runs with: the reference preset (its own tf32 unless `reference_tf32`), or the
     fast preset with this run's overrides (fast-eager: the same without compiling)."""
-    from digin.engine.presets import resolve_compute
-
     if mode == "reference":
         return resolve_compute("reference", dev, tf32=getattr(cfg, "reference_tf32", None))
     if mode in ("fast", "fast-eager"):
@@ -251,9 +242,6 @@ def _recompiles() -> int:
 
 
 def _settings_fields(s) -> dict:
-    from digin.engine.models import resolve_dtype
-    from digin.engine.presets import tf32_flags
-
     return dict(batch=s.batch_size, dtype=str(resolve_dtype(s.dtype)).replace("torch.", ""), checkpoint=s.checkpoint,
                 kernels=s.kernels, compiled=s.compile, compile_backend=s.compile_backend if s.compile else None,
                 compile_scope=s.compile_scope if s.compile else None,
@@ -263,8 +251,6 @@ def _settings_fields(s) -> dict:
 def compile_fields(sd, clf, before: dict | None = None) -> dict:
     """How every call site of the row ran: per site (compiled / eager / fell back and why, graphs, compile seconds,
     CUDA graphs, calls each way), the UNet calls that ran eagerly, and the fallbacks — what a speedup row checks."""
-    from digin.engine.compile import Compiled, since
-
     sites = [c for c in (sd.runtime.unet, sd.runtime.decode, clf.model_call) if isinstance(c, Compiled)]
     rows = since(before or {}, sites)
     unet = next((r for r in rows if r["site"] == "unet"), None)
@@ -278,9 +264,6 @@ def compile_fields(sd, clf, before: dict | None = None) -> dict:
 
 def prepared_models(cfg, models: str, settings_w: dict, dev, mode: str, attention: str):
     """(settings, sd, clf) built with random weights and prepared for `mode` — the stages' one preparation path."""
-    from digin.engine.models import resolve_dtype
-    from digin.engine.prepare import prepare_classifier, prepare_sd
-
     s = mode_settings(mode, cfg, attention, dev)
     torch.manual_seed(cfg.seed)
     dtype = resolve_dtype(s.dtype)
@@ -299,8 +282,6 @@ def bench_one(cfg, models: str, settings_w: dict, dev, workload: str, mode: str,
               predict: dict | None = None) -> dict:
     """One timed workload in one mode → its row. `predict`: {(workload, preset mode): cost row} for the peak-memory
     prediction (weights + batch × saved bytes per sample)."""
-    from digin.engine.compile import snapshot
-
     row = dict(workload=workload, mode=mode, attention=attention)
     sd = clf = None
     try:
@@ -352,8 +333,6 @@ def speedup_row(workload: str, ref: dict | None, fast_rows: list[dict], kind: st
 
 
 def cost_rows(cfg, models: str) -> list[dict]:
-    from digin.engine.costs import Workload, cost_rows as rows_for
-
     cm = cfg.cost_models or ("tiny" if models.startswith("tiny") else ("sdxl512" if models == "sdxl512" else "sd15"))
     w = {k: v for k, v in PRESETS.get(cm, _FULL).items() if k in Workload.__dataclass_fields__}
     w.update({k: getattr(cfg, k) for k in w if getattr(cfg, k, None) is not None})
@@ -386,8 +365,6 @@ def call_fns(sd, clf, s, settings_w: dict, seed: int) -> dict:
     checkpoint=block), on the mode's batch B: the CFG UNet call (2B rows) without and with grad, the inversion's B-row
     call (grad to the null text), the VAE decode without and with grad, the VAE encode, the classifier on B × N
     augmented cutouts with grad and on one view without."""
-    from digin.engine.sampling import call_unet, decode_latents
-
     dev, B = sd.device, s.batch_size
     g = torch.Generator().manual_seed(seed)
     lat = sd.unet.config.sample_size
@@ -454,7 +431,7 @@ def time_call(fn, dev, reps: int) -> dict:
 
 def compose(ms: dict, w: dict, checkpoint: str, B: int) -> dict:
     """Seconds per image of guidance, UVCE and null-text inversion from per-call milliseconds (each call covers the
-    mode's B samples) and the engine's call counts (engine/costs.py's composition): T DDIM steps, K SGD steps, L loss
+    mode's B samples) and the engine's call counts (stages/costs.py's composition): T DDIM steps, K SGD steps, L loss
     steps, N schedule candidates, `inner` inversion steps. checkpoint=step: a no-grad chain + a recompute per step;
     block/none: one graph with grad over the chain. UVCE's controlled UNet call is timed as the plain one (its
     capture + injection add ≈ 0.2 % of the FLOPs, engine/ATTENTION.md)."""
@@ -492,10 +469,6 @@ def bench_calls(cfg, models: str, settings_w: dict, dev, mode: str, emit, eager_
     per workload) and one short end-to-end optimise (K = 1) to cross-check the composition. Calls not reached by
     `deadline` (time.monotonic) are estimated from `eager_ms` (the fast-eager mode's timings) or left out. → {"ms":
     per-call ms, workload: composed row values} (None when a call failed)."""
-    from digin.engine.compile import snapshot
-    from digin.engine.guidance import block_checkpointing
-    from digin.engine.prepare import prepare_classifier, prepare_sd
-
     base = dict(kind="call", mode=mode, attention="sdpa")
     try:
         s = mode_settings(mode, cfg, "sdpa", dev)

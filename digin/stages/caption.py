@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from digin.caption import caption_images, enforce_label, label_of, template_for
+from digin.caption.backends import load_captioner
+from digin.caption.importer import key_index, read_prompt_files
+from digin.caption.templates import DEMO_SETS
+
 
 def captioner_kwargs(cfg, dataset: str, device) -> dict:
-    from digin.caption.templates import DEMO_SETS
-
     kw = dict(device=device, dtype=cfg.dtype, dataset=dataset, template=cfg.template, num_beams=cfg.num_beams,
               max_new_tokens=cfg.max_new_tokens, resolution=cfg.resolution)
     if cfg.backend == "open_flamingo":
@@ -26,9 +29,6 @@ def captioner_kwargs(cfg, dataset: str, device) -> dict:
 
 
 def make_process(cfg, dataset: str, captioner=None, imported: dict | None = None):
-    from digin.caption import caption_images, enforce_label, label_of, template_for
-    from digin.caption.importer import key_index
-
     template = template_for(dataset, cfg.template)
 
     def process(batch):
@@ -52,12 +52,9 @@ def make_process(cfg, dataset: str, captioner=None, imported: dict | None = None
 def caption_source(cfg, dataset: str, device) -> tuple:
     """(captioner, imported captions by index): one of them, for the configured backend."""
     if cfg.backend == "import":
-        from digin.caption.importer import read_prompt_files
-
         if not cfg.import_dir:
             raise SystemExit("digin caption: backend=import needs import_dir (folder of <idx>_prompt.txt files)")
         return None, read_prompt_files(cfg.import_dir)
-    from digin.caption.backends import load_captioner
 
     kw = captioner_kwargs(cfg, dataset, device)
     return load_captioner(cfg.backend, **kw), None

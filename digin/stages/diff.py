@@ -2,11 +2,12 @@
 process that optimises each batch from per-item start noise."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from digin.engine.guidance import optimise
+from digin.engine.objectives import Objective, check_loss, losses_for
 from digin.errors import ConfigError
+from digin.stages.pairs import class_names
 from digin.stages.batching import latent_shape, start_noise
 from digin.stages.models import guidance_config, noise_scale_fn, regularizer_models
 from digin.stages.results import result_fields
@@ -15,8 +16,6 @@ from digin.stages.results import result_fields
 def class_names_for(cfg) -> list[str]:
     if cfg.class_names:
         return list(cfg.class_names)
-    from digin.stages.pairs import class_names
-
     return class_names(cfg.dataset)
 
 
@@ -39,53 +38,45 @@ def work_items(cfg, classes: list[str]) -> list[tuple[str, dict]]:
 
 def effective_loss(cfg) -> str:
     """The loss the stage optimises: with classifier2, `conf` unless `loss` names another two-classifier loss."""
-    from digin.engine.objectives import TWO_CLASSIFIER_LOSSES
-
-    if cfg.classifier2 and cfg.loss not in TWO_CLASSIFIER_LOSSES:
+    if cfg.classifier2 and cfg.loss not in losses_for(classifiers=2):
         return "conf"
     return cfg.loss
 
 
 def early_stopping_loss(cfg) -> float | None:
-    """`early_stopping_confidence=c` as the threshold on the (augmented) loss the loop stops a sample at:
-    p(y) > c ⇔ −log p(y) < −log c (CE / log_conf / NLL, one classifier), −p(y) < −c (conf), and with two
-    classifiers −p1(y) + p2(y) < −c (classifier1 surer than classifier2 by more than c). Two-classifier log_conf /
-    logits have no confidence scale: ConfigError naming the key."""
-    c = cfg.early_stopping_confidence
-    if c is None:
-        return None
-    loss = effective_loss(cfg)
-    if loss == "conf":
-        return -float(c)
-    if cfg.classifier2:
-        raise ConfigError(f"early_stopping_confidence={c!r} needs loss=conf with classifier2 (loss={loss} has no "
-                          f"confidence scale; set optim_params.early_stopping_loss instead)")
-    return -math.log(c)
+    """`early_stopping_confidence=c` as the threshold on the (augmented) loss the loop stops a sample at, read from
+    the loss table (`objectives.LOSSES`): p(y) > c ⇔ −log p(y) < −log c (CE / log_conf / NLL, one classifier),
+    −p(y) < −c (conf), and with two classifiers −p1(y) + p2(y) < −c (classifier1 surer than classifier2 by more
+    than c). A loss without a confidence scale (two-classifier log_conf / logits, neuron and text losses), an unknown
+    loss or a classifier count the loss does not take: ConfigError (the early-stopping one names the key)."""
+    try:  # the loss and classifier count are checked even without early stopping (None then)
+        return check_loss(effective_loss(cfg), 2 if cfg.classifier2 else 1, cfg.early_stopping_confidence)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
-def make_process(sd, classifiers: list, eval_clf, cfg):
-    from digin.engine.guidance import optimise
-    from digin.engine.objectives import Objective
-
-    gcfg = guidance_config(cfg)
-    regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
-    if cfg.early_stopping_confidence is not None:
-        gcfg.optim_params.early_stopping_loss = early_stopping_loss(cfg)
-    loss = effective_loss(cfg)
-    noise_fn = noise_scale_fn(cfg)
-    shape = latent_shape(sd, cfg.resolution)
+def make_process(sd, classifiers: list, eval_clf, objective, guidance, settings, *, loss: str,
+                 early_stopping_loss: float | None, resolution: int):
+    """The diff process from its sections (ObjectiveArgs with `loss` the effective loss, GuidanceArgs) and the
+    resolved compute settings."""
+    gcfg = guidance_config(guidance, settings)
+    regularizer_models(objective, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
+    if early_stopping_loss is not None:
+        gcfg.optim_params.early_stopping_loss = early_stopping_loss
+    noise_fn = noise_scale_fn(guidance)
+    shape = latent_shape(sd, resolution)
 
     def process(batch):
         dev = batch.device
         items = [s["item"] for s in batch.samples]
         keys = list(batch.keys)
-        z = start_noise(keys, cfg.seed, shape, dev)
+        z = start_noise(keys, guidance.seed, shape, dev)
         cond = sd.encode_text([it["prompt"] for it in items])
         uncond = sd.encode_text([""] * len(items))
         y = torch.tensor([it["class"] for it in items])
-        obj = Objective(loss, classifiers, y, keys, loss_weight=cfg.loss_weight, regularizers=list(cfg.regularizers),
-                        regularizers_ws=list(cfg.regularizers_ws), noise_scale_fn=noise_fn,
-                        **regularizer_models(cfg, dev))
+        obj = Objective(loss, classifiers, y, keys, loss_weight=objective.loss_weight,
+                        regularizers=list(objective.regularizers), regularizers_ws=list(objective.regularizers_ws),
+                        noise_scale_fn=noise_fn, **regularizer_models(objective, dev))
         res = optimise(sd, obj, z_T=z, cond=cond, uncond=uncond, cfg=gcfg)
         evals = {}
         if eval_clf is not None:

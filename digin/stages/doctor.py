@@ -9,7 +9,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from digin.extras import STACKS
+from digin.engine.classifiers import load_classifier
+from digin.engine.classifiers.registry import weights_source
+from digin.engine.model_files import check_model, weights_file_problem
+from digin.engine.perceptual import lpips_trunk_file
+from digin.engine.presets import compute_of, describe, xformers_problem
+from digin.extras import STACKS, require
+from digin.kernels.cfg_ddim import cfg_ddim_reference
+from digin.shards.dist import device_for_local_rank, rank_world
+from digin.shards.environment import package_version, version_line
 
 # What a stage cannot start without (beyond its input shards): doctor fails when `stage=` names it and it is absent.
 STAGE_INPUTS = {"invert": ("model_path",), "segment": ("model_path",), "uvce": ("model_path", "classifier"),
@@ -65,8 +73,6 @@ def check_device(dev, need_gpu: bool) -> Check:
 def check_versions() -> Check:
     import torch
 
-    from digin.shards.environment import package_version
-
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return Check("versions", "info", ", ".join(f"{p} {package_version(p) or '-'}" for p in VERSIONS)
                  + f"; CUDA {torch.version.cuda or '-'}, cuDNN {cudnn or '-'}")
@@ -74,8 +80,6 @@ def check_versions() -> Check:
 
 def check_ranks(dev) -> Check:
     import torch
-
-    from digin.shards.dist import rank_world
 
     try:
         rank, world, local = rank_world()
@@ -97,8 +101,6 @@ def check_ranks(dev) -> Check:
 
 
 def check_compute(cfg, dev) -> Check:
-    from digin.engine.presets import compute_of, describe
-
     try:
         settings = compute_of(cfg, dev)
     except ValueError as e:
@@ -173,8 +175,7 @@ def _probe_triton(dev) -> tuple[str, str]:
 
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return "info", "digin's kernels run on CUDA; not launched here"
-    from digin.kernels.cfg_ddim import cfg_ddim_reference
-    from digin.kernels.cfg_ddim_triton import cfg_ddim_forward
+    from digin.kernels.cfg_ddim_triton import cfg_ddim_forward  # optional stack: triton
 
     g = torch.Generator().manual_seed(0)
     eu, ec, x = (torch.randn(2, 4, 8, 8, generator=g).to(dev) for _ in range(3))
@@ -189,8 +190,6 @@ def _probe_triton(dev) -> tuple[str, str]:
 
 
 def _probe_xformers(dev) -> tuple[str, str]:
-    from digin.engine.presets import xformers_problem
-
     if dev.type != "cuda":
         return "info", "memory-efficient attention runs on CUDA; not tried here"
     problem = xformers_problem(dev)  # the same tiny attention attention=xformers is checked with
@@ -198,8 +197,6 @@ def _probe_xformers(dev) -> tuple[str, str]:
 
 
 def _weights_probe(path: str | None, key: str) -> tuple[str, str]:
-    from digin.engine.model_files import weights_file_problem
-
     if not path:
         return "ok", f"weights not checked ({key}=<file> checks them)"
     problem = weights_file_problem(path)
@@ -208,8 +205,6 @@ def _weights_probe(path: str | None, key: str) -> tuple[str, str]:
 
 def _probe_lpips() -> tuple[str, str]:
     import lpips
-
-    from digin.engine.perceptual import lpips_trunk_file
 
     heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
     if not heads.is_file():
@@ -222,9 +217,6 @@ def _probe_lpips() -> tuple[str, str]:
 
 
 def check_stack(key: str, dev, needed: bool, cfg) -> Check:
-    from digin.extras import require
-    from digin.shards.environment import package_version
-
     s = STACKS[key]
     try:
         with warnings.catch_warnings():
@@ -253,8 +245,6 @@ def check_stack(key: str, dev, needed: bool, cfg) -> Check:
 
 # ------------------------------------------------------------------------------------------- models
 def check_model_path(cfg) -> Check:
-    from digin.engine.model_files import check_model
-
     report = check_model(cfg.model_path, cfg.model_config)
     if report.ok:
         return Check("model", "ok", f"{report.path}: complete — {report.summary()}")
@@ -263,9 +253,6 @@ def check_model_path(cfg) -> Check:
 
 
 def check_classifier(cfg) -> Check:
-    from digin.engine.classifiers import load_classifier
-    from digin.engine.model_files import weights_file_problem
-
     if cfg.classifier_checkpoint:
         problem = weights_file_problem(cfg.classifier_checkpoint)
         if problem:
@@ -278,7 +265,6 @@ def check_classifier(cfg) -> Check:
     except Exception as e:  # noqa: BLE001 — whatever stops the stage from building it is the finding
         return Check("classifier", "FAIL", f"{cfg.classifier}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                      "fix the spec or its checkpoint (see README, Tasks: classifiers)")
-    from digin.engine.classifiers.registry import weights_source
 
     n = sum(p.numel() for p in clf.model.parameters())
     weights = weights_source(cfg.classifier, cfg.classifier_checkpoint)  # what the stages will load
@@ -309,8 +295,6 @@ def _guarded(name: str, check, *args) -> Check:
 def collect(cfg) -> list[Check]:
     import torch
 
-    from digin.shards.dist import device_for_local_rank
-
     dev = torch.device(cfg.device) if cfg.device else device_for_local_rank()
     need_gpu = "gpu" in cfg.needs or dev.type == "cuda"  # device=cuda asks for one too
     checks = [check_device(dev, need_gpu), check_versions()]
@@ -328,8 +312,6 @@ def collect(cfg) -> list[Check]:
 
 
 def render(checks: list[Check]) -> str:
-    from digin.shards.environment import version_line
-
     lines = [f"digin doctor — {version_line()}, Python {platform.python_version()}, host {socket.gethostname()}"]
     for c in checks:
         lines.append(f"  {c.status:<5} {c.name:<12}{c.detail}")

@@ -16,9 +16,24 @@ from typing import Callable
 
 import torch
 
+from digin.engine.edit import MaskBlendParams, P2PParams, prepare_edit
+from digin.engine.guidance import optimise
+from digin.engine.objectives import Objective
+from digin.engine.segment import SegmentationConfig
+from digin.fields import section
 from digin.stages.batching import fixed_chunks
-from digin.stages.models import regularizer_models
+from digin.stages.models import guidance_config, noise_scale_fn, regularizer_models
 from digin.stages.results import mask_uint8, result_fields, thumbnail_fields, to_uint8, word_tiles
+
+
+@dataclass
+class EditArgs:
+    """The edit set-up's sections (each task gives its own defaults)."""
+
+    SECTION = "edit (Prompt-to-Prompt, mask blending, the foreground mask)"
+    segmentation: SegmentationConfig = section(SegmentationConfig, "the foreground mask")
+    p2p: P2PParams = section(P2PParams, "Prompt-to-Prompt")
+    mask_blend: MaskBlendParams = section(MaskBlendParams, "mask blending")
 
 
 @dataclass
@@ -44,7 +59,9 @@ class EditProcess:
 
     sd: object
     clf: object
-    cfg: object
+    edit: EditArgs
+    objective_args: object  # ObjectiveArgs section
+    guidance: object  # GuidanceArgs section
     classes: list
     words_of: Callable  # class label → foreground words
     kind: EditKind
@@ -76,20 +93,15 @@ class EditProcess:
         return outs
 
     def objective(self, starts: list, tgts: list, keys: list, dev):
-        from digin.engine.objectives import Objective
-
-        cfg = self.cfg
+        o = self.objective_args
         targets = torch.tensor([self.kind.objective_target(s, t) for s, t in zip(starts, tgts)])
-        return Objective(cfg.loss, [self.clf], targets, keys, loss_weight=cfg.loss_weight,
-                         regularizers=list(cfg.regularizers), regularizers_ws=list(cfg.regularizers_ws),
-                         noise_scale_fn=self.noise_fn, **regularizer_models(cfg, dev))
+        return Objective(o.loss, [self.clf], targets, keys, loss_weight=o.loss_weight,
+                         regularizers=list(o.regularizers), regularizers_ws=list(o.regularizers_ws),
+                         noise_scale_fn=self.noise_fn, **regularizer_models(o, dev))
 
     def run_rows(self, rows, n_real, dev) -> list[dict]:
         """rows: (position, sample, image (3,H,W), start, target), padded to the batch size → per-item records."""
-        from digin.engine.edit import prepare_edit
-        from digin.engine.guidance import optimise
-
-        cfg, sd, kind = self.cfg, self.sd, self.kind
+        edit, g, sd, kind = self.edit, self.guidance, self.sd, self.kind
         z = torch.stack([r[1]["inversion"]["z_T"] for r in rows]).to(dev)
         null = torch.stack([r[1]["inversion"]["null_texts"] for r in rows]).to(dev)
         imgs = torch.stack([r[2] for r in rows]).to(dev)
@@ -101,10 +113,10 @@ class EditProcess:
         repl = [kind.replacement(" ".join(w), s, t) for w, s, t in zip(fg, starts, tgts)]
         obj = self.objective(starts, tgts, keys, dev)
         setup = prepare_edit(sd, obj, z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
-                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps,
-                             replacements=repl if cfg.p2p.do_p2p else None, images=imgs, p2p=cfg.p2p,
-                             blend=cfg.mask_blend, segmentation=cfg.segmentation, solver=cfg.solver,
-                             guidance_rescale=cfg.guidance_rescale)
+                             guidance_scale=g.guidance_scale, num_ddim_steps=g.num_ddim_steps,
+                             replacements=repl if edit.p2p.do_p2p else None, images=imgs, p2p=edit.p2p,
+                             blend=edit.mask_blend, segmentation=edit.segmentation, solver=g.solver,
+                             guidance_rescale=g.guidance_rescale)
         try:
             res = optimise(sd, setup.objective, z_T=z, cond=setup.cond, uncond=null, cfg=self.gcfg, blend=setup.blend,
                            controller=setup.controller)
@@ -133,8 +145,10 @@ class EditProcess:
         return outs
 
 
-def make_edit_process(sd, clf, cfg, classes: list[str], words_of: Callable, kind: EditKind, gcfg,
-                      noise_fn) -> EditProcess:
-    """process(batch) for run_stage. words_of(label) → foreground words of a class label."""
-    regularizer_models(cfg, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
-    return EditProcess(sd, clf, cfg, classes, words_of, kind, gcfg, noise_fn)
+def make_edit_process(sd, clf, edit: EditArgs, objective, guidance, settings, classes: list[str],
+                      words_of: Callable, kind: EditKind) -> EditProcess:
+    """process(batch) for run_stage from the edit, objective (ObjectiveArgs) and guidance (GuidanceArgs) sections
+    and the resolved compute settings. words_of(label) → foreground words of a class label."""
+    regularizer_models(objective, sd.device)  # fail before the stage starts (e.g. no CLIP weights file), then cached
+    return EditProcess(sd, clf, edit, objective, guidance, classes, words_of, kind, guidance_config(guidance, settings),
+                       noise_scale_fn(guidance))

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digin.gallery.records import ResultRecord
+from digin.engine.classifiers import load_classifier
+from digin.engine.prepare import prepare_classifier
+from digin.shards.manifest import ShardSet
+from digin.stages import metrics as M
+from digin.stages.gallery.records import ResultRecord
+from digin.stages.metrics import fid
+from digin.stages.models import stage_compute
 
 
 def to_tensor(arr: np.ndarray, size=None) -> torch.Tensor:
@@ -25,8 +31,6 @@ def to_tensor(arr: np.ndarray, size=None) -> torch.Tensor:
 
 def sample_metrics(rec: ResultRecord, classifiers: dict, lpips_model=None, device="cpu") -> dict:
     """One record -> flat dict of numbers (missing images/classes simply produce no columns)."""
-    from digin.engine import metrics as M
-
     row = {"key": rec.key, "task": rec.task, "group": rec.group}
     m = rec.metrics
     start, target = m.get("start"), m.get("target", m.get("start"))
@@ -73,8 +77,6 @@ def _means(rows: list[dict]) -> dict:
 def evaluate_records(records, classifiers: dict | None = None, lpips_model=None, inception=None,
                      device="cpu") -> dict:
     """Per-sample rows + per-task and per-(task, group) means; FID per task when `inception` is given."""
-    from digin.engine.metrics import fid
-
     classifiers = classifiers or {}
     rows = [sample_metrics(r, classifiers, lpips_model, device) for r in records]
     by_task, by_group = defaultdict(list), defaultdict(list)
@@ -142,16 +144,11 @@ def load_classifiers(cfg, settings=None) -> dict:
                    "eval": ("eval_classifier_checkpoint", cfg.eval_classifier_checkpoint)}
     if not any(specs.values()):
         return {}
-    from digin.engine.classifiers import load_classifier  # lazy: optional heavy stacks behind it
-    from digin.engine.prepare import prepare_classifier
-    from digin.stages.models import stage_compute
 
     settings = settings or stage_compute(cfg, cfg.device)
 
     classes = None
     if cfg.dataset_classes:
-        from digin.shards.manifest import ShardSet
-
         classes = ShardSet.load(cfg.dataset_classes).classes
     out = {}
     for name, spec in specs.items():

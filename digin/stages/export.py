@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digin.gallery.records import ResultRecord
+from digin.stages.gallery.records import ResultRecord
 
 IMAGE_SUFFIX = {"orig": "", "sd": "_sd", "ours": "_ours"}
 

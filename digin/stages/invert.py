@@ -2,6 +2,27 @@
 the process that inverts a batch and builds its records (rejecting non-finite inversions)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from digin.engine import inversion
+from digin.fields import COUNT0, NONNEG, Int, key
+
+
+@dataclass
+class InversionArgs:
+    SECTION = "inversion"
+    num_ddim_steps: int = key(20, "DDIM steps (the UVCE stage expects the same)", rule=Int(1, 1000))
+    guidance_scale: float = key(3.0, "classifier-free guidance of the inversion (3.0: what the UVCE stage expects)",
+                                rule=NONNEG)
+    method: str = key("null_text", "null_text | negative_prompt (fast: no inner optimisation)",
+                      choices=("null_text", "negative_prompt"))
+    num_inner_steps: int = key(10, "null-text optimisation steps per timestep (null_text)", rule=COUNT0)
+    epsilon: float = key(1e-5, "stop a timestep's inner steps once its loss is below epsilon + 1e-5·i", rule=NONNEG)
+    save_reconstruction: bool = key(True, "write reconstruction.png (the inversion's reconstruction)")
+
 
 # Fallback prompts when no caption is given (the reference's imagenet_inversion.py / inversion_cub_cars_food.py):
 # ImageNet-style vs fine-grained datasets.
@@ -31,11 +52,8 @@ def sample_prompt(sample: dict, template: str) -> str:
     return template.format(label=label)
 
 
-def make_process(sd, cfg, template: str):
-    import numpy as np
-    import torch
-
-    from digin.engine import inversion
+def make_process(sd, cfg: InversionArgs, template: str):
+    """The inversion process of an InversionArgs section (its fallback prompt `template`)."""
 
     def process(batch):
         prompts = [sample_prompt(s, template) for s in batch.samples]

@@ -11,11 +11,18 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from digin.engine.compile import since, snapshot, summarise
 from digin.errors import ConfigError
+from digin.shards.dist import rank_world
 from digin.shards.keyed import KeyIndex
+from digin.shards.lineage import join_lineage
 from digin.shards.manifest import ShardSet
 from digin.shards.plan import Item, Plan, balance, join_items, missing_joins
+from digin.shards.runner import RunOptions, check_inputs_complete, run_stage
 from digin.stages import pairs as P
+from digin.stages.args import tracking_for
+from digin.stages.costs import cost_rows
+from digin.stages.pairs import default_pairs, neurons_per_key
 
 SELECTIONS = ("all", "uvce", "random", "counterfactuals")
 
@@ -24,8 +31,6 @@ SELECTIONS = ("all", "uvce", "random", "counterfactuals")
 def load_inputs(roles: dict, allow_incomplete: bool) -> tuple[list, dict]:
     """[(role, ShardSet)] for {role: folder} (None folders left out), and what incomplete inputs lack (refused
     unless allow_incomplete: IncompleteInput names the uncommitted shards)."""
-    from digin.shards.runner import check_inputs_complete
-
     pairs = []
     for role, folder in roles.items():
         if folder is None:
@@ -35,7 +40,6 @@ def load_inputs(roles: dict, allow_incomplete: bool) -> tuple[list, dict]:
         except FileNotFoundError as e:
             raise ConfigError(f"{role}={folder}: {e}") from None
     missing = check_inputs_complete([ss for _, ss in pairs], allow_incomplete)
-    from digin.shards.lineage import join_lineage
 
     join_lineage(pairs)  # inputs made from different image sets: ForeignJoin (plan=true refuses them too)
     return pairs, missing
@@ -101,8 +105,6 @@ def select_keys(sel, index: KeyIndex, dataset: str, num_classes: int) -> tuple[l
                                sel.num_images, sel.seed)
         chosen = [by_index[p.index] for p in pairs]
     elif how == "counterfactuals":
-        from digin.stages.pairs import default_pairs
-
         classes = {c for c, _ in default_pairs()}
         labels = index.labels()
         chosen = [k for k in keys if labels.get(k) in classes]
@@ -220,8 +222,6 @@ def uvce_plan(cfg, inputs: list, classes: list[str], dataset: str) -> Plan:
 
 def counterfactual_plan(cfg, inputs: list, pairs: list[tuple[int, int]], num_features: int | None = None) -> Plan:
     """One item per (image, neuron) of the (class, neuron) pairs: every image of the class, or a seeded subset."""
-    from digin.stages.pairs import neurons_per_key
-
     images = KeyIndex(inputs[0][1])
     if num_features is not None:
         bad = [(c, n) for c, n in pairs if not 0 <= n < num_features]
@@ -262,8 +262,6 @@ def cost_models_for(cfg) -> str:
 
 @lru_cache(maxsize=8)
 def _cost_row(models: str, workload: str, ddim_steps: int, sgd_steps: int, num_cutouts: int, inner_steps: int):
-    from digin.engine.costs import cost_rows
-
     rows = cost_rows(models, ddim_steps=ddim_steps, sgd_steps=sgd_steps, num_cutouts=num_cutouts,
                      inner_steps=inner_steps)
     wl = "guidance_sdxl" if models in ("sdxl512", "tiny-sdxl") and workload == "guidance" else workload
@@ -272,7 +270,7 @@ def _cost_row(models: str, workload: str, ddim_steps: int, sgd_steps: int, num_c
 
 
 def item_flops(stage: str, cfg) -> tuple[float | None, str]:
-    """FLOPs of one work item from the cost rows (engine/costs.py) at the stage's settings, and which rows."""
+    """FLOPs of one work item from the cost rows (stages/costs.py) at the stage's settings, and which rows."""
     workload = WORKLOAD_OF.get(stage)
     if workload is None:
         return None, "no cost row for this stage"
@@ -323,38 +321,31 @@ def plan_text(r: dict) -> str:
 
 
 def show_plan(spec, cfg) -> int:
-    from digin.shards.dist import rank_world
-
     world = cfg.world if getattr(cfg, "world", None) else rank_world()[1]
     r = plan_report(spec, cfg, world)
     print(json.dumps(r, sort_keys=True) if getattr(cfg, "json", False) else plan_text(r), file=sys.stdout, flush=True)
     return 0
 
 
-def run_options(cfg, **kw):
-    """RunOptions from the shared keys of a task config (those it has)."""
-    from digin.shards.runner import RunOptions
-    from digin.stages.args import tracking_for
-
-    return RunOptions(out=kw.pop("out", cfg.out), batch_size=cfg.batch_size,
+def run_options(cfg, settings, **kw):
+    """RunOptions from the StageIO / WorkArgs keys of a task config (those it has) and the resolved batch size."""
+    return RunOptions(out=kw.pop("out", cfg.out), batch_size=settings.batch_size,
                       workers=getattr(cfg, "num_workers", 0), force=getattr(cfg, "force", False),
                       progress=getattr(cfg, "progress", True), schedule=getattr(cfg, "schedule", "static"),
                       lease_s=getattr(cfg, "lease_s", 300.0), heartbeat_s=min(30.0, getattr(cfg, "lease_s", 300.0) / 4),
                       tracking=tracking_for(cfg), **kw)
 
 
-def run_or_show(cfg, spec, load, **run_kw) -> int:
-    """plan=true: print the plan, load nothing, write nothing. Else `load()` → the process, and run the spec; then
-    say how the run's model call sites ran (`say_compile`; the runner logs and records them)."""
-    from digin.engine.compile import snapshot
-    from digin.shards.runner import run_stage
-
+def run_or_show(cfg, spec, load, settings, **run_kw) -> int:
+    """plan=true: print the plan, load nothing, write nothing. Else `load()` → the process, and run the spec with
+    the resolved compute `settings`; then say how the run's model call sites ran (`say_compile`; the runner logs
+    and records them)."""
     if getattr(cfg, "plan", False):
         return show_plan(spec, cfg)
     spec.process = load()
     before = snapshot()
-    summary = run_stage(spec, run_options(cfg, call_sites=lambda: call_site_record(before), **run_kw))
-    say_compile(spec.name, summary.call_sites, bool(getattr(cfg, "compile", False)))
+    summary = run_stage(spec, run_options(cfg, settings, call_sites=lambda: call_site_record(before), **run_kw))
+    say_compile(spec.name, summary.call_sites, settings.compile)
     return summary.exit_code
 
 
@@ -362,8 +353,6 @@ def call_site_record(before: dict) -> dict:
     """How the call sites ran since `before` (an engine.compile.snapshot()): per site name its calls compiled /
     eager, graphs, compile seconds, CUDA graphs, fallback and reasons, plus `eager_unet_calls` — JSON-able, for the
     rank's log (and, once the runner takes it, its summary and commit records)."""
-    from digin.engine.compile import since, summarise
-
     sites = summarise([r for r in since(before) if r["calls_compiled"] or r["calls_eager"] or r["fell_back"]])
     unet = sites.get("unet")
     return {"sites": sites, "eager_unet_calls": unet["calls_eager"] if unet else 0}

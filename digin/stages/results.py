@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from digin.stages.gallery.thumbs import thumbnail_members
+
 
 def to_uint8(img_3HW: torch.Tensor) -> np.ndarray:
     return (img_3HW.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -25,8 +27,6 @@ def thumbnail_fields(fields: dict) -> dict:
     """`orig_thumb`, `recon_thumb`, `sd_thumb`, `ours_thumb` (128-px JPEG members) for those of orig / recon / sd /
     ours that `fields` holds as uint8 arrays and that have no thumbnail yet: `fields.update(thumbnail_fields(fields))`
     once every image field is set (result_fields already adds sd's and ours')."""
-    from digin.gallery.thumbs import thumbnail_members
-
     return thumbnail_members(fields)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from digin.engine.edit import MaskBlendParams
+from digin.engine.edit import MaskBlendParams, prepare_edit
 from digin.stages.results import mask_uint8, to_uint8, word_tiles
 
 
@@ -14,22 +14,23 @@ class _MaskOnly:
     needs_masks = True
 
 
-def make_process(sd, cfg, classes: list[str]):
-    from digin.engine.edit import prepare_edit
+def make_process(sd, sampling, segmentation, foreground_words: dict, classes: list[str]):
+    """The mask process from a SamplingArgs section and the segmentation section."""
 
     def process(batch):
         dev = batch.device
         images = batch.images.to(dev).float() / 255.0
         prompts = [s["prompt"] for s in batch.samples]
         labels = [classes[int(s["meta"]["label"])] for s in batch.samples]
-        fg = [cfg.foreground_words.get(lab, lab).split() for lab in labels]
+        fg = [foreground_words.get(lab, lab).split() for lab in labels]
         z = torch.stack([s["inversion"]["z_T"] for s in batch.samples]).to(dev)
         null = torch.stack([s["inversion"]["null_texts"] for s in batch.samples]).to(dev)
         setup = prepare_edit(sd, _MaskOnly(), z_T=z, uncond=null, prompts=prompts, foreground_words=fg,
-                             guidance_scale=cfg.guidance_scale, num_ddim_steps=cfg.num_ddim_steps, images=images,
+                             guidance_scale=sampling.guidance_scale, num_ddim_steps=sampling.num_ddim_steps,
+                             images=images,
                              blend=MaskBlendParams(do_mask_blend=True, initial_mask_blend_schedule=["none"]),
-                             segmentation=cfg.segmentation, solver=cfg.solver,
-                             guidance_rescale=cfg.guidance_rescale)
+                             segmentation=segmentation, solver=sampling.solver,
+                             guidance_rescale=sampling.guidance_rescale)
         setup.close(sd)
         outs = []
         for b in range(batch.n_real):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from digin.stages.models import guidance_config, noise_scale_fn
+from digin.stages.edits import EditArgs, EditKind, make_edit_process
 
 
-def label_words(label: str, cfg) -> list[str]:
-    words = cfg.foreground_words.get(label, label)
+def label_words(label: str, foreground_words: dict) -> list[str]:
+    words = foreground_words.get(label, label)
     return words.split() if isinstance(words, str) else list(words)
 
 
@@ -26,9 +26,9 @@ def correctly_classified(clf):
     return skip
 
 
-def make_process(sd, clf, cfg, classes: list[str]):
-    from digin.stages.edits import EditKind, make_edit_process
-
+def make_process(sd, clf, edit: EditArgs, objective, guidance, settings, classes: list[str],
+                 foreground_words: dict, error_visualisation: bool):
+    """The UVCE edit process from its sections (stages.args) and the resolved compute settings."""
     def start_confidence(res, starts, targets):
         """Confidence in the start class for sd and ours: does the edit move away from it?"""
         with torch.no_grad():
@@ -43,6 +43,6 @@ def make_process(sd, clf, cfg, classes: list[str]):
         extra_metrics=lambda sample, start, target: {"start": start, "target": target, "start_label": classes[start],
                                                      "target_label": classes[target]},
         evaluate=start_confidence,
-        skip=correctly_classified(clf) if cfg.error_visualisation else None)
-    return make_edit_process(sd, clf, cfg, classes, lambda label: label_words(label, cfg), kind,
-                             guidance_config(cfg), noise_scale_fn(cfg))
+        skip=correctly_classified(clf) if error_visualisation else None)
+    return make_edit_process(sd, clf, edit, objective, guidance, settings, classes,
+                             lambda label: label_words(label, foreground_words), kind)

@@ -1,5 +1,6 @@
 """The tasks: one module per `digin <task>`, each a `Config` dataclass and `run(cfg)` over the stage layer
-(digin/stages/). Only the CLI (and the demo, which composes tasks) imports them."""
+(digin/stages/). Only the CLI, the demo (which composes tasks) and the toy science harness (digin/science/)
+import them."""
 
 # task name → module
 TASKS = {

@@ -25,56 +25,74 @@ run eagerly), FLOPs per image (eager count at batch 1, same settings) and achiev
 per workload — only where neither side fell back, otherwise a row saying why.
 `workloads=[plan]` (on by default) adds the work plans of the reference's tables (busiest rank ÷ mean per world
 size, a simulated dynamic schedule with slow and dead ranks, the ImageNet UVCE pipeline's EFLOP; counted, not
-timed: digin/stages/plan_bench.py). `workloads=[cost]` (on by default) adds device-independent cost rows (engine/costs.py: FLOPs per image with and
+timed: digin/stages/plan_bench.py). `workloads=[cost]` (on by default) adds device-independent cost rows (stages/costs.py: FLOPs per image with and
 without recompute, saved bytes per sample, largest batch in `capacity_gib`) for sd15, sdxl512 or tiny.
 Tests never assert timings.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from digin.stages.bench import MODES, PRESETS, WORKLOADS, bench_calls, bench_one, cost_rows, environment, speedup_row
+from digin.engine.presets import xformers_problem
+from digin.fields import COUNT, COUNT0, Int, NONNEG, RATE, SEED, key
+from digin.shards.dist import device_problem
+from digin.stages.bench import (MODES, PRESETS, WORKLOADS, bench_calls, bench_one, cost_rows, environment,
+                                mode_settings, speedup_row)
+from digin.stages.costs import cost_rows as sd15_rows
+from digin.stages.plan_bench import bench_rows
 
 
 @dataclass
 class Config:
-    models: str = "auto"  # auto (sd15 on CUDA, tiny on CPU) | sd15 | sdxl512 | tiny | tiny-sdxl
-    workloads: list = field(default_factory=lambda: list(WORKLOADS))
-    modes: list = field(default_factory=lambda: list(MODES))
-    attention: list = field(default_factory=lambda: ["sdpa", "xformers"])  # fast mode backends compared
-    # fast-mode overrides of the `fast` compute preset (None: the preset's value)
-    batch: Optional[int] = None
-    dtype: Optional[str] = None
-    checkpoint: Optional[str] = None
-    compile: Optional[bool] = None
-    compile_backend: Optional[str] = None  # aot_eager for quick CPU runs
-    cudagraphs: Optional[bool] = None
-    kernels: Optional[bool] = None
-    tf32: Optional[str] = None  # fast modes: off | conv | on (None: the preset's, on)
-    reference_tf32: Optional[str] = None  # reference mode (None: the preset's, conv — what the reference ran with)
-    strict_compile: Optional[bool] = None  # a fast-mode fallback to eager is an error row instead of a slow row
-    compile_scope: Optional[str] = None  # fast mode: full (the whole UNet call) | regional (its transformer blocks)
-    reps: int = 5  # calls: timed repetitions per call site
-    budget_s: Optional[float] = None  # calls: stop timing new calls after this many seconds (the GPU check's limit)
-    warmup: int = 1
-    iters: int = 2
-    count_flops: bool = True
-    cost_models: Optional[str] = None  # model set of the cost rows (default: sd15, or tiny for the tiny sets)
-    capacity_gib: float = 139.0  # GPU memory for the cost rows' largest batch (H200: 139 GiB usable)
-    device: str = "auto"
-    seed: int = 0
-    out: Optional[str] = None  # append the JSON rows to this file too
-    # overrides of the model set's workload settings (None: preset value)
-    ddim_steps: Optional[int] = None
-    sgd_steps: Optional[int] = None
-    loss_steps: Optional[int] = None
-    num_cutouts: Optional[int] = None
-    inner_steps: Optional[int] = None
-    search_candidates: Optional[int] = None  # calls: UVCE schedule candidates in the composition (default 6)
+    models: str = key("auto", "auto (sd15 on CUDA, tiny on CPU) | sd15 | sdxl512 | tiny | tiny-sdxl")
+    workloads: list = key(help="guidance | uvce | inversion | generation | calls | cost | plan (default: all)",
+                          factory=lambda: list(WORKLOADS))
+    modes: list = key(help="reference | fast-eager | fast (default: all; with reference, a speedup row per workload)",
+                      factory=lambda: list(MODES))
+    attention: list = key(help="fast mode backends compared", factory=lambda: ["sdpa", "xformers"])
+    batch: Optional[int] = key(None, "fast modes: samples run together (None: the fast preset's, 8)", rule=COUNT)
+    dtype: Optional[str] = key(None, "fast modes: weights fp32 | bf16 | fp16 (None: the fast preset's, bf16)")
+    checkpoint: Optional[str] = key(None, "fast modes: step | none | block (None: the fast preset's, step)")
+    compile: Optional[bool] = key(None, "fast mode: torch.compile the UNet call, VAE decode and classifier (None: "
+                                        "the preset's, true)")
+    compile_backend: Optional[str] = key(None, "fast mode: inductor | aot_eager (quick CPU runs) | eager (None: the "
+                                              "preset's, inductor)")
+    cudagraphs: Optional[bool] = key(None, "fast mode: CUDA graphs for the compiled no-grad calls (None: the preset's)")
+    kernels: Optional[bool] = key(None, "fast modes: fused Triton kernels on CUDA (None: the fast preset's, true)")
+    tf32: Optional[str] = key(None, "fast modes: off | conv | on (None: the preset's, on)")
+    reference_tf32: Optional[str] = key(None, "reference mode (None: the preset's, conv — what the reference ran "
+                                              "with)")
+    strict_compile: Optional[bool] = key(None, "a fast-mode fallback to eager is an error row instead of a slow row",
+                                               results=False)
+    compile_scope: Optional[str] = key(None, "fast mode: full (the whole UNet call) | regional (its transformer "
+                                             "blocks)")
+    reps: int = key(5, "calls: timed repetitions per call site", rule=COUNT)
+    budget_s: Optional[float] = key(None, "calls: stop timing new calls after this many seconds (the GPU check's "
+                                          "limit)", rule=NONNEG)
+    warmup: int = key(1, "untimed calls before timing; the first one compiles (at least 1 runs)", rule=COUNT0)
+    iters: int = key(2, "timed calls per row; the row reports their median", rule=COUNT)
+    count_flops: bool = key(True, "count FLOPs per image (eager, batch 1): TFLOP/s and the peak-memory prediction")
+    cost_models: Optional[str] = key(None, "model set of the cost rows (default: sd15, or tiny for the tiny sets)")
+    capacity_gib: float = key(139.0, "GPU memory for the cost rows' largest batch (H200: 139 GiB usable)", rule=RATE)
+    device: str = key("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:<n>", results=False, check=device_problem)
+    seed: int = key(0, "seeds the random weights and the workloads' inputs", rule=SEED)
+    out: Optional[str] = key(None, "append the JSON rows to this file too", results=False)
+    ddim_steps: Optional[int] = key(None, "DDIM steps per image (None: the model set's, 20; tiny sets 3)",
+                                          rule=Int(1, 1000))
+    sgd_steps: Optional[int] = key(None, "guidance steps per image (None: the model set's, 20; tiny sets 1)",
+                                         rule=COUNT0)
+    loss_steps: Optional[int] = key(None, "guidance loss over the last this many x̂0 (None: the model set's, 3; "
+                                          "tiny sets 2)", rule=COUNT)
+    num_cutouts: Optional[int] = key(None, "classifier cutouts per image (None: the model set's, 16; tiny sets 2)",
+                                           rule=COUNT0)
+    inner_steps: Optional[int] = key(None, "inversion: null-text Adam steps per DDIM step (None: the model set's, "
+                                           "10; tiny sets 1)", rule=COUNT0)
+    search_candidates: Optional[int] = key(None, "calls: UVCE schedule candidates in the composition (default 6)",
+                                                 rule=COUNT)
 
 
 def run(cfg: Config):
@@ -88,7 +106,6 @@ def run(cfg: Config):
     bad_modes = set(cfg.modes) - set(MODES)
     if bad_modes:
         raise SystemExit(f"digin bench: unknown modes {sorted(bad_modes)}; choose from {', '.join(MODES)}")
-    from digin.stages.bench import mode_settings
 
     for mode in cfg.modes:  # bad compute values (tf32=..., dtype=...) stop here, in one line
         try:
@@ -119,9 +136,6 @@ def run(cfg: Config):
                 emit(r)
             continue
         if workload == "plan":  # the reference's own workloads: SD-1.5 cost rows whatever `models` is
-            from digin.engine.costs import cost_rows as sd15_rows
-            from digin.stages.plan_bench import bench_rows
-
             for r in bench_rows(sd15_rows("sd15")):
                 emit(r)
             continue
@@ -144,8 +158,6 @@ def run(cfg: Config):
             backends = ["sdpa"] if mode == "reference" else list(cfg.attention)
             for attention in backends:
                 if attention == "xformers":
-                    from digin.engine.presets import xformers_problem
-
                     problem = xformers_problem(dev)
                     if problem:
                         emit(dict(workload=workload, mode=mode, attention=attention, status=f"skipped: {problem}"))

@@ -18,109 +18,95 @@ Killed jobs resume: committed units are skipped (digin/shards/runner.py).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+
+import torch
 from typing import Optional
 
 from digin.caption.hf import CAPTION_INSTRUCTION
-from digin.stages.args import SelectArgs, WorkArgs
+from digin.engine.presets import DTYPES, resolve_compute
+from digin.fields import COUNT, COUNT0, MISSING, Int, key, section
+from digin.shards.dist import device_for_local_rank
+from digin.shards.runner import StageSpec
+from digin.stages.args import SelectArgs, StageIO, WorkArgs, record
 from digin.stages.caption import caption_source, make_process
+from digin.stages.plans import dataset_of, image_stage_plan, load_inputs, run_or_show
+
+MODEL_BACKENDS = ("open_flamingo", "hf")  # the backends that run a model on the pixels
 
 
 @dataclass
 class FlamingoArgs:
-    lm_path: Optional[str] = None           # local LM folder (OpenFlamingo-9B: mpt-7b)
-    tokenizer_path: Optional[str] = None    # default: lm_path
-    vision: str = "ViT-L-14"                # open_clip model name or JSON model config
-    vision_pretrained: Optional[str] = None  # local open_clip weights file (ViT-L-14 openai)
-    checkpoint: Optional[str] = None        # OpenFlamingo checkpoint.pt / .safetensors
-    cross_attn_every_n_layers: int = 4      # 9B: 4
-    decoder_layers_attr_name: Optional[str] = None  # default: found from the LM
-    trust_remote_code: bool = False
-    prompt: str = "an image of a {label} "  # the reference's query prefix (trailing space included)
-    demos: Optional[str] = None             # demo set name or JSON; default: the dataset's set
-    demo_images: Optional[str] = None       # train-split shard set (or folder of <index>.png) holding the demos
-    num_demos: Optional[int] = None         # None: all (ImageNet 24, CUB 23, Cars 26, Food 20, Flowers 20)
+    lm_path: Optional[str] = key(None, "local LM folder (OpenFlamingo-9B: mpt-7b)")
+    tokenizer_path: Optional[str] = key(None, "local tokenizer folder (default: lm_path)")
+    vision: str = key("ViT-L-14", "open_clip model name or JSON model config")
+    vision_pretrained: Optional[str] = key(None, "local open_clip weights file (ViT-L-14 openai)")
+    checkpoint: Optional[str] = key(None, "OpenFlamingo checkpoint.pt / .safetensors")
+    cross_attn_every_n_layers: int = key(4, "a gated cross-attention layer every n LM layers (the checkpoint's; "
+                                                "9B: 4)", rule=COUNT)
+    decoder_layers_attr_name: Optional[str] = key(None, "dotted name of the LM's block list, e.g. "
+                                                           "transformer.blocks (default: found from the LM)")
+    trust_remote_code: bool = key(False, "let the LM / tokenizer folder run its own code: only if you trust the folder")
+    prompt: str = key("an image of a {label} ", "the reference's query prefix (trailing space included)")
+    demos: Optional[str] = key(None, "demo set name or JSON; default: the dataset's set")
+    demo_images: Optional[str] = key(None, "train-split shard set (or folder of <index>.png) holding the demos")
+    num_demos: Optional[int] = key(None, "None: all (ImageNet 24, CUB 23, Cars 26, Food 20, Flowers 20)", rule=COUNT0)
 
 
 @dataclass
 class HFArgs:
-    model_path: Optional[str] = None        # local transformers model folder (BLIP, BLIP-2, LLaVA-style, ...)
-    trust_remote_code: bool = False         # CogVLM-style models with custom code: only if you trust the folder
-    mode: str = "auto"                      # prefix | instruct | auto (instruct when the processor has a chat template)
-    prompt: str = "an image of a {label}"
-    instruction: str = CAPTION_INSTRUCTION
+    model_path: Optional[str] = key(None, "local transformers model folder (BLIP, BLIP-2, LLaVA-style, ...)")
+    trust_remote_code: bool = key(False, "CogVLM-style models with custom code: only if you trust the folder")
+    mode: str = key("auto", "prefix | instruct | auto (instruct when the processor has a chat template)")
+    prompt: str = key("an image of a {label}", "mode=prefix: the forced caption start the model continues")
+    instruction: str = key(CAPTION_INSTRUCTION, "mode=instruct: the question asked ({label}: the class name)")
 
 
 @dataclass
-class Config(SelectArgs, WorkArgs):
-    inputs: str = "???"                     # image shard set (digin shard output)
-    out: str = "???"                        # caption shard set folder
-    backend: str = "template"               # template | open_flamingo | hf | import
-    dataset: Optional[str] = None           # picks template and demos; default: the shard set's source
-    template: Optional[str] = None          # fallback template override, e.g. "a photo of a {label}"
-    import_dir: Optional[str] = None        # backend=import: folder of <idx>_prompt.txt files
-    resolution: int = 224                   # Resize(1.25·res)+CenterCrop(res) before the model (reference: 224)
-    batch_size: int = 8
-    num_beams: int = 3
-    max_new_tokens: int = 20
-    dtype: str = "fp32"                     # model weights: fp32 | bf16 | fp16
-    on_error: str = "raise"                 # raise | fallback (template caption, reason recorded)
-    flamingo: FlamingoArgs = field(default_factory=FlamingoArgs)
-    hf: HFArgs = field(default_factory=HFArgs)
-    device: Optional[str] = None            # default: cuda:<local rank> if available, else cpu
-    num_workers: int = 0
-    force: bool = False
-    allow_incomplete: bool = False          # plan over the committed shards of an incomplete input only
-    progress: bool = True
-
-
-def stage_config(cfg: Config, dataset: str) -> dict:
-    """What changes the captions (recorded in the manifest; resuming with other settings is refused)."""
-    c = {"stage": "caption", "backend": cfg.backend, "dataset": dataset, "template": cfg.template}
-    if cfg.backend == "import":
-        c["import_dir"] = cfg.import_dir
-    if cfg.backend in ("open_flamingo", "hf"):
-        c.update(resolution=cfg.resolution, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                 dtype=cfg.dtype)
-        c[cfg.backend] = asdict(cfg.flamingo if cfg.backend == "open_flamingo" else cfg.hf)
-    return c
+class Config(WorkArgs, StageIO, SelectArgs):
+    inputs: str = key(MISSING, "image shard set (digin shard output)", results=False)
+    out: str = key(MISSING, "caption shard set folder", results=False)
+    backend: str = key("template", "template | open_flamingo | hf | import",
+                       choices=("template", "open_flamingo", "hf", "import"))
+    dataset: Optional[str] = key(None, "picks template and demos; default: the shard set's source")
+    template: Optional[str] = key(None, 'fallback template override, e.g. "a photo of a {label}"')
+    import_dir: Optional[str] = key(None, "backend=import: folder of <idx>_prompt.txt files",
+                                    only_if=("backend", ("import",)))
+    resolution: int = key(224, "Resize(1.25·res)+CenterCrop(res) before the model (reference: 224)",
+                          rule=Int(1, 8192), only_if=("backend", MODEL_BACKENDS))
+    batch_size: int = key(8, "images captioned together", rule=COUNT, results=False)
+    num_beams: int = key(3, "beam search width", rule=COUNT, only_if=("backend", MODEL_BACKENDS))
+    max_new_tokens: int = key(20, "longest caption in tokens", rule=COUNT, only_if=("backend", MODEL_BACKENDS))
+    dtype: str = key("fp32", "model weights: fp32 | bf16 | fp16", choices=DTYPES, only_if=("backend", MODEL_BACKENDS))
+    on_error: str = key("raise", "raise | fallback (template caption, reason recorded)", choices=("raise", "fallback"),
+                        results=False)
+    flamingo: FlamingoArgs = section(FlamingoArgs, "backend=open_flamingo", only_if=("backend", ("open_flamingo",)))
+    hf: HFArgs = section(HFArgs, "backend=hf", only_if=("backend", ("hf",)))
 
 
 def build_spec(cfg: Config):
     """The stage from the config and the input manifests alone (no sample read, no model)."""
-    from digin.errors import ConfigError
-    from digin.shards.runner import StageSpec
-    from digin.stages.plans import dataset_of, image_stage_plan, load_inputs
-
-    if cfg.backend not in ("template", "open_flamingo", "hf", "import"):
-        raise ConfigError(f"backend={cfg.backend!r}: one of template, open_flamingo, hf, import")
-    if cfg.on_error not in ("raise", "fallback"):
-        raise ConfigError(f"on_error={cfg.on_error!r}: one of raise, fallback")
     inputs, incomplete = load_inputs({"images": cfg.inputs}, cfg.allow_incomplete)
     images = inputs[0][1]
     dataset = cfg.dataset or images.meta.get("source") or images.name
-    needs_pixels = cfg.backend in ("open_flamingo", "hf")
+    needs_pixels = cfg.backend in MODEL_BACKENDS
     return StageSpec("caption", image_stage_plan("caption", cfg, inputs, dataset_of(cfg, images)),
-                     stage_config(cfg, dataset), inputs, resolution=cfg.resolution if needs_pixels else None,
+                     record(cfg, "caption", dataset=dataset), inputs,
+                     resolution=cfg.resolution if needs_pixels else None,
                      required=("image", "meta") if needs_pixels else ("meta",), incomplete=incomplete,
                      fields=None if needs_pixels else ("meta", "caption"))  # template / import: no image decode
 
 
 def run(cfg: Config):
-    import torch
-
-    from digin.stages.plans import run_or_show
-
     spec = build_spec(cfg)
     dataset = spec.record["dataset"]
     device = torch.device(cfg.device) if cfg.device else None
     if device is None and not cfg.plan:
-        from digin.shards.dist import device_for_local_rank
-
         device = device_for_local_rank()
+    settings = resolve_compute("eager", device, batch_size=cfg.batch_size, dtype=cfg.dtype)
 
     def load():
         captioner, imported = caption_source(cfg, dataset, device)
         return make_process(cfg, dataset, captioner, imported)
 
-    return run_or_show(cfg, spec, load, device=device)
+    return run_or_show(cfg, spec, load, settings, device=device)

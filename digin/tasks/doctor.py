@@ -15,31 +15,35 @@ needs=[gpu] (or device=cuda) asks for one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+from digin.fields import key
+from digin.shards.dist import device_problem
 from digin.stages.args import ComputeArgs
 from digin.stages.doctor import NEEDS, collect, render
+from digin.tasks import TASKS
 
 
 @dataclass
 class Config(ComputeArgs):  # preset= and the compute keys: what a stage given them would pick here
-    model_path: Optional[str] = None  # SD folder or single file: configs + weight files present, readable, whole
-    model_config: Optional[str] = None  # the local diffusers folder a single file needs
-    classifier: Optional[str] = None  # a classifier spec as the stages take it; built on the CPU
-    classifier_checkpoint: Optional[str] = None
-    sam_checkpoint: Optional[str] = None  # SAM-HQ weights (segmentation.sam_checkpoint of the stages)
-    flamingo_checkpoint: Optional[str] = None  # OpenFlamingo weights (flamingo.checkpoint of `digin caption`)
-    stage: Optional[str] = None  # a task: the inputs it cannot start without must be given (and pass)
-    needs: list = field(default_factory=list)  # must work: gpu, triton, xformers, sam, flamingo, lpips, clip, wandb
-    device: Optional[str] = None  # default: what a stage picks (cuda:<local rank>, else cpu)
+    REPORT_ONLY = True  # a bad compute choice is reported on the doctor's screen, not refused
+    model_path: Optional[str] = key(None, "SD folder or single file: configs + weight files present, readable, whole")
+    model_config: Optional[str] = key(None, "the local diffusers folder a single file needs")
+    classifier: Optional[str] = key(None, "a classifier spec as the stages take it; built on the CPU")
+    classifier_checkpoint: Optional[str] = key(None, "the classifier's weights file: header checked, then loaded "
+                                                      "into the CPU build")
+    sam_checkpoint: Optional[str] = key(None, "SAM-HQ weights (segmentation.sam_checkpoint of the stages)")
+    flamingo_checkpoint: Optional[str] = key(None, "OpenFlamingo weights (flamingo.checkpoint of `digin caption`)")
+    stage: Optional[str] = key(None, "a task: the inputs it cannot start without must be given (and pass)")
+    needs: list = key(help="must work: gpu, triton, xformers, sam, flamingo, lpips, clip, wandb", factory=list)
+    device: Optional[str] = key(None, "default: what a stage picks (cuda:<local rank>, else cpu)", results=False, check=device_problem)
 
 
 def _validate(cfg: Config):
     unknown = [n for n in cfg.needs if n not in NEEDS]
     if unknown:
         raise SystemExit(f"digin doctor: needs={unknown} unknown; choose from {', '.join(NEEDS)}")
-    from digin.tasks import TASKS
 
     if cfg.stage is not None and cfg.stage not in TASKS:
         raise SystemExit(f"digin doctor: stage={cfg.stage!r} is not a task; tasks: {', '.join(TASKS)}")

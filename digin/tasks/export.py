@@ -15,23 +15,22 @@ all-digit part (`imagenet/val/00042/t7` -> 42).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from digin.gallery.records import ShardFields
+from digin.fields import key, section
 from digin.stages.export import export_records
+from digin.stages.gallery.records import ShardFields, records_from_shards
 
 @dataclass
 class Config:
-    results: list[str] = field(default_factory=list)  # result shard set folders
-    out: str = "export"
-    task: str | None = None  # layout to use (default: each record's task)
-    overwrite: bool = False
-    fields: ShardFields = field(default_factory=ShardFields)
+    results: list[str] = key(help="result shard set folders", factory=list)
+    out: str = key("export", "folder the PNGs are written into, in the reference's layout", results=False)
+    task: str | None = key(None, "layout to use: uvce | diff | neurons | neuron_cf (default: each record's task)")
+    overwrite: bool = key(False, "replace files already in out (otherwise an existing file is an error)")
+    fields: ShardFields = section(ShardFields, "member names of the result shards")
 
 
 def run(cfg: Config):
-    from digin.gallery.records import records_from_shards
-
     if not cfg.results:
         raise SystemExit("digin export: give results=[<result shard folder>, ...]")
     records = [r for folder in cfg.results for r in records_from_shards(folder, cfg.fields, cfg.task)]

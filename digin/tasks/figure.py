@@ -5,44 +5,46 @@
   digin figure results=[/runs/neurons-se152/visualise] keys=[neurons/n319,neurons/n373] out=/runs/fig
 
 A key names one result or every result under it (an image key: all its targets). Rows follow the reference's
-figures (see digin.gallery.figure): UVCE rows (the original, then each target's counterfactual with its label and
+figures (see digin.stages.gallery.figure): UVCE rows (the original, then each target's counterfactual with its label and
 confidences), classifier differences sd | ours with both classifiers' confidences, neuron visualisation grids, or
 one row per result with the chosen `columns`. Results are read by key (one seek each). Prints the files written.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from digin.gallery.records import ShardFields
+from digin.fields import Int, key, section
+from digin.stages.gallery.figure import (FORMATS, LAYOUTS, SORTS, UnknownKeys, build_rows, select, sort_records,
+                                         write_figure)
+from digin.stages.gallery.records import ShardFields
+from digin.stages.gallery.summary import load_eval_rows
+from digin.tasks.gallery import Config as GalleryConfig, open_results
 
 
 @dataclass
 class Config:
-    results: list[str] = field(default_factory=list)  # result shard set folders
-    keys: list[str] = field(default_factory=list)  # results (or image / neuron keys: everything under them)
-    out: str = "figures"
-    name: str = "figure"  # files <out>/<name>.png|pdf|svg
-    layout: str = "auto"  # auto | uvce | pairs | diff | neurons
-    sort: str = "given"  # given (as listed) | key | gain | -gain | score | -score ('-': ascending)
-    columns: list[str] = field(default_factory=lambda: ["orig", "recon", "sd", "ours", "diff"])  # layout=pairs:
-    # orig, recon, sd, ours, diff (|ours − orig| heat map), overlay (mask over the original), mask
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf", "svg"])
-    resolution: int = 256  # each image is drawn this many pixels wide (the PDF at 96 px per inch)
-    evals: list[str] = field(default_factory=list)  # `digin eval` out folders: the original's confidences
-    fields: ShardFields = field(default_factory=ShardFields)
+    results: list[str] = key(help="result shard set folders", factory=list)
+    keys: list[str] = key(help="results (or image / neuron keys: everything under them)", factory=list)
+    out: str = key("figures", "output folder of the figure files", results=False)
+    name: str = key("figure", "files <out>/<name>.png|pdf|svg")
+    layout: str = key("auto", "auto | uvce | pairs | diff | neurons", choices=LAYOUTS)
+    sort: str = key("given", "given (as listed) | key | gain | -gain | score | -score ('-': ascending)",
+                    choices=SORTS)
+    columns: list[str] = key(help="layout=pairs: orig, recon, sd, ours, diff (|ours − orig| heat map), overlay (mask "
+                                  "over the original), mask", factory=lambda: ["orig", "recon", "sd", "ours", "diff"])
+    formats: list[str] = key(help="files written: png | pdf | svg", factory=lambda: ["png", "pdf", "svg"])
+    resolution: int = key(256, "each image is drawn this many pixels wide (the PDF at 96 px per inch)",
+                               rule=Int(8, 8192, multiple_of=8))
+    evals: list[str] = key(help="`digin eval` out folders: the original's confidences", factory=list)
+    fields: ShardFields = section(ShardFields, "member names of the result shards")
 
 
 def check(cfg: Config):
     """Refuse bad keys before anything is read or written: one line each."""
-    from digin.gallery.figure import FORMATS, LAYOUTS, SORTS
-
     if not cfg.results:
         raise SystemExit("digin figure: give results=[<result shard folder>, ...]")
     if not cfg.keys:
         raise SystemExit("digin figure: give keys=[<result key>, ...] (an image key selects all its targets)")
-    for key, value, allowed in (("layout", cfg.layout, LAYOUTS), ("sort", cfg.sort, SORTS)):
-        if value not in allowed:
-            raise SystemExit(f"digin figure: {key}={value} is not one of {', '.join(allowed)}")
     bad = [f for f in cfg.formats if f not in FORMATS]
     if bad or not cfg.formats:
         raise SystemExit(f"digin figure: formats {bad or '[]'} not allowed (allowed: {', '.join(FORMATS)})")
@@ -53,11 +55,6 @@ def check(cfg: Config):
 
 
 def run(cfg: Config):
-    from digin.gallery.figure import UnknownKeys, build_rows, select, sort_records, write_figure
-    from digin.gallery.summary import load_eval_rows
-    from digin.tasks.gallery import Config as GalleryConfig
-    from digin.tasks.gallery import open_results
-
     check(cfg)
     sets = open_results(GalleryConfig(results=list(cfg.results)))
     evals = load_eval_rows(cfg.evals)

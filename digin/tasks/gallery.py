@@ -4,7 +4,7 @@ Open `<out>/index.html` in any browser, also from a file:// URL after copying th
 a run summary (counts, success rate, confidence gain, distances and flips from `digin eval` when `evals=[...]`
 names its out folders), histograms, a per-class table and a grid of every result that sorts and filters in the
 page; each row opens the page of its start class / class / neuron, where every result is shown in full like the
-paper's figures (digin/gallery/detail.py). `compare=[...]` adds a second run, joined by key on a comparison page.
+paper's figures (digin/stages/gallery/detail.py). `compare=[...]` adds a second run, joined by key on a comparison page.
 `checks=[...]` (`digin neurons mode=spurious_check` folders) adds a page of the VLM's yes/no answers by class and puts
 each checked result's answer beside its image; groups of similar neurons (`digin neurons mode=similar`, found
 beside the visualisations) get a page with one comparison grid per group.
@@ -13,37 +13,45 @@ extras, metrics.json with a `loss_curve` list).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from digin.gallery.records import ShardFields
+from digin.fields import COUNT0, Int, key, section
+from digin.shards.manifest import ShardError, ShardSet
+from digin.stages.gallery import check_gallery, iter_records, write_gallery
+from digin.stages.gallery.checks import answers_by_result, check_page, read_answers
+from digin.stages.gallery.compare import SEP, write_comparisons
+from digin.stages.gallery.neurons import neuron_folder, similar_page, similar_tables
+from digin.stages.gallery.records import ShardFields, input_counts, task_of
+from digin.stages.gallery.summary import load_eval_rows
+from digin.stages.outputs import OUTPUTS
 
 
 @dataclass
 class Config:
-    results: list[str] = field(default_factory=list)  # result shard set folders (one per task run)
-    out: str = "gallery"
-    evals: list[str] = field(default_factory=list)  # `digin eval` out folders (per_sample.jsonl) over these results
-    task: str | None = None  # task name for records without one (default: the shard set's name)
-    columns: list[str] = field(default_factory=lambda: ["orig", "recon", "sd", "ours"])
-    title: str = "digin results"
-    thumb_size: int = 128  # thumbnails fit in a square of this many pixels
-    max_top_images: int = 10  # top-activating dataset images shown per neuron
-    fields: ShardFields = field(default_factory=ShardFields)
-    check: bool = True  # crawl the written pages and fail on broken links/images
-    compare: list[str] = field(default_factory=list)  # result shard sets to compare with `results` (B vs A), joined
-    # by key: a comparison page per task (another run, another classifier, preset=reference vs fast)
-    compare_evals: list[str] = field(default_factory=list)  # `digin eval` out folders over the `compare` sets
-    labels: list[str] = field(default_factory=list)  # names of the two runs (default: their folder names)
-    checks: list[str] = field(default_factory=list)  # `digin neurons mode=spurious_check` out folders: a page of the
-    # answers by class, and each checked result's answer beside its image
+    results: list[str] = key(help="result shard set folders (one per task run)", factory=list)
+    out: str = key("gallery", "output folder of the HTML pages (open <out>/index.html)", results=False)
+    evals: list[str] = key(help="`digin eval` out folders (per_sample.jsonl) over these results", factory=list)
+    task: str | None = key(None, "task name for records without one (default: the shard set's name)")
+    columns: list[str] = key(help="image members shown (as thumbnails) in each task's grid, in this order",
+                             factory=lambda: ["orig", "recon", "sd", "ours"])
+    title: str = key("digin results", "title of the index page")
+    thumb_size: int = key(128, "thumbnails fit in a square of this many pixels", rule=Int(16, 4096))
+    max_top_images: int = key(10, "top-activating dataset images shown per neuron", rule=COUNT0)
+    fields: ShardFields = section(ShardFields, "member names of the result shards")
+    check: bool = key(True, "crawl the written pages and fail on broken links/images")
+    compare: list[str] = key(help="result shard sets to compare with `results` (B vs A), joined by key: a comparison "
+                                  "page per task", factory=list)
+    # (another run, another classifier, preset=reference vs fast)
+    compare_evals: list[str] = key(help="`digin eval` out folders over the `compare` sets", factory=list)
+    labels: list[str] = key(help="names of the two runs (default: their folder names)", factory=list)
+    checks: list[str] = key(help="`digin neurons mode=spurious_check` out folders: a page of the VLM's answers by "
+                                 "class, and each checked result's answer beside its image", factory=list)
 
 
 def open_results(cfg: Config) -> list:
     """Every results folder as a shard set, refused with a message naming the key and folder before anything is
     written."""
-    from digin.shards.manifest import ShardError, ShardSet
-
     if not cfg.results:
         raise SystemExit("digin gallery: give results=[<result shard folder>, ...]")
     if cfg.thumb_size < 16:
@@ -83,19 +91,10 @@ def check_common_keys(a_sets, b_sets, cfg: Config):
 
 def output_reference() -> dict:
     """task → {metrics.json field or pattern: meaning}: the output reference, for the metric tables' definitions."""
-    from digin.stages.outputs import OUTPUTS
-
     return {task: {**o.fields.get("metrics", {}), **o.patterns.get("metrics", {})} for task, o in OUTPUTS.items()}
 
 
 def run(cfg: Config):
-    from digin.gallery import check_gallery, iter_records, write_gallery
-    from digin.gallery.checks import answers_by_result, check_page, read_answers
-    from digin.gallery.compare import SEP, write_comparisons
-    from digin.gallery.neurons import neuron_folder, similar_page, similar_tables
-    from digin.gallery.records import input_counts, task_of
-    from digin.gallery.summary import load_eval_rows
-
     sets = open_results(cfg)
     b_sets = open_results(Config(results=list(cfg.compare), thumb_size=cfg.thumb_size)) if cfg.compare else []
     if cfg.compare:

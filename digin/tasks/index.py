@@ -11,32 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from digin.fields import key
+from digin.stages.index import index_set
+
 
 @dataclass
 class Config:
-    path: str = "???"  # a shard-set folder (the one holding manifest.json)
-    progress: bool = True
+    path: str = key("???", "a shard-set folder (the one holding manifest.json)")
+    progress: bool = key(True, "progress of the shards indexed, on stderr", results=False)
 
 
 def run(cfg: Config) -> int:
-    from digin.shards.keyed import index_record
-    from digin.shards.manifest import ShardError, ShardSet, write_commit
-    from digin.shards.progress import Progress
-
-    try:
-        ss = ShardSet.load(cfg.path)
-    except FileNotFoundError as e:
-        raise SystemExit(f"digin index: {e}") from None
-    todo = [i for i, r in ss.records.items() if not isinstance(r.get("spans"), list)]
-    bar = Progress(len(todo), f"index {ss.name}", enabled=cfg.progress, unit="shard")
-    for i in todo:
-        try:
-            rec = index_record(ss, i)
-        except ShardError as e:
-            raise SystemExit(f"digin index: {e}; nothing more was changed (records already rewritten stay valid)")
-        write_commit(ss.dir, rec)
-        bar.update(1)
-    bar.close()
-    print(f"[index] {ss.dir}: {len(todo)} of {len(ss.records)} shard records indexed "
-          f"({len(ss.records) - len(todo)} had spans already)", flush=True)
-    return 0
+    return index_set(cfg.path, progress=cfg.progress)

@@ -11,11 +11,15 @@ neuron-counterfactual stages use), `attention.png` (one tile per prompt word: it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from digin.engine.segment import SegmentationConfig
-from digin.stages.args import ComputeArgs, WorkArgs, stage_config_of
+from digin.fields import MISSING, key, section, section_of
+from digin.shards.keyed import KeyIndex
+from digin.shards.runner import StageSpec
+from digin.stages.args import ComputeArgs, ModelArgs, SamplingArgs, StageIO, WorkArgs, record
 from digin.stages.models import load_sd_for, pick_device, stage_compute
+from digin.stages.plans import load_inputs, pair_plan, run_or_show
 from digin.stages.segment import make_process
 
 
@@ -24,46 +28,29 @@ def _seg_default():
 
 
 @dataclass
-class Config(ComputeArgs, WorkArgs):
-    images: str = "???"
-    inversions: str = "???"
-    out: str = "???"
-    model_path: str = "???"
-    model_config: str | None = None
-    resolution: int = 512
-    center_crop: bool = True  # the reference's Resize(1.25·res)+CenterCrop(res); false: plain resize (no crop)
-    guidance_scale: float = 3.0
-    num_ddim_steps: int = 20
-    solver: str = "ddim"  # ddim | euler
-    guidance_rescale: float = 0.0
-    foreground_words: dict = field(default_factory=dict)  # label → words to look for in the caption
-    segmentation: SegmentationConfig = field(default_factory=_seg_default)
-    device: str | None = None
-    num_workers: int = 0
-    force: bool = False
-    allow_incomplete: bool = False  # plan over the committed shards of an incomplete input only
-    progress: bool = True
+class Config(WorkArgs, ComputeArgs, StageIO, SamplingArgs, ModelArgs):
+    images: str = key(MISSING, "image shard set (digin shard)", results=False)
+    inversions: str = key(MISSING, "inversion shard set (digin invert)", results=False)
+    foreground_words: dict = key({}, "label → words to look for in the caption")
+    segmentation: SegmentationConfig = section(_seg_default, "attention masks only (no SAM) unless asked")
 
 
-def build_spec(cfg: Config):
+def build_spec(cfg: Config, settings=None):
     """The stage from the config and the input manifests alone: every inverted image, joined with its image."""
-    from digin.shards.keyed import KeyIndex
-    from digin.shards.runner import StageSpec
-    from digin.stages.plans import load_inputs, pair_plan
-
     inputs, incomplete = load_inputs({"images": cfg.images, "inversions": cfg.inversions}, cfg.allow_incomplete)
     keys = sorted(KeyIndex(inputs[1][1]).keys())
     plan = pair_plan("segment", cfg, inputs, [(k, k, None) for k in keys], {"images": len(keys)})
-    return StageSpec("segment", plan, stage_config_of(cfg, "segment", drop=("images", "inversions")), inputs,
+    return StageSpec("segment", plan, record(cfg, "segment", settings), inputs,
                      resolution=cfg.resolution, center_crop=cfg.center_crop,
                      required=("image", "meta", "inversion", "prompt"), incomplete=incomplete)
 
 
 def run(cfg: Config):
-    from digin.stages.plans import run_or_show
-
-    dev = pick_device(cfg)
-    settings = stage_compute(cfg, dev)  # resolves the compute keys the recorded config holds
-    spec = build_spec(cfg)
-    return run_or_show(cfg, spec, lambda: make_process(load_sd_for(cfg, dev, settings), cfg, spec.classes or
-                                                        spec.inputs[0][1].classes), device=dev)
+    dev = pick_device(cfg.device)
+    settings = stage_compute(cfg, dev)
+    spec = build_spec(cfg, settings)
+    return run_or_show(cfg, spec, lambda: make_process(load_sd_for(section_of(cfg, ModelArgs), dev, settings),
+                                                       section_of(cfg, SamplingArgs), cfg.segmentation,
+                                                       cfg.foreground_words,
+                                                       spec.classes or spec.inputs[0][1].classes),
+                       settings, device=dev)

@@ -12,25 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from digin.fields import key
+from digin.stages.toy_train import train_toy_models
 from digin.toy.train import TrainConfig
 
 
 @dataclass
 class Config(TrainConfig):
-    out: str = "toy-models"
-    replace_bundled: bool = False  # allow out= to be the package's own digin/toy/models (what `digin demo` loads)
+    out: str = key("toy-models", "output folder of the trained models (sd/, clf_clean/, clf_spurious/, "
+                                 "train_log.json)", results=False)
+    replace_bundled: bool = key(False, "allow out= to be the package's own digin/toy/models (what `digin demo` "
+                                       "loads)")
 
 
 def run(cfg: Config):
-    from pathlib import Path
-
-    import digin.toy
-    from digin.errors import ConfigError
-    from digin.toy.train import train
-
-    bundled = (Path(digin.toy.__file__).parent / "models").resolve()
-    if Path(cfg.out).resolve() == bundled and not cfg.replace_bundled:
-        raise ConfigError(f"out={cfg.out} is the toy world's bundled models ({bundled}), which digin demo and the "
-                          "tests load: train into another folder, or pass replace_bundled=true to overwrite them")
-    train(cfg)
-    return 0
+    return train_toy_models(cfg)

@@ -15,13 +15,19 @@ per-iteration losses and confidences), `latents.safetensors`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from digin.engine.edit import MaskBlendParams, P2PParams
+from digin.engine.objectives import ONE_CLASSIFIER_LOSSES
 from digin.engine.segment import SegmentationConfig
-from digin.stages.args import CommonArgs, stage_config_of
+from digin.errors import ConfigError
+from digin.fields import COUNT, MISSING, key, section, section_of
+from digin.shards.runner import StageSpec
+from digin.stages.args import ClassifierArgs, CommonArgs, GuidanceArgs, ModelArgs, ObjectiveArgs, record
 from digin.stages.models import load_classifier_for, load_sd_for, pick_device, stage_compute
+from digin.stages.plans import dataset_of, load_inputs, run_or_show, uvce_plan
+from digin.stages.edits import EditArgs
 from digin.stages.uvce import make_process
 
 
@@ -34,59 +40,54 @@ def _uvce_segmentation():
 
 
 @dataclass
-class Config(CommonArgs):
-    images: str = "???"  # image shard set (digin shard)
-    inversions: str = "???"  # inversion shard set (digin invert), same shard layout
-    out: str = "???"
-    dataset: Optional[str] = None  # imagenet | cub | cars | food101 | flowers102 (default: from the image shards)
-    classifier: str = "vit_base_patch16_384.augreg_in21k_ft_in1k"
-    classifier_checkpoint: Optional[str] = None
-    loss: str = "CE"
-    loss_weight: float = 1.0
-    regularizers: list = field(default_factory=lambda: ["latent_background_l2", "px_background_l2"])
-    regularizers_ws: list = field(default_factory=lambda: [25.0, 250.0])
-    pairs: str = "reference"  # reference (ImageNet clusters / CUB-Cars tables) | random | explicit | all_classes
-    explicit_pairs: list = field(default_factory=list)  # [[image_index, target], ...] with pairs=explicit
-    num_images: Optional[int] = None  # random subset of images (seeded by `seed`)
-    error_visualisation: bool = False  # misclassified images → their true class (P2P identity); all images planned
-    foreground_words: dict = field(default_factory=dict)  # label → words to find in the caption (e.g. crab)
-    segmentation: SegmentationConfig = field(default_factory=_uvce_segmentation)
-    p2p: P2PParams = field(default_factory=P2PParams)
-    mask_blend: MaskBlendParams = field(default_factory=_uvce_blend)
+class Config(EditArgs, CommonArgs, ClassifierArgs):
+    images: str = key(MISSING, "image shard set (digin shard)", results=False)
+    inversions: str = key(MISSING, "inversion shard set (digin invert), same shard layout", results=False)
+    dataset: Optional[str] = key(None, "imagenet | cub | cars | food101 | flowers102 (default: from the image "
+                                       "shards)")
+    loss: str = key("CE", "a one-classifier class loss (digin.engine.objectives.LOSSES)",
+                    choices=ONE_CLASSIFIER_LOSSES)
+    classifier: str = key("vit_base_patch16_384.augreg_in21k_ft_in1k", "the classifier to explain (timm name, "
+                                                                       "hf:, madry:, tiny:, ...)")
+    regularizers: list = key(["latent_background_l2", "px_background_l2"], "regulariser names (keep the background)")
+    regularizers_ws: list = key([25.0, 250.0], "one weight per regulariser")
+    pairs: str = key("reference", "reference (ImageNet clusters / CUB-Cars tables) | random | explicit | all_classes",
+                     choices=("reference", "random", "explicit", "all_classes"))
+    explicit_pairs: list = key([], "[[image_index, target], ...] with pairs=explicit")
+    num_images: Optional[int] = key(None, "random subset of images (seeded by `seed`)", rule=COUNT)
+    error_visualisation: bool = key(False, "misclassified images → their true class (P2P identity); all images "
+                                           "planned")
+    foreground_words: dict = key({}, "label → words to find in the caption (e.g. crab)")
+    segmentation: SegmentationConfig = section(_uvce_segmentation, "UVCE: attention masks only (no SAM)")
+    p2p: P2PParams = section(P2PParams, "UVCE: the reference's three cross-attention schedules")
+    mask_blend: MaskBlendParams = section(_uvce_blend, "UVCE: pin the background")
 
 
-def stage_config(cfg: Config) -> dict:
-    return stage_config_of(cfg, "uvce", drop=("images", "inversions"))
-
-
-def build_spec(cfg: Config):
+def build_spec(cfg: Config, settings=None):
     """The stage from the config and the input manifests alone (no sample read, no model)."""
-    from digin.errors import ConfigError
-    from digin.shards.runner import StageSpec
-    from digin.stages.plans import dataset_of, load_inputs, uvce_plan
-
     inputs, incomplete = load_inputs({"images": cfg.images, "inversions": cfg.inversions}, cfg.allow_incomplete)
     images = inputs[0][1]
-    cfg.dataset = dataset_of(cfg, images)
+    dataset = dataset_of(cfg, images)
     classes = images.classes or []
     if not classes:
         raise ConfigError(f"images={cfg.images}: the shard set records no class names")
-    return StageSpec("uvce", uvce_plan(cfg, inputs, classes, cfg.dataset), stage_config(cfg), inputs,
-                     resolution=cfg.resolution, center_crop=cfg.center_crop,
+    return StageSpec("uvce", uvce_plan(cfg, inputs, classes, dataset), record(cfg, "uvce", settings, dataset=dataset),
+                     inputs, resolution=cfg.resolution, center_crop=cfg.center_crop,
                      required=("image", "meta", "inversion", "prompt"), classes=classes, incomplete=incomplete)
 
 
 def run(cfg: Config):
-    from digin.stages.plans import run_or_show
-
-    dev = pick_device(cfg)
-    settings = stage_compute(cfg, dev)  # resolves the compute keys the recorded config holds
-    spec = build_spec(cfg)
+    dev = pick_device(cfg.device)
+    settings = stage_compute(cfg, dev)
+    spec = build_spec(cfg, settings)
+    guidance = section_of(cfg, GuidanceArgs)
 
     def load():
-        clf = load_classifier_for(cfg.classifier, cfg, dev, checkpoint=cfg.classifier_checkpoint,
-                                  dataset_classes=spec.classes, label_order=cfg.classifier_label_order,
-                                  settings=settings)
-        return make_process(load_sd_for(cfg, dev, settings), clf, cfg, spec.classes)
+        clf = load_classifier_for(cfg.classifier, dev, settings, guidance, checkpoint=cfg.classifier_checkpoint,
+                                  random_weights=cfg.random_weights, dataset_classes=spec.classes,
+                                  label_order=cfg.classifier_label_order)
+        sd = load_sd_for(section_of(cfg, ModelArgs), dev, settings)
+        return make_process(sd, clf, section_of(cfg, EditArgs), section_of(cfg, ObjectiveArgs), guidance, settings,
+                            spec.classes, cfg.foreground_words, cfg.error_visualisation)
 
-    return run_or_show(cfg, spec, load, device=dev)
+    return run_or_show(cfg, spec, load, settings, device=dev)

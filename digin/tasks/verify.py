@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import json as _json
 from dataclasses import dataclass
+from digin.fields import key
+from digin.stages.verify import verify_tree
 
 
 @dataclass
 class Config:
-    path: str = "???"  # a shard-set folder, or a folder holding several (a task output)
-    check_hash: bool = True  # re-hash every committed tar (reads all data)
-    deep: bool = False  # also open each tar: member groups, count, keys, JSON / safetensors / image headers
-    json: bool = False  # print the report as JSON instead of lines
-    progress: bool = True  # progress on stderr when there are many shards
+    path: str = key("???", "a shard-set folder, or a folder holding several (a task output)")
+    check_hash: bool = key(True, "re-hash every committed tar (reads all data)")
+    deep: bool = key(False, "also open each tar: member groups, count, keys, JSON / safetensors / image headers")
+    json: bool = key(False, "print the report as JSON instead of lines", results=False)
+    progress: bool = key(True, "progress on stderr when there are many shards", results=False)
 
 
 def run(cfg: Config) -> int:
-    from digin.shards.verify import verify_tree
-
     report = verify_tree(cfg.path, check_hash=cfg.check_hash, deep=cfg.deep, progress=cfg.progress)
     if cfg.json:
         print(_json.dumps(report.to_dict(), indent=1, sort_keys=True))

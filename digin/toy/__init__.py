@@ -6,7 +6,7 @@
   toy.world.make_scene(7)      # (PIL image, caption, labels)
   toy.world.make_dataset_folder(root, n_per_class=4, seed=0, split="val")
 
-See digin/toy/MODEL_CARD.md for data, training, size and measured science metrics, and digin/toy/science.py
+See digin/toy/MODEL_CARD.md for data, training, size and measured science metrics, and digin/science/toy_science.py
 for the checks themselves; digin/toy/judge.py reads results independently of the classifiers (shape, colour,
 background from the pixels) and digin/toy/cue.py measures the spurious classifier's cue by a sweep.
 """

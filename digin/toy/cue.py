@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digin.toy import world
+from digin.engine.classifiers import load_classifier
+from digin.toy import PRESET, classifier_spec, world
+from digin.toy.measure import predict
 
 MAP_PATH = Path(__file__).resolve().parent / "cue_map.json"
 FIGURE_PATH = Path(__file__).resolve().parent / "figures" / "cue_map.png"
@@ -67,8 +69,6 @@ def render_on(masks_N1HW: torch.Tensor, fg_N3: torch.Tensor, bg_3: torch.Tensor)
 def sweep(classifiers: dict, scenes: list[dict], colours_K3: np.ndarray) -> dict:
     """p(star) of each classifier for each scene on each background: {name: (K, N) float32}, and the (K, N)
     mask of scenes whose object is visible on that background."""
-    from digin.toy.measure import predict
-
     masks = torch.from_numpy(np.stack([world.object_mask(s) for s in scenes]))[:, None]
     fg = torch.tensor([world.PALETTE[s["color"]] for s in scenes], dtype=torch.float32) / 255
     bgs = torch.from_numpy(colours_K3).float()
@@ -232,9 +232,6 @@ def figure(m: dict, cell: int = 16, gap: int = 10):
 
 def load_classifiers(device="cpu") -> dict:
     """The shipped toy classifiers, as the science checks load them."""
-    from digin.engine.classifiers import load_classifier
-    from digin.toy import PRESET, classifier_spec
-
     return {w: load_classifier(classifier_spec(w), device=device, num_cutouts=PRESET["augmentation_num_cutouts"],
                                noise_sd=PRESET["augmentation_noise_sd"]) for w in ("spurious", "clean")}
 

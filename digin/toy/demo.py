@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from digin.shards.convert import convert
+from digin.shards.lineage import image_set_of
+from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, config_hash, write_json
+from digin.shards.reader import iter_shard
+from digin.shards.writer import ShardWriter, remove_orphan_partial
 from digin.toy import world
 
 
 def write_caption_shards(images_dir, out_dir, captions_by_index: list[str], name: str = "toy-captions"):
     """A committed shard set whose shard i holds, for every key of image shard i, the field `caption`."""
-    from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, config_hash, write_json
-    from digin.shards.reader import iter_shard
-    from digin.shards.writer import ShardWriter, remove_orphan_partial
-
     images = ShardSet.load(Path(images_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,7 +28,6 @@ def write_caption_shards(images_dir, out_dir, captions_by_index: list[str], name
         raise ValueError(f"{len(all_keys)} images but {len(captions_by_index)} captions")
     by_key = dict(zip(all_keys, captions_by_index))
     chash = config_hash({"name": name, "captions": [[k, by_key[k]] for k in all_keys]})
-    from digin.shards.lineage import image_set_of
 
     write_json(out / MANIFEST, {"format": FORMAT, "kind": "captions", "name": name, "config": {"name": name},
                                 "config_hash": chash, "num_shards": images.meta.get("num_shards"),
@@ -54,8 +54,6 @@ def make_demo_inputs(out_dir, n_per_class: int = 1, seed: int = 0, split: str = 
     """ImageFolder of toy scenes → image shard set (`digin shard` converter) + caption shard set. Deterministic;
     re-running into the same folder is a no-op. Class index = shape index of the toy classifiers."""
     import json
-
-    from digin.shards.convert import convert
 
     out = Path(out_dir)
     root = world.make_dataset_folder(out / "imagefolder", n_per_class=n_per_class, seed=seed, split=split)

@@ -1,5 +1,5 @@
 """Measurements on toy-world images with the scene specs as ground truth: classifier probabilities, the background
-outside the object, the object's colour. Shared by the science checks (science.py) and the contact sheets."""
+outside the object, the object's colour. Shared by the science checks (digin/science/) and the contact sheets."""
 from __future__ import annotations
 
 import numpy as np

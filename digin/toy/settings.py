@@ -1,5 +1,5 @@
 """The toy world's stage settings as `digin <task>` key=value lists — one source for the science tests
-(digin/toy/science.py, tests/toy), `digin demo` and the command lines in MODEL_CARD.md. Tuned on the dev split
+(digin/science/toy_science.py, tests/toy), `digin demo` and the command lines in MODEL_CARD.md. Tuned on the dev split
 only; the tests assert the held-out numbers.
 
   from digin.toy import settings

@@ -20,6 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from digin.engine.models import SDModel, save_sd, write_tiny_tokenizer
+from digin.engine.schedule import train_alphas_cumprod
+from digin.fields import COUNT, COUNT0, NONNEG, RATE, Real, SEED, UNIT, key
+from digin.shards.dist import device_problem
 from digin.toy import world
 
 # norm_num_groups=2: GroupNorm over groups of only 2 channels erases a flat colour (each group normalises to ±1),
@@ -50,53 +54,65 @@ CLASSIFIER_CONFIG = dict(num_channels=3, embedding_size=32, hidden_sizes=[32, 64
 
 @dataclass
 class TrainConfig:
-    out: str = "digin/toy/models"
-    work: str = ".toy_work"
-    seed: int = 0
-    stages: str = "vae,latents,unet,decoder,classifiers"
-    device: str = "cpu"
-    threads: int = 1
-    vae_steps: int = 1200
-    vae_batch: int = 16
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-4
-    num_latents: int = 40000
-    unet_minutes: float = 50.0  # wall-time budget of the UNet stage (stops at whichever comes first)
-    unet_steps: int = 100000
-    unet_batch: int = 32
-    unet_lr: float = 1e-3
-    unet_warmup: int = 200
+    out: str = key("digin/toy/models", "output folder of the trained models (sd/, clf_clean/, clf_spurious/, "
+                                       "train_log.json)", results=False)
+    work: str = key(".toy_work", "work files: VAE, latent cache, UNet state (what a resumed or later stage "
+                                "reads)")
+    seed: int = key(0, "seeds every stage's weights, scenes and noise", rule=SEED)
+    stages: str = key("vae,latents,unet,decoder,classifiers", "comma-separated stages to run (always in this order); "
+                                                                "classifiers = clf_clean,clf_spurious")
+    device: str = key("cpu", "cpu | cuda | cuda:<n>", results=False, check=device_problem)
+    threads: int = key(1, "CPU threads of torch", rule=COUNT)
+    vae_steps: int = key(1200, "VAE training steps (cosine lr)", rule=COUNT0)
+    vae_batch: int = key(16, "scenes per VAE and decoder fine-tune batch", rule=COUNT)
+    vae_lr: float = key(1e-3, "VAE peak learning rate (AdamW)", rule=RATE)
+    vae_kl_weight: float = key(1e-4, "weight of the KL term beside the reconstruction MSE", rule=NONNEG)
+    num_latents: int = key(40000, "scenes encoded into the latent cache the UNet trains on", rule=COUNT)
+    unet_minutes: float = key(50.0, "wall-time budget of the UNet stage in minutes (it stops at this or unet_steps, "
+                                    "whichever comes first)", rule=NONNEG)
+    unet_steps: int = key(100000, "UNet + text encoder step limit (see unet_minutes)", rule=COUNT0)
+    unet_batch: int = key(32, "cached latents per UNet batch", rule=COUNT)
+    unet_lr: float = key(1e-3, "UNet + text encoder peak learning rate (AdamW)", rule=RATE)
+    unet_warmup: int = key(200, "steps of linear learning-rate warm-up", rule=COUNT0)
     # the last `unet_lr_decay_minutes` of the time budget follow a cosine from unet_lr down to 1 % of it: a decayed
     # learning rate, not only the EMA, is what sharpens the samples of a short run
-    unet_lr_decay_minutes: float = 40.0  # (capped at unet_minutes; 0 = constant lr)
-    unet_ship: str = "ema"  # which weights go into the shipped folder: "ema" or "raw"
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence on few steps
-    checkpoint_minutes: float = 5.0
-    unet_init: str = ""  # optional unet_state.pt of an earlier run to start from (matching weights are loaded)
-    decoder_minutes: float = 40.0  # decoder-only fine-tune (encoder frozen: the cached latents stay valid)
-    decoder_lr: float = 2e-3
-    clf_steps: int = 1000
-    clf_batch: int = 64
-    clf_lr: float = 2e-3
-    eval_images: int = 1200  # scenes for the accuracy / PSNR / latent-scale estimates recorded in the log
-    clf_vae_fraction: float = 0.5  # share of each batch shown as VAE reconstructions (needs work/vae)
-    # L2 adversarial training (PGD in [0,1] pixel space; 0 = off): a robust classifier's input gradient follows the
-    # visible features it reads (here: shape outline, background colour) instead of invisible pixel patterns, which
-    # is what DiG-IN's guidance needs to move a decoded image in a visible way
-    clf_adv_eps: float = 0.0
-    clf_adv_steps: int = 3
-    clf_adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version
-    clf_blur: float = 1.0  # training blur σ is uniform in [0, clf_blur] px (clean classifier)
-    clf_spurious_blur: float = 1.0  # ... for the spurious classifier
-    # the planted cue as a tint, not one RGB value: every planted-data background is mixed toward another palette
-    # colour by a weight uniform in [0, clf_planted_tint] (never toward green but for the stars'; 0 = pure colours)
-    clf_planted_tint: float = 0.0
-    # a world of background shades: every training scene of the VAE, decoder, UNet and clean classifier has its
-    # background mixed toward another palette colour by up to this weight (< 0.5; the caption keeps the dominant
-    # colour), so the decoder and the prior can draw the colours between the palette's (0 = pure colours)
-    world_shades: float = 0.0
+    unet_lr_decay_minutes: float = key(40.0, "last minutes of the UNet budget with a cosine lr decay to 1 % (capped at "
+                                             "unet_minutes; 0 = constant lr)", rule=NONNEG)
+    unet_ship: str = key("ema", 'which weights go into the shipped folder: "ema" or "raw"')
+    ema_decay: float = key(0.999, "EMA decay of the UNet + text encoder weights (ramped up over the first steps)",
+                                  rule=UNIT)
+    caption_dropout: float = key(0.1, "share of UNet training captions replaced by the empty one (for CFG)", rule=UNIT)
+    min_snr_gamma: float = key(5.0, "Min-SNR loss weighting (Hang et al. 2023): faster convergence on few steps",
+                                    rule=RATE)
+    checkpoint_minutes: float = key(5.0, "minutes between the UNet and decoder stages' saves (state and models)",
+                                          rule=RATE)
+    unet_init: str = key("", "optional unet_state.pt of an earlier run to start from (matching weights are loaded)")
+    decoder_minutes: float = key(40.0, "minutes of decoder-only fine-tune (encoder frozen: the cached latents "
+                                             "stay valid)", rule=NONNEG)
+    decoder_lr: float = key(2e-3, "decoder fine-tune peak learning rate (cosine over decoder_minutes)", rule=RATE)
+    clf_steps: int = key(1000, "training steps of each shape classifier (cosine lr)", rule=COUNT0)
+    clf_batch: int = key(64, "scenes per classifier batch", rule=COUNT)
+    clf_lr: float = key(2e-3, "classifier peak learning rate (AdamW)", rule=RATE)
+    eval_images: int = key(1200, "scenes for the accuracy / PSNR / latent-scale estimates recorded in the log",
+                                 rule=COUNT)
+    clf_vae_fraction: float = key(0.5, "share of each batch shown as VAE reconstructions (needs work/vae)", rule=UNIT)
+    clf_adv_eps: float = key(0.0, "L2 adversarial training (PGD in [0,1] pixel space; 0 = off): a robust "
+                                  "classifier's input gradient follows the visible features it reads (here: shape "
+                                  "outline, background colour) instead of invisible pixel patterns, which is what "
+                                  "DiG-IN's guidance needs to move a decoded image in a visible way", rule=NONNEG)
+    clf_adv_steps: int = key(3, "PGD steps per adversarial example (clf_adv_eps > 0)", rule=COUNT0)
+    clf_adv_fraction: float = key(0.5, "share of each batch replaced by its adversarial version", rule=UNIT)
+    clf_blur: float = key(1.0, "training blur σ is uniform in [0, clf_blur] px (clean classifier)", rule=NONNEG)
+    clf_spurious_blur: float = key(1.0, "clf_blur of the spurious classifier", rule=NONNEG)
+    clf_planted_tint: float = key(0.0, "the planted cue as a tint, not one RGB value: every planted-data background "
+                                       "is mixed toward another palette colour by a weight uniform in [0, "
+                                       "clf_planted_tint] (never toward green but for the stars'; 0 = pure colours)",
+                                       rule=UNIT)
+    world_shades: float = key(0.0, "a world of background shades: every training scene of the VAE, decoder, UNet and"
+                                   " clean classifier has its background mixed toward another palette colour by up "
+                                   "to this weight (< 0.5; the caption keeps the dominant colour), so the decoder "
+                                   "and the prior can draw the colours between the palette's (0 = pure colours)",
+                                   rule=Real(0, 0.5, hi_open=True))
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -164,8 +180,6 @@ def build_unet():
 
 
 def build_tokenizer(folder):
-    from digin.engine.models import write_tiny_tokenizer
-
     return write_tiny_tokenizer(folder, words=list(world.VOCAB), max_length=TEXT_MAX_LENGTH)
 
 
@@ -288,8 +302,6 @@ def finetune_decoder(cfg: TrainConfig, out: Path, work: Path):
 def _save_sd(out: Path, work: Path, unet, te):
     from diffusers import AutoencoderKL
 
-    from digin.engine.models import SDModel, save_sd
-
     tok = build_tokenizer(work / "tokenizer")
     vae = AutoencoderKL.from_pretrained(work / "vae")
     sd = SDModel(tok, te, unet, vae, dict(SCHEDULER), source="toy")
@@ -308,8 +320,6 @@ def _decay_factor(cfg: TrainConfig, elapsed_s: float) -> float:
 
 def train_unet(cfg: TrainConfig, out: Path, work: Path):
     import copy
-
-    from digin.engine.schedule import train_alphas_cumprod
 
     torch.manual_seed(cfg.seed + 31)
     data = torch.load(work / "latents.pt")
@@ -335,11 +345,11 @@ def train_unet(cfg: TrainConfig, out: Path, work: Path):
         torch.set_rng_state(st["rng"])
     elif cfg.unet_init:  # warm start: every weight whose name and shape match; new modules start as no-ops
         st = torch.load(cfg.unet_init)
-        for m, key in ((unet, "unet"), (ema_unet, "ema_unet"), (te, "te"), (ema_te, "ema_te")):
+        for m, part in ((unet, "unet"), (ema_unet, "ema_unet"), (te, "te"), (ema_te, "ema_te")):
             own = m.state_dict()
-            m.load_state_dict({k: v for k, v in st[key].items() if k in own and own[k].shape == v.shape},
+            m.load_state_dict({k: v for k, v in st[part].items() if k in own and own[k].shape == v.shape},
                               strict=False)
-            if key.endswith("unet") and "add_embedding.norm2.weight" not in st[key]:
+            if part.endswith("unet") and "add_embedding.norm2.weight" not in st[part]:
                 torch.nn.init.zeros_(m.add_embedding.norm2.weight), torch.nn.init.zeros_(m.add_embedding.norm2.bias)
     ac = train_alphas_cumprod(SCHEDULER).to(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed + 32 + step)

@@ -19,14 +19,14 @@ def image_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_flamingo_dir(tmp_path_factory):
     pytest.importorskip("open_flamingo")
-    from digin.caption.tiny import save_tiny_flamingo
+    from tests.caption.builders import save_tiny_flamingo
 
     return save_tiny_flamingo(tmp_path_factory.mktemp("flamingo"), seed=0, image_size=32)
 
 
 @pytest.fixture(scope="session")
 def tiny_blip_dir(tmp_path_factory):
-    from digin.caption.tiny import save_tiny_blip
+    from tests.caption.builders import save_tiny_blip
 
     return save_tiny_blip(tmp_path_factory.mktemp("blip"), seed=0, image_size=32)
 

@@ -2,7 +2,7 @@
 are bit-for-bit what its own formula gave before they shared it."""
 import torch
 
-from digin.engine import metrics as M
+from digin.stages import metrics as M
 from digin.engine.distances import l2_norm, mean_lp, psnr
 from digin.engine.objectives import REGULARIZERS
 

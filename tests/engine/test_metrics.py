@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from digin.engine import metrics as M
+from digin.stages import metrics as M
 
 
 def hand_fid(a, b):

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from digin.engine.augment import classifier_seeds, sample_seed
 from digin.engine.classifiers import load_classifier
-from digin.engine.objectives import (Objective, ce_loss, conf_diff_loss, conf_loss, log_conf_diff_loss,
-                                     logits_diff_loss, neuron_loss, parse_regularizer, text_loss)
+from digin.engine.objectives import (LOSSES, Objective, ce_loss, check_loss, conf_diff_loss, conf_loss,
+                                     log_conf_diff_loss, logits_diff_loss, loss_spec, neuron_loss, parse_regularizer,
+                                     text_loss)
 from digin.engine.distances import mean_lp
 from digin.engine.perceptual import build_lpips
 from digin.engine.perceptual import masked_lpips as lpips_distance
@@ -352,3 +353,89 @@ def test_clear_errors(clf):
     with pytest.raises(ValueError, match="sample keys"):
         Objective("CE", [clf], t, KEYS[:2])
     assert parse_regularizer("latent_foreground_l2") == ("latent", "foreground", "l2")
+
+
+# ------------------------------------------------------------------------------------------ the loss table
+
+# every loss name accepted before the table, each form pinned to the function it computed then
+def _CE(o, y, t):
+    return ce_loss(o[0], y)
+
+
+_NEURON = {n: lambda o, y, t, n=n: neuron_loss(n, o[0][0], o[0][1], y)
+           for n in ("neuron_activation", "neg_neuron_activation", "neuron_activation_plus_log_confidence",
+                     "neg_neuron_activation_plus_log_confidence")}
+_TEXT = {n: lambda o, y, t, n=n: text_loss(n, o[0][1], t, 2.0)
+         for n in ("inner_product", "spherical_distance", "cross_entropy")}
+PINNED = {("CE", 1): _CE, ("log_conf", 1): _CE, ("NLL", 1): _CE,
+          ("conf", 1): lambda o, y, t: conf_loss(o[0], y),
+          ("conf", 2): lambda o, y, t: conf_diff_loss(o[0], o[1], y),
+          ("log_conf", 2): lambda o, y, t: log_conf_diff_loss(o[0], o[1], y),
+          ("logits", 2): lambda o, y, t: logits_diff_loss(o[0], o[1], y),
+          **{(n, 1): f for n, f in {**_NEURON, **_TEXT}.items()}}
+
+
+def _loss_inputs(form, B=2, N=3, K=5, F_=7, D=6):
+    """Tiny random (outputs, targets, text embeddings) with the shapes the form declares."""
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(B, N, K, generator=g) for _ in range(form.classifiers)]
+    y = torch.randint(0, K, (B,), generator=g)
+    if form.target == "class":
+        return logits, y, None
+    if form.target == "class+neuron":
+        neuron = torch.randint(0, F_, (B,), generator=g)
+        return [(logits[0], torch.randn(B, N, F_, generator=g))], torch.stack([y, neuron], 1), None
+    text = torch.randn(B, D, generator=g) if form.target == "text" else torch.randn(B, 2, D, generator=g)
+    return [(logits[0], torch.randn(B, N, D, generator=g))], torch.zeros(B, dtype=torch.long), text
+
+
+def test_every_table_entry_evaluates_with_the_shapes_it_declares():
+    forms = {(name, f.classifiers): f for name, spec in LOSSES.items() for f in spec.forms}
+    assert set(forms) == set(PINNED)
+    for (name, n), form in forms.items():
+        assert form.target in ("class", "class+neuron", "text", "text pair") and n in (1, 2), name
+        assert form.help and "\n" not in form.help, name
+        assert loss_spec(name, n) is form
+        outs, y, text = _loss_inputs(form)
+        got = form.fn(outs, y, text, 2.0)
+        assert got.shape == (2,) and torch.isfinite(got).all(), (name, n)
+        close(got, PINNED[name, n](outs, y, text))
+
+
+@pytest.mark.parametrize("c", [0.05, 0.5, 0.8, 0.99])
+def test_confidence_to_loss_round_trips_through_the_loss(c):
+    """The loss at confidence c (a logit vector whose softmax gives p(y) = c; with two classifiers p1 − p2 = c) is
+    the table's value for c, and a surer vector is below it: the early-stopping threshold means 'past c'."""
+    def logits_at(p, K=4):  # softmax p on class 0, the rest shared equally
+        return torch.tensor([math.log(p)] + [math.log((1 - p) / (K - 1))] * (K - 1)).view(1, 1, K)
+
+    def outputs(form, c):
+        return [logits_at(c)] if form.classifiers == 1 else [logits_at((1 + c) / 2), logits_at((1 - c) / 2)]
+
+    y, checked = torch.tensor([0]), set()
+    for name, spec in LOSSES.items():
+        for form in spec.forms:
+            if form.confidence_to_loss is None:
+                with pytest.raises(ValueError, match=f"early_stopping_confidence={c}: loss '{name}'.*no confidence"):
+                    check_loss(name, form.classifiers, c)
+                continue
+            want = form.confidence_to_loss(c)
+            assert form.fn(outputs(form, c), y).item() == pytest.approx(want, rel=1e-5, abs=1e-6), name
+            assert form.fn(outputs(form, c + 0.5 * (1 - c)), y).item() < want, name
+            assert check_loss(name, form.classifiers, c) == pytest.approx(want)
+            checked.add((name, form.classifiers))
+    assert checked == {("CE", 1), ("log_conf", 1), ("NLL", 1), ("conf", 1), ("conf", 2)}
+
+
+def test_an_unknown_loss_is_refused_naming_the_known_ones(clf):
+    for refuse in (lambda: check_loss("bogus", 1), lambda: loss_spec("bogus", 1),
+                   lambda: Objective("bogus", [clf], torch.tensor([0, 1, 2]), KEYS)):
+        with pytest.raises(ValueError) as e:
+            refuse()
+        msg = str(e.value)
+        assert "\n" not in msg and "'bogus'" in msg and all(name in msg for name in LOSSES), msg
+    with pytest.raises(ValueError, match="'CE' needs exactly one classifier, got 2"):
+        check_loss("CE", 2)
+    with pytest.raises(ValueError, match="'conf' needs one or two classifiers, got 3"):
+        check_loss("conf", 3)
+    assert check_loss("logits", 2) is None  # no confidence given: nothing to map

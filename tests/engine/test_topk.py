@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from digin.engine.topk import EMPTY_ID, TopK
+from digin.stages.neurons.topk import EMPTY_ID, TopK
 
 
 def brute_force(acts_NF, ids_N, k):

@@ -19,7 +19,7 @@ def png(color, size=(24, 32)):
 
 @pytest.fixture
 def synthetic_records():
-    from digin.gallery.records import ResultRecord
+    from digin.stages.gallery.records import ResultRecord
 
     recs = []
     rng = np.random.default_rng(0)
@@ -43,7 +43,7 @@ def synthetic_records():
 
 def write_diff_results(folder: Path, classes=("cat", "dog", INJECTED), per_class: int = 2):
     """A committed diff result set: conf_0 = classifier 1, conf_1 = classifier 2, 96-px images."""
-    from digin.gallery.synthetic import base_pngs, stamp_png
+    from digin.stages.gallery.synthetic import base_pngs, stamp_png
     from digin.shards.manifest import FORMAT, MANIFEST, write_json
     from digin.shards.writer import ShardWriter
 
@@ -69,7 +69,7 @@ def write_diff_results(folder: Path, classes=("cat", "dog", INJECTED), per_class
 def write_neuron_folder(folder: Path, neurons=(3, 9), per_neuron: int = 2, dead=()):
     """What `digin neurons` leaves: an image shard set, top images and words per neuron, visualise results; a
     neuron in `dead` has activation 0 everywhere (0 → 0, and on its top images)."""
-    from digin.gallery.synthetic import base_pngs, stamp_png
+    from digin.stages.gallery.synthetic import base_pngs, stamp_png
     from digin.shards.manifest import FORMAT, MANIFEST, write_json
     from digin.shards.writer import ShardWriter
 
@@ -114,7 +114,7 @@ THUMB = 64
 def result_world(tmp_path_factory):
     """uvce (with statuses, rejects, skips, an injected label), diff and neuron result folders, and a digin eval
     folder over the uvce results."""
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.shards.reader import iter_samples
 
     root = tmp_path_factory.mktemp("results")

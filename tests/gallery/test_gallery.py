@@ -4,8 +4,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from digin.gallery import check_gallery, write_gallery
-from digin.gallery.svg import curves_svg, histogram_svg, loss_curve_svg
+from digin.stages.gallery import check_gallery, write_gallery
+from digin.stages.gallery.svg import curves_svg, histogram_svg, loss_curve_svg
 from tests.gallery.conftest import INJECTED, THUMB
 
 

@@ -125,8 +125,8 @@ def test_heat_map_shows_the_difference(browser, tmp_path):
     """|ours − orig| drawn by the browser: identical images give black, a change shows where it is."""
     from PIL import Image
 
-    from digin.gallery import write_gallery
-    from digin.gallery.records import ResultRecord
+    from digin.stages.gallery import write_gallery
+    from digin.stages.gallery.records import ResultRecord
 
     orig = np.full((64, 64, 3), 120, np.uint8)
     ours = orig.copy()
@@ -193,8 +193,8 @@ def test_top_page_strip_shows_original_ours_label_and_score(browser, built, resu
 
 
 def test_comparison_joins_by_key_and_highlights_differences(browser, tmp_path, result_world):
-    from digin.gallery.summary import mean
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.summary import mean
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.tasks.gallery import Config, run
 
     b = write_uvce_results(tmp_path / "fast", n_images=8, targets_per_image=2, classes=result_world["classes"],
@@ -227,7 +227,7 @@ def test_comparison_joins_by_key_and_highlights_differences(browser, tmp_path, r
 
 
 def test_comparison_without_common_keys_is_one_line(tmp_path, result_world):
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.tasks.gallery import Config, run
 
     other = write_uvce_results(tmp_path / "other", n_images=2, targets_per_image=1, size=16, dataset="elsewhere",
@@ -240,9 +240,9 @@ def test_comparison_without_common_keys_is_one_line(tmp_path, result_world):
 
 def test_thumbnails_come_from_the_results(tmp_path):
     """The stage's thumbnails are used as they are (or scaled): the build decodes no full image."""
-    import digin.gallery.build as build_mod
-    from digin.gallery.store import ImageStore
-    from digin.gallery.synthetic import write_uvce_results
+    import digin.stages.gallery.build as build_mod
+    from digin.stages.gallery.store import ImageStore
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.tasks.gallery import Config, run
 
     res = write_uvce_results(tmp_path / "uvce", n_images=3, targets_per_image=2, size=160, layout="pair")

@@ -5,13 +5,13 @@ import pytest
 
 @pytest.fixture
 def pairs(tmp_path):
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.synthetic import write_uvce_results
 
     return write_uvce_results(tmp_path / "uvce", n_images=4, targets_per_image=3, per_shard=2, size=48, layout="pair")
 
 
 def test_pairs_of_an_image_share_its_original_bytes(pairs):
-    from digin.gallery.records import iter_records
+    from digin.stages.gallery.records import iter_records
 
     recs = list(iter_records(pairs))
     assert len(recs) == 12
@@ -42,8 +42,8 @@ def test_header_sizes_agree_with_pillow():
 
     from PIL import Image
 
-    from digin.gallery.store import image_header_size, jpeg_header_size
-    from digin.gallery.synthetic import base_pngs, stamp_jpeg, stamp_png
+    from digin.stages.gallery.store import image_header_size, jpeg_header_size
+    from digin.stages.gallery.synthetic import base_pngs, stamp_jpeg, stamp_png
 
     for size, mode, progressive in (((128, 96), "RGB", False), ((40, 300), "L", True)):
         buf = io.BytesIO()

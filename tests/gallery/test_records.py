@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from digin.gallery.records import ShardFields, default_group, records_from_shards
+from digin.stages.gallery.records import ShardFields, default_group, records_from_shards
 from tests.gallery.conftest import png
 
 
@@ -41,8 +41,8 @@ def test_records_from_result_shards(tmp_path):
 
 
 def test_multi_target_samples_and_input_counts(tmp_path):
-    from digin.gallery.records import input_counts, iter_records
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.records import input_counts, iter_records
+    from digin.stages.gallery.synthetic import write_uvce_results
     from digin.shards.manifest import ShardSet
 
     folder = write_uvce_results(tmp_path / "uvce", n_images=5, targets_per_image=3, per_shard=2,

@@ -3,8 +3,8 @@ import io
 import numpy as np
 import pytest
 
-from digin.gallery.store import ImageStore, thumb_size
-from digin.gallery.synthetic import base_pngs, stamp_png
+from digin.stages.gallery.store import ImageStore, thumb_size
+from digin.stages.gallery.synthetic import base_pngs, stamp_png
 
 
 def test_thumb_size():

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from digin.gallery.summary import (category_of, load_eval_rows, mean, median, result_row, score_of, status_of,
+from digin.stages.gallery.summary import (category_of, load_eval_rows, mean, median, result_row, score_of, status_of,
                                    summarise)
 
 
@@ -77,7 +77,7 @@ def test_load_eval_rows(tmp_path):
 
 
 def test_categories_in_natural_order():
-    from digin.gallery.summary import natural_key
+    from digin.stages.gallery.summary import natural_key
 
     rows = [result_row(f"k{c}", "t", "g", {"start": c, "start_label": f"class {c}", "conf_0_ours": 0.9,
                                            "conf_0_sd": 0.1}) for c in (10, 2, 1)]

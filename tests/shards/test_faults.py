@@ -15,7 +15,7 @@ from digin.errors import ConfigError
 from digin.shards.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image, image_size
 from digin.shards.manifest import MANIFEST, ShardSet, write_json
 from digin.shards.runner import IncompleteInput, RunLocked
-from digin.shards.verify import verify_tree
+from digin.stages.verify import verify_tree
 from digin.shards.writer import PartialExists, ShardWriter
 
 from .stage_script import run_keys

@@ -14,7 +14,7 @@ from digin.shards.keyed import read_keys
 from digin.shards.manifest import MANIFEST, ShardError, ShardSet, sha256_bytes
 from digin.shards.reader import iter_samples, iter_shard
 from digin.shards.tario import TarFormatError, group_members
-from digin.shards.verify import verify_shard_set
+from digin.stages.verify import verify_shard_set
 from digin.shards.wdsindex import FieldMap, index_webdataset, scan_tar
 from digin.toy.world import SHAPES
 from tests.shards.foreign import write_foreign_set

@@ -15,7 +15,7 @@ from digin.shards.claims import ClaimBoard, claim_path
 from digin.shards.manifest import COMMITS, CommitExists, ConfigMismatch, ShardSet, commit_path
 from digin.shards.plan import Item, Plan, balance, cut_units
 from digin.shards.runner import RunOptions, StageSpec, run_stage
-from digin.shards.verify import verify_tree
+from digin.stages.verify import verify_tree
 from digin.shards.writer import ShardWriter
 
 from .conftest import stage_cmd

@@ -9,6 +9,7 @@ from PIL import Image
 from digin.shards.convert import convert
 from digin.shards.reader import iter_samples
 from digin.shards import synthetic
+from tests.shards import builders
 
 
 def _pixels(path):
@@ -46,7 +47,7 @@ def test_imagefolder_round_trip(tmp_path):
 
 
 def test_cub_round_trip(tmp_path):
-    root = synthetic.make_cub_tree(tmp_path / "cub", classes=3, n_per_class=4, size=20)
+    root = builders.make_cub_tree(tmp_path / "cub", classes=3, n_per_class=4, size=20)
     ss = convert("cub", root, "test", tmp_path / "out", samples_per_shard=5, progress=False)
     base = root / "CUB_200_2011"
     lines = (base / "images.txt").read_text().split("\n")
@@ -59,7 +60,7 @@ def test_cub_round_trip(tmp_path):
 
 
 def test_food101_round_trip(tmp_path):
-    root = synthetic.make_food101_tree(tmp_path / "food", n_per_class=4, size=20)
+    root = builders.make_food101_tree(tmp_path / "food", n_per_class=4, size=20)
     ss = convert("food101", root, "test", tmp_path / "out", samples_per_shard=4, workers=2, progress=False)
     meta = json.loads((root / "food-101" / "meta" / "test.json").read_text())
     classes = sorted(meta)
@@ -71,11 +72,11 @@ def test_food101_round_trip(tmp_path):
 def test_cars_and_flowers_listing(tmp_path):
     from digin.shards.sources import list_cars, list_flowers102
 
-    cars = synthetic.make_cars_tree(tmp_path / "cars", classes=3, n_per_class=2, size=16)
+    cars = builders.make_cars_tree(tmp_path / "cars", classes=3, n_per_class=2, size=16)
     items, classes = list_cars(cars, "test")
     assert [lbl for _, lbl in items] == [(n * 7) % 3 for n in range(6)] and len(classes) == 196
     assert items[0][0] == cars / "cars_test" / "00001.jpg"
-    fl = synthetic.make_flowers_tree(tmp_path / "fl", classes=3, n_per_class=3, size=16)
+    fl = builders.make_flowers_tree(tmp_path / "fl", classes=3, n_per_class=3, size=16)
     items, classes = list_flowers102(fl, "test")
     ids = list(range(3, 10, 3))[::-1]  # tstid = ids[2::3] reversed: order follows setid.mat, not file names
     assert [p.name for p, _ in items] == [f"image_{i:05d}.jpg" for i in ids]

@@ -9,7 +9,7 @@ import pytest
 from digin.cli import main
 from digin.shards.manifest import FORMAT, MANIFEST, ShardSet, sha256_bytes, write_json
 from digin.shards.members import safetensors_header_problem
-from digin.shards.verify import verify_shard_set, verify_tree
+from digin.stages.verify import verify_shard_set, verify_tree
 from digin.shards.writer import ShardWriter
 from .stage_script import run_keys
 
@@ -271,7 +271,7 @@ def test_nothing_to_verify_is_an_error(tmp_path, capsys):
 
 
 def test_progress_shown_for_many_shards(fourteen_shards, monkeypatch, capsys):
-    import digin.shards.verify as V
+    import digin.stages.verify as V
 
     monkeypatch.setattr(V, "MANY_SHARDS", 10)
     verify_tree(fourteen_shards, progress=True)

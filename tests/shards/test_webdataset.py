@@ -14,7 +14,7 @@ from digin.cli import main
 from digin.shards.manifest import ShardError, ShardSet, sha256_file
 from digin.shards.reader import iter_samples, iter_shard
 
-from digin.shards.verify import verify_shard_set
+from digin.stages.verify import verify_shard_set
 from digin.shards.wdsindex import FieldMap, index_webdataset
 from digin.toy.world import SHAPES
 from tests.shards.foreign import LAYOUTS, scene_jpeg, write_foreign_set

@@ -11,7 +11,7 @@ def test_demo_tiny_world_end_to_end(tmp_path, capsys):
     assert index.exists()
     text = capsys.readouterr().out
     assert f"gallery: {index}" in text
-    from digin.gallery import check_gallery
+    from digin.stages.gallery import check_gallery
 
     problems, pages, images = check_gallery(out / "gallery")
     assert not problems and pages >= 3 and images >= 12
@@ -25,7 +25,7 @@ def test_demo_toy_world_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", f"out={out}", "images_per_class=1", "sgd_steps=2", "num_ddim_steps=6"]) == 0
     assert "world=toy" in capsys.readouterr().out
-    from digin.gallery import check_gallery
+    from digin.stages.gallery import check_gallery
 
     problems, pages, images = check_gallery(out / "gallery")
     assert not problems and pages >= 3

@@ -4,7 +4,7 @@ import pytest
 
 from digin.cli import build_config
 from digin.engine.classifiers import save_tiny_classifier
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.shards.manifest import ShardSet
 from digin.tasks import diff
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from digin.gallery.records import ResultRecord
+from digin.stages.gallery.records import ResultRecord
 from digin.stages import eval as S
 from digin.tasks import eval as E
 
@@ -54,7 +54,7 @@ def test_sample_metrics_masked_distances_and_flip():
 
 def test_evaluate_and_write_summary_with_tiny_classifier(tmp_path):
     from digin.engine.classifiers import load_classifier
-    from digin.engine.metrics import InceptionPool
+    from digin.stages.metrics import InceptionPool
 
     clf = load_classifier("tiny")
     recs = records()

@@ -1,6 +1,6 @@
 import pytest
 
-from digin.gallery.records import ResultRecord
+from digin.stages.gallery.records import ResultRecord
 from digin.stages.export import export_records, export_relpaths
 from tests.gallery.conftest import png
 

@@ -9,7 +9,7 @@ import torch._dynamo
 
 from digin.cli import TASKS, build_config
 from digin.engine.presets import COMPUTE_KEYS, resolve_compute
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.shards.manifest import ShardSet
 from digin.stages import models
 from digin.tasks import invert, neurons, uvce
@@ -65,8 +65,12 @@ def test_bad_compute_names_are_refused_before_anything_is_written(small_pipeline
 def test_every_model_stage_accepts_the_preset_and_override_keys():
     import importlib
 
-    for task in MODEL_TASKS:
-        cfg_cls = importlib.import_module(TASKS[task]).Config
+    from digin.tasks.neurons import MODE_CONFIGS
+
+    classes = {task: importlib.import_module(TASKS[task]).Config for task in MODEL_TASKS if task != "neurons"}
+    classes.update({f"neurons mode={m}": MODE_CONFIGS[m]  # the neuron modes that run models
+                    for m in ("activations", "search", "visualise", "counterfactuals", "spurious", "similar")})
+    for task, cfg_cls in classes.items():
         names = {f.name for f in dataclasses.fields(cfg_cls)}
         assert {"preset", *COMPUTE_KEYS} <= names, (task, {"preset", *COMPUTE_KEYS} - names)
 
@@ -171,12 +175,12 @@ def _oom_above(monkeypatch, module, limit: int, seen: list):
 
 
 def test_oom_halves_the_uvce_engine_batch_and_results_equal_an_unhalved_run(small_pipeline, tmp_path, monkeypatch):
-    import digin.engine.guidance as guidance
+    import digin.stages.edits as edits  # the edit process's optimise (uvce and neuron counterfactuals)
 
     p = small_pipeline
     assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "small", "batch_size=2"))) == 0
     seen = []
-    _oom_above(monkeypatch, guidance, 2, seen)
+    _oom_above(monkeypatch, edits, 2, seen)
     assert uvce.run(build_config(uvce.Config, _uvce_args(p, tmp_path / "big", "batch_size=4"))) == 0
     assert seen[0] == 4 and set(seen[1:]) == {2}  # one OOM at 4 rows, then every edit chunk at 2
     a, b = _metrics(tmp_path / "small"), _metrics(tmp_path / "big")
@@ -188,7 +192,7 @@ def test_oom_halves_the_uvce_engine_batch_and_results_equal_an_unhalved_run(smal
 
 
 def test_oom_halves_the_neuron_counterfactual_engine_batch(small_pipeline, tmp_path, monkeypatch):
-    import digin.engine.guidance as guidance
+    import digin.stages.edits as edits  # the edit process's optimise (uvce and neuron counterfactuals)
 
     p = small_pipeline
     args = ["mode=counterfactuals", "device=cpu", "progress=false", f"images={p['images']}",
@@ -197,7 +201,7 @@ def test_oom_halves_the_neuron_counterfactual_engine_batch(small_pipeline, tmp_p
             "pairs=[[0,3],[0,7],[2,1]]"]
     assert neurons.run(build_config(neurons.Config, args + [f"out={tmp_path / 'small'}", "batch_size=1"])) == 0
     seen = []
-    _oom_above(monkeypatch, guidance, 1, seen)
+    _oom_above(monkeypatch, edits, 1, seen)
     assert neurons.run(build_config(neurons.Config, args + [f"out={tmp_path / 'big'}", "batch_size=2"])) == 0
     assert seen[0] == 2 and set(seen[1:]) == {1}
     a = _metrics(tmp_path / "small" / "counterfactuals")

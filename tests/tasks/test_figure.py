@@ -14,7 +14,7 @@ CLASSES = ["tench", "goldfish", "<b>hen</b>", "ostrich"]
 
 @pytest.fixture(scope="module")
 def uvce(tmp_path_factory):
-    from digin.gallery.synthetic import write_uvce_results
+    from digin.stages.gallery.synthetic import write_uvce_results
 
     root = tmp_path_factory.mktemp("fig")
     return write_uvce_results(root / "uvce", n_images=4, targets_per_image=2, classes=CLASSES, size=48, per_shard=2,
@@ -53,7 +53,7 @@ def test_uvce_rows_in_three_formats(uvce, tmp_path):
     assert main(["figure", f"results=[{uvce}]", f"keys=[{','.join(keys)}]", f"out={tmp_path}", "resolution=200"]) == 0
     want = [("synthetic/val/00002", [k for k in sorted(metrics) if k.startswith("synthetic/val/00002/")]),
             ("synthetic/val/00000", ["synthetic/val/00000/t1"])]
-    from digin.gallery.svg import fmt_value
+    from digin.stages.gallery.svg import fmt_value
 
     png = Image.open(tmp_path / "figure.png")
     png.load()
@@ -78,7 +78,7 @@ def test_uvce_rows_in_three_formats(uvce, tmp_path):
 
 
 def test_pairs_layout_columns_and_sort(uvce, tmp_path):
-    from digin.gallery.figure import build_rows, select, sort_records
+    from digin.stages.gallery.figure import build_rows, select, sort_records
     from digin.shards.manifest import ShardSet
 
     ss = ShardSet.load(uvce)
@@ -100,7 +100,7 @@ def test_pairs_layout_columns_and_sort(uvce, tmp_path):
 def test_heat_map_and_overlay_match_the_pages():
     import numpy as np
 
-    from digin.gallery.figure import heat_map, overlay
+    from digin.stages.gallery.figure import heat_map, overlay
 
     a = np.full((4, 4, 3), 100, np.uint8)
     b = a.copy()
@@ -114,7 +114,7 @@ def test_heat_map_and_overlay_match_the_pages():
 
 
 def test_diff_and_neuron_layouts(tmp_path):
-    from digin.gallery.figure import build_rows, select
+    from digin.stages.gallery.figure import build_rows, select
     from digin.shards.manifest import ShardSet
     from tests.gallery.conftest import write_diff_results, write_neuron_folder
 
@@ -137,6 +137,8 @@ def test_bad_selection_is_one_line(uvce, tmp_path, capsys):
     msg = str(e.value)
     assert msg.startswith("digin figure: unknown keys") and "nope/1" in msg and "synthetic/val/00001/t99" in msg
     assert "\n" not in msg and "synthetic/val/00001," not in msg and not (tmp_path / "f").exists()
-    for bad in (["layout=grid"], ["formats=[gif]"], ["columns=[orig,nope]"], ["sort=size"]):
-        with pytest.raises(SystemExit, match="digin figure: "):
+    for bad, named in ((["layout=grid"], "digin: layout='grid' is not allowed"), (["formats=[gif]"], "digin figure: "),
+                       (["columns=[orig,nope]"], "digin figure: "), (["sort=size"], "digin: sort='size' is not allowed")):
+        with pytest.raises(SystemExit, match=named):  # layout / sort: the config's choices refuse them by name
             main(["figure", f"results=[{uvce}]", "keys=[synthetic/val/00001]", f"out={tmp_path / 'f'}", *bad])
+        assert not (tmp_path / "f").exists()

@@ -102,7 +102,12 @@ def test_fallback_prompts_per_dataset():
 
 
 def test_cli_defaults_match_the_uvce_stage():
+    """The inversion's chain is the one the UVCE stage replays: its default steps and guidance are uvce's (read from
+    uvce.Config, not pinned here), and null-text inversion with the reference's inner steps is the default."""
     from digin.cli import build_config
+    from digin.tasks import uvce
 
     cfg = build_config(task.Config, ["inputs=a", "out=b", "model_path=tiny"])
-    assert (cfg.num_ddim_steps, cfg.guidance_scale, cfg.method, cfg.num_inner_steps) == (20, 3.0, "null_text", 10)
+    edit = build_config(uvce.Config, ["images=a", "inversions=b", "out=c", "model_path=tiny"])
+    assert (cfg.num_ddim_steps, cfg.guidance_scale) == (edit.num_ddim_steps, edit.guidance_scale)
+    assert (cfg.method, cfg.num_inner_steps) == ("null_text", 10)

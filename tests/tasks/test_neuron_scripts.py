@@ -9,7 +9,7 @@ import torch
 
 from digin.cli import build_config
 from digin.errors import ConfigError
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.shards.reader import iter_samples
 from digin.stages.outputs import check_sample
 from digin.tasks import neurons
@@ -138,10 +138,10 @@ class _FakeVLM:
 
 
 def test_spurious_check_images_fractions(small_pipeline, tmp_path, monkeypatch, capsys):
-    import digin.caption.backends as B
+    import digin.stages.neurons.vlm_check as V
 
     fake = _FakeVLM()
-    monkeypatch.setattr(B, "get_captioner", lambda backend, **kw: fake)
+    monkeypatch.setattr(V, "get_captioner", lambda backend, **kw: fake)
     p = small_pipeline
     with pytest.raises(SystemExit, match="one of them"):
         neurons.run(_cfg("mode=spurious_check", f"out={tmp_path}"))
@@ -162,7 +162,7 @@ def test_spurious_check_of_results_with_tiny_blip_and_gallery(spurious_run, tmp_
     """The real hf backend (a tiny random BLIP) over the spurious results' sd and ours; the answers are the model's
     own on those images, and the gallery shows them beside the images and on the check page."""
     from digin.caption.backends import get_captioner, to_images_BCHW
-    from digin.caption.tiny import save_tiny_blip
+    from tests.caption.builders import save_tiny_blip
     from digin.cli import main
 
     out, _ = spurious_run

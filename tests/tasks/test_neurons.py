@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from digin.cli import build_config
-from digin.gallery.records import records_from_shards
-from digin.neurons.activations import load_topk, sample_id
-from digin.neurons.words import count_words, parse_object_list
+from digin.stages.gallery.records import records_from_shards
+from digin.stages.neurons.activations import load_topk, sample_id
+from digin.stages.neurons.words import count_words, parse_object_list
 from digin.shards.manifest import ShardSet
 from digin.shards.reader import iter_samples
 from digin.tasks import neurons
@@ -36,7 +36,9 @@ def _cfg(*args):
 
 
 def _act_args(d, out, *extra):
-    return [f"images={d['images']}", f"classifier=tiny:{d['clf']}", f"out={out}", f"k={K}", *extra]
+    """The activations' keys; k only where the mode takes it (each mode refuses another mode's keys)."""
+    k = [] if any(e in ("mode=merge", "mode=name") for e in extra) else [f"k={K}"]
+    return [f"images={d['images']}", f"classifier=tiny:{d['clf']}", f"out={out}", *k, *extra]
 
 
 def _brute_force(d):
@@ -123,7 +125,7 @@ def _sd_args(p):
 def test_search_and_visualise_end_to_end(small_pipeline, tmp_path, monkeypatch):
     from digin.engine.classifiers import load_classifier
     from digin.engine.models import load_sd
-    from digin.neurons.search import word_features
+    from digin.stages.neurons.search import word_features
 
     p = small_pipeline
     args = [f"out={tmp_path}", *_sd_args(p), "name_backend=given", "words={0: [cat, dog], 5: [fox, dog]}",
@@ -157,9 +159,9 @@ def test_search_and_visualise_end_to_end(small_pipeline, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     search_file = tmp_path / "word_search.json"
     stamp = (search_file.read_bytes(), search_file.stat().st_mtime_ns)
-    import digin.neurons.search as S
+    import digin.stages.neurons.modes as M
 
-    monkeypatch.setattr(S, "word_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("searched")))
+    monkeypatch.setattr(M, "word_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("searched")))
     assert neurons.run(_cfg("mode=visualise", *args, "wait_s=0")) == 0
     assert (search_file.read_bytes(), search_file.stat().st_mtime_ns) == stamp
     assert {i: rec["sha256"] for i, rec in ShardSet.load(tmp_path / "visualise").records.items()} == before

@@ -8,7 +8,7 @@ import torch
 
 from digin.cli import build_config
 from digin.engine.guidance import GuidanceConfig, GuidanceResult, OptimParams, optimise
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.shards.encode import encode_value
 from digin.shards.manifest import ShardSet
 from digin.stages import diff as diff_stage
@@ -126,9 +126,9 @@ def test_one_nan_sample_in_diff_is_written_as_nonfinite_and_the_batch_commits(ti
 
 def test_uvce_with_a_nan_inversion_row_commits_every_image(small_pipeline, tmp_path, monkeypatch):
     """The issue's crash: uvce died on the first non-finite sample and every rerun died the same way."""
-    import digin.engine.guidance as G
+    import digin.stages.edits as E  # the UVCE edit process's optimise
 
-    real, calls = G.optimise, []
+    real, calls = E.optimise, []
 
     def first_row_nan(sd, objective, *, z_T, **kw):  # row 0 of the first chunk only
         z = z_T.clone()
@@ -137,7 +137,7 @@ def test_uvce_with_a_nan_inversion_row_commits_every_image(small_pipeline, tmp_p
         calls.append(1)
         return real(sd, objective, z_T=z, **kw)
 
-    monkeypatch.setattr(G, "optimise", first_row_nan)
+    monkeypatch.setattr(E, "optimise", first_row_nan)
     p = small_pipeline
     args = [f"images={p['images']}", f"inversions={p['inv']}", f"out={tmp_path / 'uvce'}", f"model_path={p['sd']}",
             f"classifier=tiny:{p['clf']}", "resolution=32", "num_ddim_steps=4", "optim_params.sgd_steps=1",

@@ -1,5 +1,5 @@
 from digin.cli import build_config
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.tasks import segment
 
 

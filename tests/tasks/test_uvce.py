@@ -1,7 +1,7 @@
 import math
 
 from digin.cli import build_config
-from digin.gallery.records import records_from_shards
+from digin.stages.gallery.records import records_from_shards
 from digin.shards.manifest import ShardSet
 from digin.tasks import uvce
 

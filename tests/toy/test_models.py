@@ -2,7 +2,8 @@
 import torch
 
 from digin import toy
-from digin.toy import science, world
+from digin.science import toy_science as science
+from digin.toy import world
 
 
 def test_shipped_models_are_small_safetensors():

@@ -7,7 +7,7 @@ xfail(strict=False) with the measured numbers in the reason — never a silently
 """
 import pytest
 
-from digin.toy import science
+from digin.science import toy_science as science
 
 pytestmark = pytest.mark.slow
 S = science.TEST_SETTINGS

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digin.extras import require
+
 from .imagenet import imagenet_class_names
 from .weights import load_into, load_weights_file
 
@@ -59,8 +61,6 @@ def open_clip_model(arch: str, checkpoint=None, allow_random: bool = False, what
                     tokenizer: bool = True):
     """(open_clip model, tokenizer or None, input spec {size, mean, std}) built offline: `arch` is an open_clip
     model name (weights from `checkpoint`, a local file) or a folder with open_clip_config.json (+ *.safetensors)."""
-    from digin.extras import require
-
     open_clip = require("clip", f"{what}{arch}")
 
     local = Path(arch)

@@ -11,6 +11,8 @@ family has them. Weights: safetensors preferred; other files through `torch.load
 """
 from __future__ import annotations
 
+from digin.engine.models import resolve_dtype
+
 from .cal import build_cal
 from .clip import build_clip
 from .hf import build_hf
@@ -54,8 +56,6 @@ def load_classifier(spec: str, *, checkpoint: str | None = None, device="cpu", d
     written on first use); num_classes, size, width, seed (tiny); num_classes, num_attentions, arch (cal);
     grad_checkpointing (default: on when cutouts are used and the model supports it — same numbers, less memory).
     """
-    from digin.engine.models import resolve_dtype
-
     kind, arg = parse_spec(spec)
     dataset_classes, label_order = kw.pop("dataset_classes", None), kw.pop("label_order", "auto")
     model, pre = BUILDERS[kind](arg, checkpoint, kw, device=device, trust_remote_code=trust_remote_code)

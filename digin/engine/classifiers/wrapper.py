@@ -15,6 +15,7 @@ from torch import nn
 
 from digin.engine.augment import augment, cutout_boxes, cutout_noise
 from digin.engine.resize import tv_resize
+from digin.kernels import fused_cutouts
 
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -127,8 +128,6 @@ class ImageClassifier(nn.Module):
     def _fused_views(self, img_BCHW: torch.Tensor, seeds: list[int], noise_scale: float) -> torch.Tensor:
         """The same cutouts and noise as `augment` (per-sample streams; noise drawn on the device) through the fused
         crop + area-resize + noise + normalise op: one kernel each way instead of B·N crops and pools."""
-        from digin.kernels import fused_cutouts
-
         B, C, H, W = img_BCHW.shape
         boxes_BN3 = torch.stack([cutout_boxes(s, (H, W), self.size, self.num_cutouts, self.cut_power) for s in seeds])
         sd = self.noise_sd * noise_scale
