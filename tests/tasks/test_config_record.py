@@ -149,6 +149,13 @@ def test_every_neuron_mode_records_every_key_that_changes_results(inputs, tmp_pa
     cfg = _cfg(neurons.Config, common + ["mode=spurious_check", f"images={p['images']}"])
     check_record(cfg, lambda c: vlm_check.check_spec(c).record)
 
+    # activations and similar hash `record(cfg, ...)` into their result files (a changed key recomputes them)
+    from digin.stages.args import record
+
+    for mode, extra in (("activations", [f"images={p['images']}"]), ("similar", [])):
+        cfg = _cfg(neurons.Config, common + [f"mode={mode}", *extra])
+        check_record(cfg, lambda c: record(c, f"neurons_{mode}", stage_compute(c, "cpu")))
+
     # the word search's cached ranking: its record holds the search keys, and visualise shares it
     cfg = _cfg(neurons.Config, common + model + ["mode=search"])
     check_record(cfg, lambda c: M._search_config(c, stage_compute(c, "cpu")))
