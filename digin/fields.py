@@ -280,7 +280,11 @@ def help_lines(cfg, resolved: dict | None = None, width: int = 34) -> list[str]:
         helptext = lf.meta.help
         groups.setdefault(heading, []).append(f"{left:<{width}} {helptext}" if len(left) < width
                                               else f"{left}\n{'':<{width}} {helptext}")
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    own = vars(cls).get("SECTION") or f"{cls.__module__.rsplit('.', 1)[-1]} keys"
+    order = sorted(groups, key=lambda h: h != own)  # the task's own keys first, then its sections as declared
     lines = []
-    for heading, entries in groups.items():
+    for heading in order:
+        entries = groups[heading]
         lines += ([""] if lines else []) + [f"{heading}:"] + entries
     return lines

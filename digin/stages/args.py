@@ -24,7 +24,7 @@ from digin.shards.dist import device_problem
 
 @dataclass
 class ModelArgs:
-    SECTION = "model (the diffusion model and its sampler)"
+    SECTION = "model (the diffusion model and the image size)"
     model_path: str = key(MISSING, "local SD folder, single file (+ model_config), a hub id in the local HF cache, "
                                    "or tiny | tiny-sd2 | tiny-sdxl")
     model_config: Optional[str] = key(None, "the model's YAML / folder config when model_path is a single file")
@@ -73,6 +73,7 @@ class ClassifierOptions:
 
 @dataclass
 class ClassifierArgs(ClassifierOptions):
+    SECTION = "classifier"
     classifier: str = key(MISSING, "timm name, torchvision:<name>, hf:<folder or id>, madry:<file>, tiny:<folder>, "
                                    "... (digin.engine.classifiers)")
     classifier_checkpoint: Optional[str] = key(None, "its weights file (default: the local hub caches)")
