@@ -3,6 +3,7 @@ labels and numbers equal the shards', flat series draw flat, the lightbox zooms 
 the results (no full image decoded)."""
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -176,6 +177,11 @@ def test_neuron_page_has_top_images_words_and_consistent_tags(browser, built, re
 def test_top_page_strip_shows_original_ours_label_and_score(browser, built, result_world):
     metrics = shard_metrics(result_world["uvce"])
     open_page(browser, built / "index.html")
+    loaded = ("return Array.from(document.querySelectorAll('figure.best img')).every(i => { i.scrollIntoView(); "
+              "return i.complete && i.naturalWidth > 0; })")
+    deadline = time.monotonic() + 20  # images decode asynchronously: on a loaded machine they may lag the DOM
+    while not browser.execute_script(loaded) and time.monotonic() < deadline:
+        time.sleep(0.2)
     strip = browser.execute_script(
         "return Array.from(document.querySelectorAll('figure.best')).map(f => [f.dataset.key, "
         "Array.from(f.querySelectorAll('img')).map(i => [i.alt, i.complete && i.naturalWidth > 0]), "
