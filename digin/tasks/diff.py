@@ -52,7 +52,7 @@ class Config(CommonArgs):
         early_stopping_loss(self)
 
 
-def build_spec(cfg: Config, settings=None):
+def build_spec(cfg: Config, settings):
     classes = class_names_for(cfg)
     return StageSpec("diff", listed_plan("diff", cfg, work_items(cfg, classes)), record(cfg, "diff", settings),
                      required=("item",), classes=classes)

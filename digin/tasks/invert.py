@@ -38,7 +38,7 @@ class Config(WorkArgs, ComputeArgs, StageIO, SelectArgs, InversionArgs, ModelArg
     prompt_template: Optional[str] = key(None, 'overrides the template, e.g. "a photo of a {label}"')
 
 
-def build_spec(cfg: Config, settings=None):
+def build_spec(cfg: Config, settings):
     """The stage from the config and the input manifests alone (no sample read, no model)."""
     inputs, incomplete = load_inputs({"images": cfg.inputs, "captions": cfg.captions}, cfg.allow_incomplete)
     dataset = dataset_of(cfg, inputs[0][1])

@@ -35,7 +35,7 @@ class Config(WorkArgs, ComputeArgs, StageIO, SamplingArgs, ModelArgs):
     segmentation: SegmentationConfig = section(_seg_default, "attention masks only (no SAM) unless asked")
 
 
-def build_spec(cfg: Config, settings=None):
+def build_spec(cfg: Config, settings):
     """The stage from the config and the input manifests alone: every inverted image, joined with its image."""
     inputs, incomplete = load_inputs({"images": cfg.images, "inversions": cfg.inversions}, cfg.allow_incomplete)
     keys = sorted(KeyIndex(inputs[1][1]).keys())

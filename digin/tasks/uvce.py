@@ -63,7 +63,7 @@ class Config(EditArgs, CommonArgs, ClassifierArgs):
     mask_blend: MaskBlendParams = section(_uvce_blend, "UVCE: pin the background")
 
 
-def build_spec(cfg: Config, settings=None):
+def build_spec(cfg: Config, settings):
     """The stage from the config and the input manifests alone (no sample read, no model)."""
     inputs, incomplete = load_inputs({"images": cfg.images, "inversions": cfg.inversions}, cfg.allow_incomplete)
     images = inputs[0][1]

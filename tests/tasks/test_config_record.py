@@ -23,7 +23,7 @@ def lookup(d, dotted: str):
     return d
 
 
-def candidates(lf: Leaf, owner_cfg):
+def candidates(lf: Leaf):
     """Other values for a key, most plausible first (build_spec may refuse some: the next one is tried)."""
     m, v = lf.meta, lf.value
     hint = typing.get_type_hints(lf.owner).get(lf.field.name)
@@ -68,7 +68,7 @@ def check_record(cfg, record_of_cfg):
             assert lookup(base, lf.name) is ABSENT, f"{lf.name} (operational) is in the record"
             continue
         assert lookup(base, lf.name) is not ABSENT, f"{lf.name} changes results but is not in the record"
-        values = candidates(lf, cfg)
+        values = candidates(lf)
         if not values:  # the key's rule allows one value only (optim_params.solver_order)
             continue
         for value in values:

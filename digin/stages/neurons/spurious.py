@@ -127,7 +127,7 @@ def make_process(sd, clf, cfg, settings):
     return process
 
 
-def spurious_spec(cfg, settings=None):
+def spurious_spec(cfg, settings):
     """The work plan and the record of what changes the results; every input check (pairs, classes, loss, learnable
     schedule keys) happens here, before anything is loaded or written."""
     check_learnable(cfg.p2p, cfg.mask_blend, use_p2p=False)  # no Prompt-to-Prompt here: no attention schedule
